@@ -1,0 +1,486 @@
+"""The backbone registry: every ``keras.applications`` image model as data.
+
+A backbone is a frozen record (constructor, native input size, preprocessing,
+pooled feature width, how its layers group into named blocks). Building the
+Keras model, tapping it at a block boundary and the offline-weights message
+live here so that extraction and fine-tuning rebuild exactly the same network.
+
+Examples
+--------
+>>> from featx.backbones import get_backbone, list_backbones
+>>> get_backbone("resnet50").feature_width
+2048
+>>> [b.name for b in list_backbones("efficientnetv2*")][:2]
+['efficientnetv2b0', 'efficientnetv2b1']
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import FeatxError, UnknownBackbone, WeightsError
+
+# Per-channel constants of the three preprocessing conventions Keras uses
+# (keras/src/applications/imagenet_utils.py).
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What every member of a model family shares."""
+
+    module: str  # keras.applications.<module>, where preprocess_input lives
+    preprocessing: str  # one of PREPROCESSING_MODES
+    block_pattern: str  # regex; its first group names the block a layer belongs to
+    block_template: str = r"\1"
+    min_input_size: int = 32
+    fixed_imagenet_size: bool = False  # NASNet's ImageNet weights need the native size
+    # Where blocks end, for families whose cells read more than the previous
+    # cell (NASNet) and so have no single-layer cut points between them.
+    block_end_pattern: str | None = None
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A registry record: everything featx needs to know about one backbone.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, lower case (``"resnet50"``).
+    constructor : str
+        Attribute of ``keras.applications`` that builds it (``"ResNet50"``).
+    input_size : int
+        Native (ImageNet) square input size in pixels.
+    feature_width : int
+        Width of the pooled feature vector of the full backbone.
+    params : int
+        Parameters of the headless backbone.
+    family : Family
+        Preprocessing mode and block structure shared by the family.
+    """
+
+    name: str
+    constructor: str
+    input_size: int
+    feature_width: int
+    params: int
+    family: Family = field(repr=False)
+
+    @property
+    def preprocessing(self) -> str:
+        return self.family.preprocessing
+
+    @property
+    def module(self) -> str:
+        return self.family.module
+
+    @property
+    def min_input_size(self) -> int:
+        return self.family.min_input_size
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "constructor": f"keras.applications.{self.constructor}",
+            "input_size": self.input_size,
+            "feature_width": self.feature_width,
+            "params": self.params,
+            "preprocessing": self.preprocessing,
+            "preprocess_input": f"keras.applications.{self.module}.preprocess_input",
+        }
+
+
+_RESNET = Family("resnet", "caffe", r"^(conv\d_block\d+)_")
+_RESNET_V2 = Family("resnet_v2", "tf", r"^(conv\d_block\d+)_")
+_INCEPTION_V3 = Family("inception_v3", "tf", r"^(mixed\d+)", min_input_size=75)
+_INCEPTION_RESNET_V2 = Family(
+    "inception_resnet_v2", "tf", r"^(block\d+_\d+|mixed_\d[a-z]|conv_7b)", min_input_size=75
+)
+_VGG16 = Family("vgg16", "caffe", r"^(block\d)_")
+_VGG19 = Family("vgg19", "caffe", r"^(block\d)_")
+_XCEPTION = Family("xception", "tf", r"^(block\d+)_", min_input_size=71)
+_DENSENET = Family("densenet", "torch", r"^(conv\d_block\d+|pool\d)_")
+_MOBILENET = Family("mobilenet", "tf", r"^conv_(?:dw|pw|pad)_(\d+)", r"block\1")
+_MOBILENET_V2 = Family("mobilenet_v2", "tf", r"^(block_\d+|expanded_conv)_")
+_MOBILENET_V3 = Family("mobilenet_v3", "none", r"^(expanded_conv(?:_\d+)?)_")
+_EFFICIENTNET = Family("efficientnet", "none", r"^(block\d[a-z])_")
+_EFFICIENTNET_V2 = Family("efficientnet_v2", "none", r"^(block\d[a-z])_")
+_CONVNEXT = Family(
+    "convnext", "none", r"^convnext_[a-z]+_(stage_\d+_block_\d+|downsampling_block_\d+)"
+)
+_NASNET = Family(
+    "nasnet",
+    "tf",
+    r"(?:normal|reduction|adjust)\w*?_((?:stem_|reduce_)?\d+)$",
+    r"cell_\1",
+    fixed_imagenet_size=True,
+    block_end_pattern=r"^(normal|reduction)_concat",
+)
+
+# name, constructor, native size, pooled width, headless params, family.
+# Widths and parameter counts are checked against the real models by
+# tests/test_backbones.py (weights=None, tiny inputs).
+_TABLE: Sequence[tuple] = (
+    ("resnet50", "ResNet50", 224, 2048, 23587712, _RESNET),
+    ("resnet101", "ResNet101", 224, 2048, 42658176, _RESNET),
+    ("resnet152", "ResNet152", 224, 2048, 58370944, _RESNET),
+    ("resnet50v2", "ResNet50V2", 224, 2048, 23564800, _RESNET_V2),
+    ("resnet101v2", "ResNet101V2", 224, 2048, 42626560, _RESNET_V2),
+    ("resnet152v2", "ResNet152V2", 224, 2048, 58331648, _RESNET_V2),
+    ("inceptionv3", "InceptionV3", 299, 2048, 21802784, _INCEPTION_V3),
+    ("inceptionresnetv2", "InceptionResNetV2", 299, 1536, 54336736, _INCEPTION_RESNET_V2),
+    ("vgg16", "VGG16", 224, 512, 14714688, _VGG16),
+    ("vgg19", "VGG19", 224, 512, 20024384, _VGG19),
+    ("xception", "Xception", 299, 2048, 20861480, _XCEPTION),
+    ("densenet121", "DenseNet121", 224, 1024, 7037504, _DENSENET),
+    ("densenet169", "DenseNet169", 224, 1664, 12642880, _DENSENET),
+    ("densenet201", "DenseNet201", 224, 1920, 18321984, _DENSENET),
+    ("mobilenet", "MobileNet", 224, 1024, 3228864, _MOBILENET),
+    ("mobilenetv2", "MobileNetV2", 224, 1280, 2257984, _MOBILENET_V2),
+    ("mobilenetv3small", "MobileNetV3Small", 224, 576, 939120, _MOBILENET_V3),
+    ("mobilenetv3large", "MobileNetV3Large", 224, 960, 2996352, _MOBILENET_V3),
+    ("efficientnetb0", "EfficientNetB0", 224, 1280, 4049571, _EFFICIENTNET),
+    ("efficientnetb1", "EfficientNetB1", 240, 1280, 6575239, _EFFICIENTNET),
+    ("efficientnetb2", "EfficientNetB2", 260, 1408, 7768569, _EFFICIENTNET),
+    ("efficientnetb3", "EfficientNetB3", 300, 1536, 10783535, _EFFICIENTNET),
+    ("efficientnetb4", "EfficientNetB4", 380, 1792, 17673823, _EFFICIENTNET),
+    ("efficientnetb5", "EfficientNetB5", 456, 2048, 28513527, _EFFICIENTNET),
+    ("efficientnetb6", "EfficientNetB6", 528, 2304, 40960143, _EFFICIENTNET),
+    ("efficientnetb7", "EfficientNetB7", 600, 2560, 64097687, _EFFICIENTNET),
+    ("efficientnetv2b0", "EfficientNetV2B0", 224, 1280, 5919312, _EFFICIENTNET_V2),
+    ("efficientnetv2b1", "EfficientNetV2B1", 240, 1280, 6931124, _EFFICIENTNET_V2),
+    ("efficientnetv2b2", "EfficientNetV2B2", 260, 1408, 8769374, _EFFICIENTNET_V2),
+    ("efficientnetv2b3", "EfficientNetV2B3", 300, 1536, 12930622, _EFFICIENTNET_V2),
+    ("efficientnetv2s", "EfficientNetV2S", 384, 1280, 20331360, _EFFICIENTNET_V2),
+    ("efficientnetv2m", "EfficientNetV2M", 480, 1280, 53150388, _EFFICIENTNET_V2),
+    ("efficientnetv2l", "EfficientNetV2L", 480, 1280, 117746848, _EFFICIENTNET_V2),
+    ("convnexttiny", "ConvNeXtTiny", 224, 768, 27820128, _CONVNEXT),
+    ("convnextsmall", "ConvNeXtSmall", 224, 768, 49454688, _CONVNEXT),
+    ("convnextbase", "ConvNeXtBase", 224, 1024, 87566464, _CONVNEXT),
+    ("convnextlarge", "ConvNeXtLarge", 224, 1536, 196230336, _CONVNEXT),
+    ("convnextxlarge", "ConvNeXtXLarge", 224, 2048, 348147968, _CONVNEXT),
+    ("nasnetmobile", "NASNetMobile", 224, 1056, 4269716, _NASNET),
+    ("nasnetlarge", "NASNetLarge", 331, 4032, 84916818, _NASNET),
+)
+
+REGISTRY: dict[str, Backbone] = {row[0]: Backbone(*row) for row in _TABLE}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[\s_\-.]", "", str(name).lower())
+
+
+def list_backbones(pattern: str | None = None) -> list[Backbone]:
+    """Registry records whose name matches a shell-style ``pattern`` (all by default)."""
+    if not pattern:
+        return list(REGISTRY.values())
+    pat = _normalise(pattern) if not any(c in pattern for c in "*?[") else pattern.lower()
+    return [b for b in REGISTRY.values() if fnmatch.fnmatch(b.name, pat) or b.name == pat]
+
+
+def get_backbone(name: str | Backbone) -> Backbone:
+    """Look a backbone up by name (case, ``-`` and ``_`` do not matter).
+
+    Raises
+    ------
+    UnknownBackbone
+        With the closest registry names as suggestions.
+    """
+    if isinstance(name, Backbone):
+        return name
+    key = _normalise(name)
+    if key in REGISTRY:
+        return REGISTRY[key]
+    close = difflib.get_close_matches(key, REGISTRY, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownBackbone(
+        f"Unknown backbone {name!r}.{hint} Run `featx backbones` to list all "
+        f"{len(REGISTRY)}. Received: backbone={name!r}"
+    )
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def preprocess(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Apply a Keras preprocessing convention to RGB pixels in [0, 255].
+
+    A numpy twin of ``keras.applications.<module>.preprocess_input`` (tested
+    equal to it), so extraction needs no framework call per batch.
+
+    Parameters
+    ----------
+    pixels : ndarray, shape (..., 3)
+        RGB values in [0, 255], any integer or float dtype.
+    mode : {"caffe", "tf", "torch", "none"}
+        ``caffe``: RGB to BGR, minus the ImageNet BGR mean; ``tf``: scaled to
+        [-1, 1]; ``torch``: scaled to [0, 1] then standardised per channel;
+        ``none``: unchanged (the model rescales inside, e.g. EfficientNet).
+    """
+    x = np.asarray(pixels, dtype=np.float32)
+    if mode == "caffe":
+        return x[..., ::-1] - CAFFE_MEAN_BGR
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "torch":
+        return (x / 255.0 - TORCH_MEAN) / TORCH_STD
+    if mode == "none":
+        return x
+    raise FeatxError(f"Unknown preprocessing mode. Expected one of {PREPROCESSING_MODES}. Received: mode={mode!r}")
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Which weights to load, and a fingerprint of them for cache keys.
+
+    ``kind`` is ``"imagenet"``, ``"random"`` (seeded initialisation) or
+    ``"file"``. For a file, the fingerprint is the sha256 of its bytes, so a
+    renamed file still hits the cache and an edited one does not.
+    """
+
+    kind: str
+    path: str | None = None
+    fingerprint: str = ""
+    seed: int = 0
+
+    @property
+    def source(self) -> str:
+        """What to pass to :func:`resolve_weights` to get these weights back."""
+        return {"imagenet": "imagenet", "random": "none", "file": str(self.path)}[self.kind]
+
+    @property
+    def keras_arg(self):
+        return {"imagenet": "imagenet", "random": None, "file": self.path}[self.kind]
+
+    def describe(self) -> str:
+        return {"imagenet": "imagenet", "random": f"none (random, seed {self.seed})", "file": str(self.path)}[
+            self.kind
+        ]
+
+
+def resolve_weights(
+    weights: str | os.PathLike | None, seed: int = 0, *, file_hasher=None, backend: str | None = None
+) -> Weights:
+    """Turn ``imagenet`` / ``none`` / a path into a :class:`Weights`.
+
+    Random weights are keyed by seed and Keras backend, because the same
+    seed draws different numbers on TensorFlow and JAX.
+    """
+    if isinstance(weights, Weights):
+        return weights
+    if weights is None or str(weights).lower() in ("none", "random"):
+        if backend is None:
+            from .runtime import backend_name
+
+            backend = backend_name()
+        return Weights("random", None, f"random:seed={seed}:{backend}", seed)
+    if str(weights).lower() == "imagenet":
+        return Weights("imagenet", None, "imagenet")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"Weights file not found: {path}. Pass --weights imagenet, none, or the path of a "
+            f"Keras weights file (.weights.h5 or .h5). Received: weights={str(weights)!r}"
+        )
+    path = path.resolve()
+    digest = file_hasher(path) if file_hasher else _sha256(path)
+    return Weights("file", str(path), f"sha256:{digest}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_PARTIAL_LOAD = re.compile(r"freshly-initialized|Skipping variable loading|did not match|mismatch", re.I)
+_URL = re.compile(r"https?://\S+?\.(?:h5|keras)")
+
+
+def _weights_error(backbone: Backbone, weights: Weights, exc: Exception) -> WeightsError:
+    """A one-line message for weights that could not be fetched or loaded."""
+    msg = str(exc)
+    if weights.kind == "imagenet":
+        url = _URL.search(msg)
+        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        if url:
+            fname = url.group(0).rsplit("/", 1)[-1]
+            where = os.path.join(keras_home, "models", fname)
+            return WeightsError(
+                f"ImageNet weights for {backbone.name} could not be downloaded (no network?). Keras "
+                f"looks for {where}: download {url.group(0)} and put it there, or pass "
+                f"--weights PATH to a local weights file (or --weights none for random weights)."
+            )
+        return WeightsError(f"ImageNet weights for {backbone.name} could not be loaded: {msg.splitlines()[0]}")
+    first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
+    return WeightsError(
+        f"Weights file {weights.path} does not fit {backbone.name} (include_top=False): {first[:300]}"
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+def check_input_size(backbone: Backbone, input_size: int | None, weights: Weights | None = None) -> int:
+    """The square input size to use, validated against the family's limits."""
+    size = int(input_size or backbone.input_size)
+    if size < backbone.min_input_size:
+        raise FeatxError(
+            f"{backbone.name} needs inputs of at least {backbone.min_input_size} px. "
+            f"Received: image_size={size}"
+        )
+    if weights is not None and weights.kind == "imagenet" and backbone.family.fixed_imagenet_size:
+        if size != backbone.input_size:
+            raise FeatxError(
+                f"{backbone.name}'s ImageNet weights only load at {backbone.input_size} px. "
+                f"Received: image_size={size}"
+            )
+    return size
+
+
+def build_backbone(
+    backbone: Backbone | str,
+    weights: Weights,
+    input_size: int | None = None,
+    pooling: str | None = None,
+):
+    """Build the headless ``keras.applications`` model with its weights loaded.
+
+    ``pooling`` is passed to Keras itself so that the uncut model's features
+    are exactly Keras' (ConvNeXt normalises after pooling, for instance).
+    """
+    import keras
+
+    bb = get_backbone(backbone)
+    size = check_input_size(bb, input_size, weights)
+    ctor = getattr(keras.applications, bb.constructor)
+    if weights.kind == "random":
+        keras.utils.set_random_seed(weights.seed)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = ctor(weights=weights.keras_arg, include_top=False, input_shape=(size, size, 3), pooling=pooling)
+    except Exception as exc:  # Keras raises a bare Exception for download failures
+        raise _weights_error(bb, weights, exc) from exc
+    # Keras only warns when a weights file leaves layers at their random
+    # initialisation; features from such a model would be silently wrong.
+    partial = [w for w in caught if _PARTIAL_LOAD.search(str(w.message))]
+    if partial:
+        raise _weights_error(bb, weights, ValueError(str(partial[0].message)))
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model
+
+
+@dataclass(frozen=True)
+class Block:
+    """A named block of a built model: its output layer and the index after it."""
+
+    name: str
+    layer: str  # name of the layer whose output ends the block
+    end: int  # index in model.layers of that layer
+
+
+def cut_points(model) -> list[int]:
+    """Indices of layers every input-to-output path goes through.
+
+    In a topological order, layer i is such a point iff no connection jumps
+    over it (from a layer before i to a layer after i). Tapping there gives
+    the whole state of the network, residual branches included.
+    """
+    layers = model.layers
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    jumps = np.zeros(len(layers) + 1, dtype=np.int64)
+    for j, layer in enumerate(layers):
+        for node in getattr(layer, "_inbound_nodes", []):
+            for parent in getattr(node, "parent_nodes", []):
+                i = index.get(id(parent.operation))
+                if i is not None and j - i > 1:
+                    jumps[i + 1] += 1
+                    jumps[j] -= 1
+    covered = np.cumsum(jumps)[: len(layers)]
+    return [i for i in range(len(layers)) if covered[i] == 0]
+
+
+def blocks(model, backbone: Backbone | str) -> list[Block]:
+    """The named blocks of a built backbone, in order, as cut points.
+
+    Each cut point is named after the block of the nearest layer at or
+    before it whose name the family pattern recognises; a block ends at its
+    last cut point, so residual additions and trailing layers (EfficientNet's
+    top convolution) belong to the block before them.
+    """
+    bb = get_backbone(backbone)
+    pattern = re.compile(bb.family.block_pattern)
+    layers = model.layers
+    owner: list[str | None] = []
+    current = None
+    for layer in layers:
+        m = pattern.search(layer.name)
+        if m:
+            current = m.expand(bb.family.block_template)
+        owner.append(current)
+    if bb.family.block_end_pattern:
+        end_re = re.compile(bb.family.block_end_pattern)
+        candidates = [i for i, layer in enumerate(layers) if end_re.search(layer.name)]
+    else:
+        candidates = cut_points(model)
+    ends: dict[str, int] = {}
+    for i in candidates:
+        if owner[i] is not None:
+            ends[owner[i]] = i  # later cut points of the same block win
+    return [Block(name, layers[i].name, i) for name, i in sorted(ends.items(), key=lambda kv: kv[1])]
+
+
+def feature_model(
+    backbone: Backbone | str,
+    weights: Weights,
+    input_size: int | None = None,
+    pooling: str = "avg",
+    cut_blocks: int = 0,
+):
+    """A Keras model from preprocessed images to pooled feature vectors.
+
+    With ``cut_blocks=0`` it is ``keras.applications.<X>(include_top=False,
+    pooling=pooling)`` unchanged. With ``cut_blocks=K`` it taps the output of
+    the block K blocks before the end and pools it.
+    """
+    import keras
+
+    bb = get_backbone(backbone)
+    if pooling not in ("avg", "max"):
+        raise FeatxError(f"pooling must be 'avg' or 'max'. Received: pooling={pooling!r}")
+    if cut_blocks < 0:
+        raise FeatxError(f"cut_blocks must be >= 0. Received: cut_blocks={cut_blocks}")
+    if cut_blocks == 0:
+        return build_backbone(bb, weights, input_size, pooling=pooling)
+    base = build_backbone(bb, weights, input_size, pooling=None)
+    named = blocks(base, bb)
+    if cut_blocks >= len(named):
+        raise FeatxError(
+            f"{bb.name} has {len(named)} named blocks, so at most {len(named) - 1} can be cut. "
+            f"Received: cut_blocks={cut_blocks}"
+        )
+    tap = named[-(cut_blocks + 1)]
+    pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+    out = pool(name=f"featx_{pooling}_pool")(base.get_layer(tap.layer).output)
+    return keras.Model(base.input, out, name=f"{bb.name}_cut{cut_blocks}")

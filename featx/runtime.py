@@ -1,0 +1,63 @@
+"""What this process runs on: the Keras backend, GPUs, compute precision.
+
+These answers are needed before a model is built (they are part of cache
+keys), so they are read without importing Keras or TensorFlow whenever
+possible: a warm re-run must not pay for a framework import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import FeatxError
+
+PRECISIONS = ("auto", "float32", "mixed")
+
+
+def backend_name() -> str:
+    """The Keras backend this process will use, as Keras itself decides it."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    env = os.environ.get("KERAS_BACKEND")
+    if env:
+        return env
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    try:
+        return json.loads(Path(home, "keras.json").read_text()).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def gpu_available() -> bool:
+    """Whether an NVIDIA GPU is visible to this process.
+
+    Reads the driver's device list instead of importing a framework; an
+    empty or ``-1`` ``CUDA_VISIBLE_DEVICES`` hides the GPUs as CUDA does.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    try:
+        return gpus.is_dir() and any(gpus.iterdir())
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str = "auto") -> str:
+    """``auto`` means mixed float16 on a GPU and float32 on a CPU."""
+    if precision not in PRECISIONS:
+        raise FeatxError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
+    if precision == "auto":
+        return "mixed" if gpu_available() else "float32"
+    return precision
+
+
+def quiet_frameworks() -> None:
+    """Silence TensorFlow's C++ start-up chatter before it is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")

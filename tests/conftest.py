@@ -1,0 +1,55 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # tests are CPU-only and float32
+
+HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
+
+
+def make_image(path: Path, size=(40, 32), color=None, seed=0, fmt=None):
+    """A small RGB image with some structure, written with Pillow."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    if color is None:
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    else:
+        arr = np.zeros((h, w, 3), np.uint8) + np.array(color, np.uint8)
+        arr = np.clip(arr.astype(int) + rng.integers(-20, 20, arr.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
+
+
+def make_dataset(root: Path, classes=("cats", "dogs"), per_class=6, splits=None, size=(40, 32)):
+    """Class folders (optionally inside split folders) of colour-coded images.
+
+    Each class has its own dominant colour, so even random-weight features
+    separate them.
+    """
+    colors = [(220, 40, 40), (40, 40, 220), (40, 200, 40), (200, 200, 40)]
+    for s_i, split in enumerate(splits or [None]):
+        for c_i, cls in enumerate(classes):
+            for i in range(per_class):
+                folder = root / split / cls if split else root / cls
+                make_image(folder / f"{cls}_{i}.png", size=size, color=colors[c_i % 4], seed=1000 * s_i + 100 * c_i + i)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+sys.modules.setdefault("featx_test_helpers", sys.modules[__name__])

@@ -1,0 +1,147 @@
+import re
+
+import numpy as np
+import pytest
+
+from featx import backbones as B
+from featx.errors import FeatxError, UnknownBackbone, WeightsError
+
+# One member of each family, built for real with random weights at a small
+# size: the registry's numbers must be the model's numbers.
+ONE_PER_FAMILY = {}
+for _b in B.list_backbones():
+    ONE_PER_FAMILY.setdefault(_b.family, _b.name)
+# The smallest member stands in for big families in CI.
+ONE_PER_FAMILY[B.get_backbone("convnexttiny").family] = "convnexttiny"
+
+
+def test_registry_covers_the_issue_list():
+    names = {b.name for b in B.list_backbones()}
+    expected = {
+        "resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2", "resnet152v2", "inceptionv3",
+        "inceptionresnetv2", "vgg16", "vgg19", "xception", "densenet121", "densenet169", "densenet201",
+        "mobilenet", "mobilenetv2", "mobilenetv3small", "mobilenetv3large", "nasnetmobile", "nasnetlarge",
+        *{f"efficientnetb{i}" for i in range(8)}, *{f"efficientnetv2{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")},
+        *{f"convnext{v}" for v in ("tiny", "small", "base", "large", "xlarge")},
+    }
+    assert expected <= names
+    for b in B.list_backbones():
+        assert b.preprocessing in B.PREPROCESSING_MODES
+        assert b.input_size >= b.min_input_size
+        assert b.feature_width > 0 and b.params > 0
+
+
+def test_lookup_is_forgiving_and_unknown_names_suggest():
+    assert B.get_backbone("ResNet-50").name == "resnet50"
+    assert B.get_backbone("efficientnet_b0").name == "efficientnetb0"
+    with pytest.raises(UnknownBackbone, match=r"Did you mean .*resnet50") as exc:
+        B.get_backbone("resnet5")
+    assert "Received: backbone='resnet5'" in str(exc.value)
+    assert [b.name for b in B.list_backbones("vgg*")] == ["vgg16", "vgg19"]
+    assert B.list_backbones("nothing*") == []
+
+
+@pytest.mark.parametrize(
+    "mode,module", [("caffe", "resnet"), ("tf", "mobilenet_v2"), ("torch", "densenet"), ("none", "efficientnet")]
+)
+def test_preprocess_matches_keras(mode, module):
+    import keras
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
+    ours = B.preprocess(x.astype(np.uint8), mode)
+    theirs = np.asarray(getattr(keras.applications, module).preprocess_input(x.copy()))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+    with pytest.raises(FeatxError, match="Received: mode='bgr'"):
+        B.preprocess(x, "bgr")
+
+
+@pytest.mark.parametrize("name", sorted(ONE_PER_FAMILY.values()))
+def test_record_matches_real_model(name):
+    import keras
+
+    bb = B.get_backbone(name)
+    w = B.resolve_weights(None)
+    size = max(bb.min_input_size, 64) if not bb.family.fixed_imagenet_size else 64
+    model = B.build_backbone(bb, w, size, pooling="avg")
+    assert model.output.shape[-1] == bb.feature_width
+    assert model.count_params() == bb.params
+    base = B.build_backbone(bb, w, size)
+    named = B.blocks(base, bb)
+    assert len(named) >= 1
+    assert len({b.name for b in named}) == len(named)
+    assert [b.end for b in named] == sorted(b.end for b in named)
+    pattern = re.compile(bb.family.block_pattern)
+    assert any(pattern.search(base.layers[b.end].name) for b in named) or bb.family.block_end_pattern is None
+    keras.backend.clear_session()
+
+
+def test_cut_blocks_taps_earlier_block():
+    w = B.resolve_weights(None)
+    full = B.feature_model("resnet50", w, 32, "avg", 0)
+    cut1 = B.feature_model("resnet50", w, 32, "avg", 1)
+    cut5 = B.feature_model("resnet50", w, 32, "max", 5)
+    assert full.output.shape[-1] == 2048
+    assert cut1.output.shape[-1] == 2048  # conv5_block2_out
+    assert cut5.output.shape[-1] == 1024  # conv4_block5_out
+    names = [b.layer for b in B.blocks(B.build_backbone("resnet50", w, 32), "resnet50")]
+    assert names[-1] == "conv5_block3_out" and names[-2] == "conv5_block2_out"
+    with pytest.raises(FeatxError, match="at most 15 can be cut"):
+        B.feature_model("resnet50", w, 32, "avg", 16)
+
+
+def test_vgg_blocks_and_cut_features_equal_keras_intermediate():
+    import keras
+
+    w = B.resolve_weights(None)
+    base = B.build_backbone("vgg16", w, 32)
+    assert [b.name for b in B.blocks(base, "vgg16")] == ["block1", "block2", "block3", "block4", "block5"]
+    cut = B.feature_model("vgg16", w, 32, "avg", 1)
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
+    ref = keras.Model(base.input, base.get_layer("block4_pool").output).predict(x, verbose=0).mean(axis=(1, 2))
+    np.testing.assert_allclose(cut.predict(x, verbose=0), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_input_size_and_pooling_are_checked():
+    w = B.resolve_weights(None)
+    with pytest.raises(FeatxError, match="at least 75 px"):
+        B.check_input_size(B.get_backbone("inceptionv3"), 64)
+    with pytest.raises(FeatxError, match="only load at 224 px"):
+        B.check_input_size(B.get_backbone("nasnetmobile"), 128, B.Weights("imagenet", fingerprint="imagenet"))
+    with pytest.raises(FeatxError, match="pooling must be"):
+        B.feature_model("vgg16", w, 32, "mean", 0)
+
+
+def test_weights_file_errors(tmp_path):
+    with pytest.raises(WeightsError, match="Weights file not found"):
+        B.resolve_weights(tmp_path / "missing.weights.h5")
+    # A real weights file of another architecture is a one-line error too.
+    m = B.build_backbone("vgg16", B.resolve_weights(None), 32)
+    path = tmp_path / "vgg16.weights.h5"
+    m.save_weights(path)
+    w = B.resolve_weights(path)
+    assert w.fingerprint.startswith("sha256:") and w.kind == "file"
+    loaded = B.build_backbone("vgg16", w, 32)
+    np.testing.assert_array_equal(loaded.get_weights()[0], m.get_weights()[0])
+    with pytest.raises(WeightsError, match="does not fit mobilenet"):
+        B.build_backbone("mobilenet", w, 32)
+
+
+def test_random_weights_are_reproducible_and_keyed_by_seed():
+    a = B.build_backbone("mobilenet", B.resolve_weights(None, seed=3), 32)
+    b = B.build_backbone("mobilenet", B.resolve_weights("none", seed=3), 32)
+    np.testing.assert_array_equal(a.get_weights()[0], b.get_weights()[0])
+    assert B.resolve_weights(None, seed=3).fingerprint != B.resolve_weights(None, seed=4).fingerprint
+
+
+def test_offline_imagenet_message_names_the_file(tmp_path, monkeypatch):
+    """The real download path: with no network it must say where the file goes."""
+    try:
+        B.build_backbone("resnet50", B.resolve_weights("imagenet"), 32)
+    except WeightsError as exc:
+        msg = str(exc)
+        assert "\n" not in msg
+        assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+        assert ".keras/models" in msg or "models" in msg
+        assert "--weights PATH" in msg
+    else:
+        pytest.skip("ImageNet weights are available on this machine (network or local copy)")
