@@ -16,11 +16,14 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import hashlib
+import io
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,12 +378,17 @@ def build_backbone(
     ctor = getattr(keras.applications, bb.constructor)
     if weights.kind == "random":
         keras.utils.set_random_seed(weights.seed)
+    # Keras prints download notices on stdout: keep them off our output, show
+    # them (on stderr) only if the build worked, so a failure is one line.
+    chatter = io.StringIO()
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(chatter):
             warnings.simplefilter("always")
             model = ctor(weights=weights.keras_arg, include_top=False, input_shape=(size, size, 3), pooling=pooling)
     except Exception as exc:  # Keras raises a bare Exception for download failures
         raise _weights_error(bb, weights, exc) from exc
+    if chatter.getvalue():
+        sys.stderr.write(chatter.getvalue())
     # Keras only warns when a weights file leaves layers at their random
     # initialisation; features from such a model would be silently wrong.
     partial = [w for w in caught if _PARTIAL_LOAD.search(str(w.message))]

@@ -1,0 +1,48 @@
+"""featx: transfer learning on image datasets with cached backbone features.
+
+Phase one runs a headless ``keras.applications`` backbone over a dataset once
+and caches pooled features in HDF5; heads then train on them in seconds, and
+phase two fine-tunes the end-to-end model when it pays.
+
+>>> import featx
+>>> result = featx.extract("data/", backbone="resnet50")     # doctest: +SKIP
+>>> f = featx.load_features("data/")                          # doctest: +SKIP
+
+Heavy modules (Keras, LightGBM) load on first use, so ``import featx`` is cheap.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "FeatxError": "errors",
+    "Backbone": "backbones",
+    "get_backbone": "backbones",
+    "list_backbones": "backbones",
+    "Cache": "cache",
+    "discover": "data",
+    "read_image": "data",
+    "ExtractResult": "extract",
+    "Features": "features",
+    "load_features": "features",
+}
+
+# Bound eagerly: the function shadows its own module's name, and importing
+# the submodule first would otherwise leave `featx.extract` the module.
+# (No framework is imported by this.)
+from .extract import extract  # noqa: E402
+
+__all__ = sorted([*_LAZY, "extract"])
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'featx' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

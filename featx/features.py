@@ -1,0 +1,161 @@
+"""Reading cached features back: one call gives X, y, paths, classes and splits."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backbones import get_backbone
+from .cache import Cache, DatasetView, Extraction
+from .errors import CacheError
+
+
+@dataclass
+class Features:
+    """Cached features of one dataset through one extraction.
+
+    Attributes
+    ----------
+    X : ndarray, shape (n_images, feature_width), float32
+    y : ndarray, shape (n_images,), int
+        Index into ``class_names``; -1 for unlabeled images.
+    paths, sha256, split : ndarray of str, shape (n_images,)
+    class_names : list of str
+    extraction : Extraction
+        Where the rows live, with its settings (backbone, size, pooling...).
+    view : DatasetView
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    paths: np.ndarray
+    sha256: np.ndarray
+    split: np.ndarray
+    class_names: list[str]
+    extraction: Extraction
+    view: DatasetView
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def settings(self):
+        return self.extraction.settings
+
+    @property
+    def splits(self) -> list[str]:
+        present = set(self.split.tolist())
+        return [s for s in ("train", "val", "test", "") if s in present]
+
+    def subset(self, mask) -> "Features":
+        """The rows selected by a boolean mask or index array."""
+        return Features(
+            self.X[mask], self.y[mask], self.paths[mask], self.sha256[mask], self.split[mask],
+            self.class_names, self.extraction, self.view,
+        )
+
+    def only(self, split: str) -> "Features":
+        return self.subset(self.split == split)
+
+    def describe(self) -> str:
+        s = self.settings
+        counts = ", ".join(f"{sp or 'unlabeled'} {int((self.split == sp).sum())}" for sp in self.splits)
+        cut = f" cut{s.cut_blocks}" if s.cut_blocks else ""
+        return (
+            f"{s.backbone} {s.input_size}px {s.pooling}{cut} on {self.view.source} "
+            f"({len(self)} images: {counts}; {len(self.class_names)} classes)"
+        )
+
+
+def find_view(
+    cache: Cache,
+    data: str | os.PathLike | None = None,
+    backbone: str | None = None,
+    extraction: str | None = None,
+) -> DatasetView:
+    """The dataset view to use: the latest one matching what is given.
+
+    With nothing given it is the most recent extraction run (``latest.json``),
+    so ``featx fit-head`` right after ``featx extract`` needs no arguments.
+    """
+    views = cache.views()
+    if not views:
+        raise CacheError(
+            f"Nothing has been extracted into {cache.root} yet. Run `featx extract --backbone NAME DATA` first."
+        )
+    if data is None and backbone is None and extraction is None:
+        latest = cache.latest_view_id()
+        for v in views:
+            if v.id == latest:
+                return v
+        return views[-1]
+    picked = views
+    if data is not None:
+        src = str(Path(data).expanduser().resolve())
+        picked = [v for v in picked if v.source == src]
+        if not picked:
+            raise CacheError(f"No extraction of {src} in {cache.root}. Run `featx extract --backbone NAME {data}` first.")
+    if backbone is not None:
+        name = get_backbone(backbone).name
+        picked = [v for v in picked if cache_settings_backbone(v) == name]
+        if not picked:
+            raise CacheError(f"No {name} extraction{' of ' + str(data) if data else ''} in {cache.root}.")
+    if extraction is not None:
+        ext = cache.get_extraction(extraction)
+        picked = [v for v in picked if v.extraction == ext.name]
+        if not picked:
+            raise CacheError(f"No dataset was extracted with {ext.name}.")
+    return picked[-1]
+
+
+def cache_settings_backbone(view: DatasetView) -> str:
+    # Extraction directories are named "<backbone>-<size>px-..."; reading the
+    # name avoids opening meta.json for every view.
+    return view.extraction.split("-", 1)[0]
+
+
+def load_features(
+    data: str | os.PathLike | None = None,
+    backbone: str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    extraction: str | None = None,
+    split: str | None = None,
+) -> Features:
+    """Load cached features in one call.
+
+    Parameters
+    ----------
+    data : path, optional
+        The dataset folder or CSV given to ``extract``; latest extraction if omitted.
+    backbone : str, optional
+        Pick the latest extraction with this backbone.
+    cache_dir : path, optional
+        Cache root; ``$FEATX_CACHE_DIR`` or ``./cache`` by default.
+    extraction : str, optional
+        An extraction directory name (or unique prefix) from ``featx cache list``.
+    split : {"train", "val", "test"}, optional
+        Only rows of this split.
+
+    Examples
+    --------
+    >>> f = featx.load_features("data/")            # doctest: +SKIP
+    >>> f.X.shape, f.class_names                     # doctest: +SKIP
+    ((398, 2048), ['ants', 'bees'])
+    """
+    cache = Cache(cache_dir)
+    view = find_view(cache, data, backbone, extraction)
+    try:
+        ext = cache.get_extraction(view.extraction)
+    except CacheError:
+        raise CacheError(
+            f"The extraction {view.extraction} behind {view.source} was removed. Run `featx extract` again."
+        ) from None
+    cols = cache.read_view(view)
+    X = ext.read(list(cols["sha256"]))
+    feats = Features(X, cols["label"].astype(np.int64), cols["path"], cols["sha256"], cols["split"],
+                     view.class_names, ext, view)
+    return feats.only(split) if split else feats

@@ -1,0 +1,303 @@
+"""Phase one end to end: extraction, the cache's promises, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import featx
+
+extract_mod = sys.modules["featx.extract"]
+from featx.cache import Cache
+from featx.cli import cli
+from featx.errors import CacheError, DataError
+
+from conftest import HYMENOPTERA, make_dataset, make_image
+
+TINY = dict(backbone="vgg16", weights="none", image_size=32, batch_size=4, progress=False)
+
+
+def run(data, cache_dir, **kw):
+    return featx.extract(data, cache_dir=cache_dir, **{**TINY, **kw})
+
+
+def forbid_model(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the model was built although everything is cached")
+
+    monkeypatch.setattr(extract_mod, "build_feature_model", boom)
+
+
+def test_features_equal_keras_applications_on_same_pixels(tiny_dataset, cache_dir, tmp_path):
+    import keras
+
+    from featx.data import read_image
+
+    keras.utils.set_random_seed(7)
+    ref = keras.applications.VGG16(weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3))
+    wfile = tmp_path / "vgg.weights.h5"
+    ref.save_weights(wfile)
+    res = run(tiny_dataset, cache_dir, backbone="vgg16", weights=str(wfile))
+    f = featx.load_features(tiny_dataset, cache_dir=cache_dir)
+    assert res.computed == 12 and f.X.shape == (12, 512)
+    pixels = np.stack([read_image(p, 32) for p in f.paths]).astype("float32")
+    expected = ref.predict(keras.applications.vgg16.preprocess_input(pixels), verbose=0)
+    np.testing.assert_allclose(f.X, expected, rtol=1e-4, atol=1e-4)
+    assert f.class_names == ["cats", "dogs"]
+    assert sorted(set(f.y.tolist())) == [0, 1]
+    assert all(Path(p).name.startswith(f.class_names[y]) for p, y in zip(f.paths, f.y))
+
+
+def test_warm_rerun_computes_nothing_and_builds_no_model(tiny_dataset, cache_dir, monkeypatch):
+    first = run(tiny_dataset, cache_dir)
+    assert (first.computed, first.reused) == (12, 0)
+    forbid_model(monkeypatch)
+    again = run(tiny_dataset, cache_dir)
+    assert (again.computed, again.reused, again.skipped) == (0, 12, [])
+    np.testing.assert_array_equal(
+        featx.load_features(tiny_dataset, cache_dir=cache_dir).X.sum(), featx.load_features(cache_dir=cache_dir).X.sum()
+    )
+
+
+def test_memo_avoids_rehashing_unchanged_files(tiny_dataset, cache_dir, monkeypatch):
+    run(tiny_dataset, cache_dir)
+    opened = []
+    real_open = open
+
+    def spy(path, *a, **k):
+        if str(path).endswith(".png"):
+            opened.append(path)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", spy)
+    assert run(tiny_dataset, cache_dir).reused == 12
+    assert opened == []
+
+
+def test_adding_and_editing_images_computes_only_those(tiny_dataset, cache_dir):
+    run(tiny_dataset, cache_dir)
+    make_image(tiny_dataset / "cats" / "new_cat.png", color=(220, 40, 40), seed=99)
+    make_image(tiny_dataset / "dogs" / "new_dog.png", color=(40, 40, 220), seed=98)
+    res = run(tiny_dataset, cache_dir)
+    assert (res.computed, res.reused) == (2, 12)
+    before = featx.load_features(tiny_dataset, cache_dir=cache_dir)
+    edited = tiny_dataset / "cats" / "cats_0.png"
+    make_image(edited, color=(0, 255, 0), seed=5)
+    res = run(tiny_dataset, cache_dir)
+    assert (res.computed, res.reused) == (1, 13)
+    after = featx.load_features(tiny_dataset, cache_dir=cache_dir)
+    i = list(after.paths).index(str(edited))
+    j = list(before.paths).index(str(edited))
+    assert np.abs(after.X[i] - before.X[j]).max() > 1e-3 * np.abs(before.X[j]).max()
+    k = list(after.paths).index(str(tiny_dataset / "dogs" / "dogs_1.png"))
+    np.testing.assert_array_equal(after.X[k], before.X[list(before.paths).index(after.paths[k])])
+
+
+def test_duplicate_content_is_computed_once(tmp_path, cache_dir):
+    data = make_dataset(tmp_path / "d", per_class=3)
+    (data / "cats" / "copy.png").write_bytes((data / "cats" / "cats_0.png").read_bytes())
+    res = run(data, cache_dir)
+    assert res.computed == 6 and res.reused == 1
+    f = featx.load_features(data, cache_dir=cache_dir)
+    a, b = list(f.paths).index(str(data / "cats" / "copy.png")), list(f.paths).index(str(data / "cats" / "cats_0.png"))
+    np.testing.assert_array_equal(f.X[a], f.X[b])
+
+
+def test_settings_change_the_key(tiny_dataset, cache_dir):
+    a = run(tiny_dataset, cache_dir)
+    b = run(tiny_dataset, cache_dir, pooling="max")
+    c = run(tiny_dataset, cache_dir, image_size=40)
+    d = run(tiny_dataset, cache_dir, seed=1)
+    names = {r.extraction.name for r in (a, b, c, d)}
+    assert len(names) == 4 and all(r.computed == 12 for r in (b, c, d))
+    assert featx.load_features(cache_dir=cache_dir).extraction.name == d.extraction.name  # latest
+    assert featx.load_features(tiny_dataset, "vgg16", cache_dir=cache_dir).extraction.name == d.extraction.name
+
+
+BAD_KINDS = {
+    "empty.jpg": (b"", "empty file"),
+    "text.jpg": (b"hello, I am not a picture\n" * 10, "not an image"),
+}
+
+
+def test_bad_files_are_skipped_named_and_remembered(tiny_dataset, cache_dir, monkeypatch):
+    for name, (content, _) in BAD_KINDS.items():
+        (tiny_dataset / "cats" / name).write_bytes(content)
+    good = (tiny_dataset / "dogs" / "dogs_0.png").read_bytes()
+    jpg = tiny_dataset / "dogs" / "trunc.jpg"
+    make_image(jpg, size=(64, 64), fmt="JPEG")
+    jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
+    res = run(tiny_dataset, cache_dir)
+    reasons = {Path(p).name: r for p, r in res.skipped}
+    assert reasons["empty.jpg"] == "empty file"
+    assert reasons["text.jpg"] == "not an image"
+    assert "truncated" in reasons["trunc.jpg"]
+    assert res.computed == 12
+    view = featx.load_features(tiny_dataset, cache_dir=cache_dir).view
+    assert {Path(p).name for p, _ in view.skipped} == {"empty.jpg", "text.jpg", "trunc.jpg"}
+    # Known-bad bytes are not decoded again on the next run.
+    forbid_model(monkeypatch)
+    again = run(tiny_dataset, cache_dir)
+    assert len(again.skipped) == 3 and again.reused == 12
+    assert good  # untouched
+
+
+def test_strict_makes_bad_files_fatal_and_keeps_the_cache(tiny_dataset, cache_dir):
+    run(tiny_dataset, cache_dir)
+    (tiny_dataset / "cats" / "zz_bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="zz_bad.png: not an image"):
+        run(tiny_dataset, cache_dir, strict=True)
+    assert featx.load_features(tiny_dataset, cache_dir=cache_dir).X.shape[0] == 12
+
+
+def test_corrupt_shard_is_a_miss_with_a_warning(tiny_dataset, cache_dir):
+    res = run(tiny_dataset, cache_dir)
+    shard = res.extraction.shards()[0]
+    shard.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable cache shard"):
+        again = run(tiny_dataset, cache_dir)
+    assert again.computed == 12
+
+
+def test_load_features_errors(tmp_path, tiny_dataset, cache_dir):
+    with pytest.raises(CacheError, match="Nothing has been extracted"):
+        featx.load_features(cache_dir=cache_dir)
+    run(tiny_dataset, cache_dir)
+    with pytest.raises(CacheError, match="No extraction of"):
+        featx.load_features(tmp_path / "elsewhere", cache_dir=cache_dir)
+    with pytest.raises(CacheError, match="No resnet50 extraction"):
+        featx.load_features(backbone="resnet50", cache_dir=cache_dir)
+    assert featx.load_features(split="train", cache_dir=cache_dir).X.shape[0] == 12
+
+
+def test_splits_and_unlabeled(tmp_path, cache_dir):
+    data = make_dataset(tmp_path / "s", per_class=3, splits=["train", "val", "test"])
+    run(data, cache_dir)
+    f = featx.load_features(data, cache_dir=cache_dir)
+    assert f.splits == ["train", "val", "test"] and len(f) == 18
+    unl = tmp_path / "unl"
+    for i in range(3):
+        make_image(unl / f"{i}.png", seed=i)
+    run(unl, cache_dir)
+    g = featx.load_features(unl, cache_dir=cache_dir)
+    assert (g.y == -1).all() and g.class_names == []
+
+
+def test_shard_and_view_files_are_plain_hdf5(tiny_dataset, cache_dir):
+    res = run(tiny_dataset, cache_dir)
+    (shard,) = res.extraction.shards()
+    with h5py.File(shard) as f:
+        assert f["features"].shape == (12, 512) and f["features"].dtype == np.float32
+        assert len(f["sha256"][0]) == 64
+        assert set(f["label"].asstr()[...]) == {"cats", "dogs"}
+        assert f["path"].asstr()[0].endswith(".png")
+    with h5py.File(res.view.path) as v:
+        assert json.loads(v.attrs["class_names"]) == ["cats", "dogs"]
+        assert v["label"].shape == (12,)
+    assert not list(Path(cache_dir).rglob(".tmp-*"))
+    assert (Path(cache_dir) / ".gitignore").exists()
+
+
+# ---------------------------------------------------------------- processes
+
+CLI = [sys.executable, "-m", "featx.cli"]
+
+
+def _extract_cmd(data, cache_dir, batch=2):
+    return CLI + ["--cache-dir", str(cache_dir), "extract", "-q", "-b", "vgg16", "--weights", "none",
+                  "--image-size", "32", "--batch-size", str(batch), "--workers", "1", str(data)]
+
+
+def test_kill_dash_nine_then_resume(tmp_path, cache_dir):
+    data = make_dataset(tmp_path / "big", per_class=300, size=(48, 48))
+    env = {**os.environ, "FEATX_FLUSH_SECONDS": "0"}  # a shard per batch
+    proc = subprocess.Popen(_extract_cmd(data, cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    shards = Path(cache_dir) / "extractions"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if shards.exists() and len(list(shards.rglob("shards/*.h5"))) >= 2:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    res = run(data, cache_dir, batch_size=2)
+    assert res.reused > 0 and res.computed > 0
+    assert res.reused + res.computed == 600
+    assert featx.load_features(data, cache_dir=cache_dir).X.shape == (600, 512)
+    assert not list(Path(cache_dir).rglob(".tmp-*"))
+
+
+def test_two_concurrent_runs_compute_each_row_once(tmp_path, cache_dir):
+    data = make_dataset(tmp_path / "conc", per_class=40)
+    procs = [subprocess.Popen(_extract_cmd(data, cache_dir, batch=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    computed = [int(o.split(" computed")[0].rsplit(" ", 1)[-1]) for o, _ in outs]
+    assert sum(computed) == 80, outs
+    f = featx.load_features(data, cache_dir=cache_dir)
+    assert f.X.shape == (80, 512) and len(set(f.sha256)) == 80
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_extract_list_rm(tiny_dataset, cache_dir):
+    r = CliRunner()
+    out = r.invoke(cli, ["--cache-dir", str(cache_dir), "extract", "-q", "-b", "vgg16", "--weights", "none",
+                         "--image-size", "32", str(tiny_dataset)])
+    assert out.exit_code == 0, out.output
+    assert "12 images, 12 computed, 0 reused, 0 skipped" in out.output
+    listed = r.invoke(cli, ["--cache-dir", str(cache_dir), "cache", "list", "--json"])
+    (rec,) = json.loads(listed.output)
+    assert rec["backbone"] == "vgg16" and rec["rows"] == 12 and rec["datasets"] == [str(tiny_dataset)]
+    table = r.invoke(cli, ["--cache-dir", str(cache_dir), "cache", "list"])
+    assert "vgg16" in table.output and "12" in table.output
+    gone = r.invoke(cli, ["--cache-dir", str(cache_dir), "cache", "rm", "-y", rec["name"][:12]])
+    assert gone.exit_code == 0 and "removed" in gone.output
+    assert Cache(cache_dir).extractions() == []
+
+
+def test_cli_user_mistakes_are_one_line_errors(tiny_dataset, cache_dir, tmp_path):
+    r = CliRunner()
+    base = ["--cache-dir", str(cache_dir), "extract", "-q", "--image-size", "32"]
+    cases = {
+        "Unknown backbone 'resnet5'. Did you mean": base + ["-b", "resnet5", str(tiny_dataset)],
+        "does not exist": base + ["-b", "vgg16", "--weights", "none", str(tmp_path / "nope")],
+        "Weights file not found": base + ["-b", "mobilenet", "--weights", str(tmp_path / "w.h5"), str(tiny_dataset)],
+        "at least 75 px": base + ["-b", "inceptionv3", "--weights", "none", str(tiny_dataset)],
+        "could not be downloaded": base + ["-b", "mobilenet", str(tiny_dataset)],
+    }
+    for expected, args in cases.items():
+        out = r.invoke(cli, args)
+        assert out.exit_code == 1, (expected, out.output)
+        assert expected in out.output, (expected, out.output)
+        assert "Traceback" not in out.output
+        assert out.output.strip().count("\n") == 0, out.output
+
+
+def test_cli_backbones_table_and_json():
+    r = CliRunner()
+    out = r.invoke(cli, ["backbones"])
+    assert out.exit_code == 0 and "resnet50" in out.output and "2048" in out.output
+    js = json.loads(r.invoke(cli, ["backbones", "--json", "efficientnetb*"]).output)
+    assert [b["name"] for b in js] == [f"efficientnetb{i}" for i in range(8)]
+
+
+@pytest.mark.skipif(not HYMENOPTERA.exists(), reason="shared hymenoptera dataset not present")
+def test_hymenoptera_end_to_end(cache_dir):
+    res = run(HYMENOPTERA, cache_dir, batch_size=32)
+    assert res.total == 398
+    assert res.computed + res.reused + len(res.skipped) == 398
+    f = featx.load_features(HYMENOPTERA, cache_dir=cache_dir)
+    assert f.class_names == ["ants", "bees"] and set(f.splits) == {"train", "val"}
+    assert len(f) == 398 - len(res.skipped)
