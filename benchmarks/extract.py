@@ -34,18 +34,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 HERE = Path(__file__).resolve().parent
 HYMENOPTERA = HERE.parent.parent / "shared" / "datasets" / "hymenoptera"
+PLAIN_NAME = ["image_dataset_from_directory"]
 VGG_HED = Path.home() / ".cache" / "featx-bench" / "vgg16_hed_notop.weights.h5"
 
 
-def plain_keras(data: Path, backbone: str, weights, size: int, batch: int) -> tuple[int, float]:
+def plain_keras(data: Path, backbone: str, weights, size: int, batch: int, precision="float32") -> tuple[int, float]:
     """The notebook way: a tf.data directory loader and model.predict per batch."""
-    import keras
-
     from featx import backbones as B
+    from featx.runtime import import_keras
 
+    keras = import_keras()
     bb = B.get_backbone(backbone)
+    if precision == "mixed":
+        keras.config.set_dtype_policy("mixed_float16")
     model = B.build_backbone(bb, B.resolve_weights(weights), size, pooling="avg")
+    keras.config.set_dtype_policy("float32")
     preprocess = getattr(keras.applications, bb.module).preprocess_input
+    try:
+        import tensorflow  # noqa: F401  (image_dataset_from_directory needs tf.data)
+    except ImportError:
+        PLAIN_NAME[0] = "PIL loop"
+        return plain_loop(data, model, preprocess, size, batch)
     t = time.perf_counter()
     ds = keras.utils.image_dataset_from_directory(
         data, image_size=(size, size), batch_size=batch, shuffle=False, verbose=False
@@ -57,12 +66,26 @@ def plain_keras(data: Path, backbone: str, weights, size: int, batch: int) -> tu
     return n, time.perf_counter() - t
 
 
-def featx_extract(data, cache: Path, backbone, weights, size, batch):
+def plain_loop(data: Path, model, preprocess, size: int, batch: int) -> tuple[int, float]:
+    """The notebook way without tf.data (JAX backend): load a batch, predict it."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted(p for p in Path(data).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    t = time.perf_counter()
+    for i in range(0, len(files), batch):
+        x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR), "float32")
+                      for f in files[i:i + batch]])
+        model.predict(preprocess(x), verbose=0)
+    return len(files), time.perf_counter() - t
+
+
+def featx_extract(data, cache: Path, backbone, weights, size, batch, precision="float32"):
     import featx
 
     t = time.perf_counter()
     res = featx.extract(data, backbone, weights=weights, image_size=size, batch_size=batch, cache_dir=cache,
-                        progress=False, precision="float32", log=lambda m: None)
+                        progress=False, precision=precision, log=lambda m: None)
     return res, time.perf_counter() - t
 
 
@@ -82,6 +105,7 @@ def copy_tree(src: Path, dst: Path, keep: float, seed: int = 0) -> list[Path]:
 
 
 def synthetic(root: Path, n: int, size: int = 64) -> Path:
+    """N random JPEGs of size x size px in 10 class folders."""
     import numpy as np
     from PIL import Image
 
@@ -116,13 +140,18 @@ def main(argv=None):
     ap.add_argument("--memory-backbone", default="mobilenetv2")
     ap.add_argument("--memory-image-size", type=int, default=64)
     ap.add_argument("--skip-compare", action="store_true", help="only the memory test")
+    ap.add_argument("--synthetic", type=int, default=0, help="instead of --data, N synthetic JPEGs of --synthetic-px")
+    ap.add_argument("--synthetic-px", type=int, default=400)
+    ap.add_argument("--precision", default="float32", choices=["auto", "float32", "mixed"])
     args = ap.parse_args(argv)
 
     rows = []
     work = Path(tempfile.mkdtemp(prefix="featx-bench-"))
     try:
+        if args.synthetic:
+            args.data = synthetic(work / "synthetic-data", args.synthetic, args.synthetic_px)
         if not args.skip_compare:
-            common = (args.backbone, args.weights, args.image_size, args.batch_size)
+            common = (args.backbone, args.weights, args.image_size, args.batch_size, args.precision)
             # Warm the page cache and the framework once so neither side pays for it.
             plain_keras(args.data, *common)
             n, plain_s = plain_keras(args.data, *common)
@@ -137,13 +166,16 @@ def main(argv=None):
                 shutil.copy2(p, target)
             grown, grow_s = featx_extract(base, work / "cache-b", *common)
             rows += [
-                ("plain Keras (image_dataset_from_directory + predict/batch)", n, plain_s, n / plain_s, "1.00x"),
+                (f"plain Keras ({PLAIN_NAME[0]} + predict/batch)", n, plain_s, n / plain_s, "1.00x"),
                 ("featx cold extraction", res.total, cold_s, res.total / cold_s, f"{plain_s / cold_s * res.total / n:.2f}x"),
                 ("featx warm re-run", warm.total, warm_s, warm.total / warm_s, f"{100 * warm_s / cold_s:.1f}% of cold"),
                 (f"featx +{len(held)} new images ({grown.computed} computed)", grown.total, grow_s,
                  grown.total / grow_s, f"{100 * grow_s / cold_s:.1f}% of cold"),
             ]
-            print(f"\nbackbone={args.backbone} weights={Path(args.weights).name} size={args.image_size} "
+            from featx.runtime import backend_name
+
+            print(f"\nbackend={backend_name()} precision={args.precision} "
+                  f"backbone={args.backbone} weights={Path(args.weights).name} size={args.image_size} "
                   f"batch={args.batch_size} data={args.data} ({res.total} files, {len(res.skipped)} skipped by featx)")
             print("\n| run | images | seconds | images/s | vs plain / cold |\n|---|---|---|---|---|")
             for name, k, s, rate, rel in rows:

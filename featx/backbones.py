@@ -371,7 +371,9 @@ def build_backbone(
     ``pooling`` is passed to Keras itself so that the uncut model's features
     are exactly Keras' (ConvNeXt normalises after pooling, for instance).
     """
-    import keras
+    from .runtime import import_keras
+
+    keras = import_keras()
 
     bb = get_backbone(backbone)
     size = check_input_size(bb, input_size, weights)
@@ -472,7 +474,9 @@ def feature_model(
     pooling=pooling)`` unchanged. With ``cut_blocks=K`` it taps the output of
     the block K blocks before the end and pools it.
     """
-    import keras
+    from .runtime import import_keras
+
+    keras = import_keras()
 
     bb = get_backbone(backbone)
     if pooling not in ("avg", "max"):

@@ -25,7 +25,7 @@ from . import backbones as B
 from .cache import Cache, DatasetView, Extraction, ExtractionSettings
 from .data import Dataset, ImageItem, discover, read_image
 from .errors import BadImage, DataError
-from .runtime import backend_name, quiet_frameworks, resolve_precision
+from .runtime import backend_name, gpu_available, import_keras, resolve_precision
 
 # A shard is flushed every FLUSH_SECONDS of computing (or FLUSH_ROWS rows):
 # that bounds what a killed run loses. FEATX_FLUSH_SECONDS overrides it.
@@ -118,9 +118,7 @@ def settings_for(
 
 def build_feature_model(settings: ExtractionSettings, weights: B.Weights):
     """Build the Keras feature model for cached settings (mixed precision if they say so)."""
-    quiet_frameworks()
-    import keras
-
+    keras = import_keras()
     bb = B.get_backbone(settings.backbone)
     previous = keras.config.dtype_policy()
     if settings.precision == "mixed":
@@ -232,6 +230,7 @@ class _Run:
         self.cache, self.opts, self.ds = cache, opts, ds
         self.batch_size, self.strict, self.progress, self.log = batch_size, strict, progress, log
         self.workers = workers or min(16, max(2, os.cpu_count() or 2))
+        self.on_gpu = gpu_available()
         self.sha: dict[str, str] = {}
         self.skipped: list[tuple[str, str]] = []
         self.computed = 0
@@ -348,8 +347,9 @@ class _Run:
             t = time.perf_counter()
             x = np.stack([p.pixels for p in batch])
             n = len(x)
-            if n < self.batch_size:  # a fixed shape keeps the compiled graph
-                x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
+            padded = _padded(n, self.batch_size, self.on_gpu)
+            if n < padded:  # few distinct shapes keep the compiled graphs
+                x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
             feats = np.asarray(self._model().predict_on_batch(B.preprocess(x, self.opts.backbone.preprocessing)))
             feats = feats[:n].astype(np.float32)
             pending.add(feats, batch)
@@ -395,6 +395,13 @@ class _Run:
             ext.compact(only=run_shards)
         if len(ext.shards()) > 32:
             ext.compact()
+
+
+def _padded(n: int, batch_size: int, on_gpu: bool) -> int:
+    """Rows to run for a batch of ``n``: the full batch on a GPU (padding is
+    nearly free there and a new shape costs a compile), else the next
+    multiple of 8 (on a CPU every padded row costs as much as a real one)."""
+    return batch_size if on_gpu else min(batch_size, -(-n // 8) * 8)
 
 
 class _Pending:

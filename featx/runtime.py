@@ -7,6 +7,7 @@ possible: a warm re-run must not pay for a framework import.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -61,3 +62,40 @@ def quiet_frameworks() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """Point file descriptor 2 at /dev/null (C++ code writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_keras():
+    """Import Keras without TensorFlow's start-up log lines.
+
+    TensorFlow 2.21 prints absl/oneDNN/CUDA notices from C++ before its log
+    level settings apply, so no environment variable silences them; they go
+    to /dev/null for the duration of the import only (FEATX_VERBOSE=1 keeps
+    them). Python errors raised by the import are unaffected.
+    """
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    quiet_frameworks()
+    if backend_name() == "tensorflow" and "tensorflow" not in sys.modules and not os.environ.get("FEATX_VERBOSE"):
+        try:
+            with _stderr_to_devnull():
+                import tensorflow  # noqa: F401
+        except ImportError:
+            pass  # let the keras import below report it
+    import keras
+
+    return keras
