@@ -246,6 +246,45 @@ def preprocess(pixels: np.ndarray, mode: str) -> np.ndarray:
     raise FeatxError(f"Unknown preprocessing mode. Expected one of {PREPROCESSING_MODES}. Received: mode={mode!r}")
 
 
+def preprocess_affine(mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """``preprocess(x, mode)`` as ``x @ K + b`` over channels: (K 3x3, b 3).
+
+    Every Keras convention is a channel permutation or scale plus an offset,
+    so a frozen 1x1 convolution reproduces it inside a model.
+    """
+    if mode == "caffe":
+        return np.eye(3, dtype=np.float32)[::-1].copy(), -CAFFE_MEAN_BGR
+    if mode == "tf":
+        return np.eye(3, dtype=np.float32) / 127.5, -np.ones(3, np.float32)
+    if mode == "torch":
+        return np.diag(1.0 / (255.0 * TORCH_STD)).astype(np.float32), (-TORCH_MEAN / TORCH_STD).astype(np.float32)
+    if mode == "none":
+        return np.eye(3, dtype=np.float32), np.zeros(3, np.float32)
+    raise FeatxError(f"Unknown preprocessing mode. Expected one of {PREPROCESSING_MODES}. Received: mode={mode!r}")
+
+
+def pixels_input(size: int, mode: str, name: str = "pixels"):
+    """An RGB uint8 input and the preprocessed float32 tensor it becomes.
+
+    Built from stock Keras pieces only (a cast and a frozen 1x1 Conv2D kept
+    in float32 under mixed precision), so a saved model holding it loads in
+    safe mode without featx, and preprocessing runs on the accelerator:
+    feeding uint8 moves a quarter of the bytes float32 would.
+    """
+    from .runtime import import_keras
+
+    keras = import_keras()
+    inp = keras.Input((size, size, 3), dtype="uint8", name=name)
+    x = keras.ops.cast(inp, "float32")
+    if mode == "none":
+        return inp, x
+    kernel, bias = preprocess_affine(mode)
+    conv = keras.layers.Conv2D(3, 1, name="featx_preprocess", dtype="float32", trainable=False)
+    x = conv(x)
+    conv.set_weights([kernel.reshape(1, 1, 3, 3), bias])
+    return inp, x
+
+
 # --------------------------------------------------------------------------- weights
 
 
@@ -467,32 +506,41 @@ def feature_model(
     input_size: int | None = None,
     pooling: str = "avg",
     cut_blocks: int = 0,
+    include_preprocessing: bool = True,
 ):
-    """A Keras model from preprocessed images to pooled feature vectors.
+    """A Keras model from images to pooled feature vectors.
 
-    With ``cut_blocks=0`` it is ``keras.applications.<X>(include_top=False,
-    pooling=pooling)`` unchanged. With ``cut_blocks=K`` it taps the output of
-    the block K blocks before the end and pools it.
+    With ``include_preprocessing`` (the default) it takes RGB uint8 pixels
+    and applies the backbone's preprocessing itself; otherwise it takes
+    already-preprocessed float input. With ``cut_blocks=0`` the backbone is
+    ``keras.applications.<X>(include_top=False, pooling=pooling)`` unchanged;
+    with ``cut_blocks=K`` it is tapped at the output of the block K blocks
+    before the end, then pooled.
     """
     from .runtime import import_keras
 
     keras = import_keras()
-
     bb = get_backbone(backbone)
     if pooling not in ("avg", "max"):
         raise FeatxError(f"pooling must be 'avg' or 'max'. Received: pooling={pooling!r}")
     if cut_blocks < 0:
         raise FeatxError(f"cut_blocks must be >= 0. Received: cut_blocks={cut_blocks}")
     if cut_blocks == 0:
-        return build_backbone(bb, weights, input_size, pooling=pooling)
-    base = build_backbone(bb, weights, input_size, pooling=None)
-    named = blocks(base, bb)
-    if cut_blocks >= len(named):
-        raise FeatxError(
-            f"{bb.name} has {len(named)} named blocks, so at most {len(named) - 1} can be cut. "
-            f"Received: cut_blocks={cut_blocks}"
-        )
-    tap = named[-(cut_blocks + 1)]
-    pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
-    out = pool(name=f"featx_{pooling}_pool")(base.get_layer(tap.layer).output)
-    return keras.Model(base.input, out, name=f"{bb.name}_cut{cut_blocks}")
+        base = build_backbone(bb, weights, input_size, pooling=pooling)
+    else:
+        full = build_backbone(bb, weights, input_size, pooling=None)
+        named = blocks(full, bb)
+        if cut_blocks >= len(named):
+            raise FeatxError(
+                f"{bb.name} has {len(named)} named blocks, so at most {len(named) - 1} can be cut. "
+                f"Received: cut_blocks={cut_blocks}"
+            )
+        tap = named[-(cut_blocks + 1)]
+        pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+        out = pool(name=f"featx_{pooling}_pool")(full.get_layer(tap.layer).output)
+        base = keras.Model(full.input, out, name=f"{bb.name}_cut{cut_blocks}")
+    if not include_preprocessing:
+        return base
+    size = int(base.input.shape[1])
+    inp, x = pixels_input(size, bb.preprocessing)
+    return keras.Model(inp, base(x), name=f"featx_{base.name}")

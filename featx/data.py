@@ -72,26 +72,30 @@ class Dataset:
 
 
 def is_image(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk_images(folder: Path, ignored: list, follow_symlinks: bool = True) -> list[Path]:
-    """Image files under ``folder`` (recursively), skipping hidden entries."""
+def _walk_images(folder: Path, ignored: list, follow_symlinks: bool = True) -> list[str]:
+    """Image paths under ``folder`` (recursively, sorted), skipping hidden entries.
+
+    Plain strings, not Path objects: on a million files pathlib's parsing
+    would dominate a warm re-run.
+    """
     found = []
+    join, splitext = os.path.join, os.path.splitext
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=follow_symlinks):
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         for name in sorted(filenames):
             if _hidden(name):
                 continue
-            p = Path(dirpath) / name
-            if is_image(p):
-                found.append(p)
+            if splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(join(dirpath, name))
             else:
-                ignored.append((str(p), "not an image extension"))
+                ignored.append((join(dirpath, name), "not an image extension"))
     return found
 
 
@@ -173,21 +177,25 @@ def _from_folder(root: Path, follow_symlinks: bool) -> Dataset:
         for d, split in split_dirs.items():
             per_split[split] = _scan_classes(d, ignored, follow_symlinks)
         layout = "splits"
-    elif subdirs and any(_walk_images(d, [], follow_symlinks) for d in subdirs):
-        per_split = {"train": _scan_classes(root, ignored, follow_symlinks)}
-        layout = "classes"
     else:
-        images = _walk_images(root, ignored, follow_symlinks)
-        if not images:
-            raise DataError(f"No images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
-        return Dataset(str(root), "unlabeled", [ImageItem(str(p), None, "") for p in images], [], ignored)
+        class_ignored: list = []
+        classes = _scan_classes(root, class_ignored, follow_symlinks) if subdirs else {}
+        if not classes:
+            images = _walk_images(root, ignored, follow_symlinks)
+            if not images:
+                raise DataError(f"No images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+            return Dataset(str(root), "unlabeled", [ImageItem(p, None, "") for p in images], [], ignored)
+        ignored += class_ignored
+        per_split = {"train": classes}
+        layout = "classes"
 
-    for p in loose:
-        ignored.append((str(p), "file beside the class folders" if is_image(p) else "not an image extension"))
+    if layout == "splits":
+        for p in loose:
+            ignored.append((str(p), "file beside the split folders" if is_image(p) else "not an image extension"))
     return _assemble(str(root), layout, per_split, ignored)
 
 
-def _scan_classes(folder: Path, ignored: list, follow_symlinks: bool) -> dict[str, list[Path]]:
+def _scan_classes(folder: Path, ignored: list, follow_symlinks: bool) -> dict[str, list[str]]:
     """Class name -> images; folders differing only by case are one class."""
     classes: dict[str, list[Path]] = {}
     spelling: dict[str, str] = {}

@@ -350,7 +350,7 @@ class _Run:
             padded = _padded(n, self.batch_size, self.on_gpu)
             if n < padded:  # few distinct shapes keep the compiled graphs
                 x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
-            feats = np.asarray(self._model().predict_on_batch(B.preprocess(x, self.opts.backbone.preprocessing)))
+            feats = np.asarray(self._model().predict_on_batch(x))  # uint8; the model preprocesses
             feats = feats[:n].astype(np.float32)
             pending.add(feats, batch)
             for p in batch:

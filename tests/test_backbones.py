@@ -79,7 +79,7 @@ def test_cut_blocks_taps_earlier_block():
     w = B.resolve_weights(None)
     full = B.feature_model("resnet50", w, 32, "avg", 0)
     cut1 = B.feature_model("resnet50", w, 32, "avg", 1)
-    cut5 = B.feature_model("resnet50", w, 32, "max", 5)
+    cut5 = B.feature_model("resnet50", w, 32, "max", 5, include_preprocessing=False)
     assert full.output.shape[-1] == 2048
     assert cut1.output.shape[-1] == 2048  # conv5_block2_out
     assert cut5.output.shape[-1] == 1024  # conv4_block5_out
@@ -95,10 +95,28 @@ def test_vgg_blocks_and_cut_features_equal_keras_intermediate():
     w = B.resolve_weights(None)
     base = B.build_backbone("vgg16", w, 32)
     assert [b.name for b in B.blocks(base, "vgg16")] == ["block1", "block2", "block3", "block4", "block5"]
-    cut = B.feature_model("vgg16", w, 32, "avg", 1)
+    cut = B.feature_model("vgg16", w, 32, "avg", 1, include_preprocessing=False)
     x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
     ref = keras.Model(base.input, base.get_layer("block4_pool").output).predict(x, verbose=0).mean(axis=(1, 2))
     np.testing.assert_allclose(cut.predict(x, verbose=0), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "densenet121", "efficientnetb0"])
+def test_in_model_preprocessing_equals_keras_preprocess_input(name):
+    """The frozen 1x1 convolution in front of the backbone is preprocess_input."""
+    import keras
+
+    bb = B.get_backbone(name)
+    w = B.resolve_weights(None)
+    with_pre = B.feature_model(bb, w, 32, "avg")
+    without = B.feature_model(bb, w, 32, "avg", include_preprocessing=False)
+    pixels = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype("uint8")
+    ref = getattr(keras.applications, bb.module).preprocess_input(pixels.astype("float32"))
+    a = with_pre.predict_on_batch(pixels)
+    b = without.predict_on_batch(np.asarray(ref))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+    kernel, bias = B.preprocess_affine(bb.preprocessing)
+    np.testing.assert_allclose(pixels.astype("float32") @ kernel + bias, B.preprocess(pixels, bb.preprocessing), rtol=1e-6, atol=1e-4)
 
 
 def test_input_size_and_pooling_are_checked():
