@@ -1,0 +1,437 @@
+"""Heads: classifiers trained on cached features, as scikit-learn estimators.
+
+- :class:`DenseHead`: Keras Normalization -> [Dense -> BatchNorm -> ReLU -> Dropout]* -> softmax;
+- :class:`LogisticHead`: standardised features, scikit-learn logistic regression;
+- :class:`LightGBMHead`: gradient-boosted trees with early stopping.
+
+Each follows the estimator contract (``fit`` returns self, learned
+attributes end in ``_``, ``classes_``) and saves to a directory that never
+holds a pickle: Keras ``.keras``, NPZ arrays, LightGBM's own text model (see
+docs/head-format.md). Loading runs no code from the files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .errors import HeadError
+
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _class_weights(y_idx: np.ndarray, n_classes: int, class_weight) -> dict[int, float] | None:
+    if class_weight is None:
+        return None
+    if class_weight == "balanced":
+        counts = np.bincount(y_idx, minlength=n_classes).astype(float)
+        return {i: len(y_idx) / (n_classes * c) if c else 0.0 for i, c in enumerate(counts)}
+    if isinstance(class_weight, dict):
+        return {int(k): float(v) for k, v in class_weight.items()}
+    raise HeadError(f"class_weight must be None, 'balanced' or a dict. Received: class_weight={class_weight!r}")
+
+
+class _Head(ClassifierMixin, BaseEstimator):
+    """Shared plumbing: label encoding, validation, predict from predict_proba."""
+
+    kind = ""
+
+    def _encode(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise HeadError(
+                f"{type(self).__name__} needs at least 2 classes to learn from; got only {self.classes_.tolist()}."
+            )
+        return X, y_idx
+
+    def _eval(self, eval_set):
+        if eval_set is None:
+            return None
+        Xv, yv = eval_set
+        Xv = validate_data(self, Xv, reset=False, dtype=np.float32)
+        index = {c: i for i, c in enumerate(self.classes_)}
+        unknown = sorted({str(v) for v in np.asarray(yv).tolist() if v not in index})
+        if unknown:
+            raise HeadError(f"Validation labels {unknown} do not occur in the training data.")
+        return Xv, np.array([index[v] for v in np.asarray(yv).tolist()])
+
+    def predict(self, X):
+        proba = self.predict_proba(X)  # checks fitting first
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def _check_X(self, X):
+        check_is_fitted(self, "classes_")
+        return validate_data(self, X, reset=False, dtype=np.float32)
+
+    def save(self, directory: str | os.PathLike, manifest: dict | None = None) -> Path:
+        """Write the head (and ``manifest.json``) into ``directory``."""
+        check_is_fitted(self, "classes_")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self._save_model(d)
+        man = dict(manifest or {})
+        man.update(
+            kind=self.kind,
+            classes=[str(c) for c in self.classes_],
+            feature_width=int(self.n_features_in_),
+            params=_jsonable(self.get_params()),
+        )
+        man.setdefault("created", time.time())
+        (d / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True))
+        return d
+
+
+def _jsonable(params: dict) -> dict:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, (tuple, list)):
+            v = list(v)
+        elif isinstance(v, np.generic):
+            v = v.item()
+        elif not isinstance(v, (str, int, float, bool, dict, type(None))):
+            v = repr(v)
+        out[k] = v
+    return out
+
+
+class DenseHead(_Head):
+    """Keras Dense+BatchNorm+Dropout classifier on feature vectors.
+
+    Parameters
+    ----------
+    hidden : tuple of int
+        Widths of the hidden Dense layers (``(256,)`` or ``(512, 128)``).
+    dropout : float
+        Dropout after each hidden layer.
+    optimizer : {"adam", "sgd", "rmsprop"}
+    lr : float
+        Learning rate.
+    epochs, batch_size : int
+    patience : int
+        EarlyStopping patience (on validation loss when an eval set is given);
+        the best epoch's weights are restored. ReduceLROnPlateau halves the
+        rate after ``patience // 2`` flat epochs.
+    class_weight : None, "balanced" or dict
+    seed : int
+    verbose : int
+        Keras fit verbosity.
+
+    Attributes
+    ----------
+    model_ : keras.Model
+        ``Input(D) -> head_norm -> [head_dense_i -> head_bn_i -> head_relu_i
+        -> head_dropout_i]* -> head_output`` (softmax).
+    history_ : dict
+        Per-epoch loss/accuracy (and val_ figures).
+    best_epoch_ : int
+    """
+
+    kind = "dense"
+
+    def __init__(self, hidden=(256,), dropout=0.5, optimizer="adam", lr=1e-3, epochs=60, batch_size=32,
+                 patience=10, class_weight=None, seed=0, verbose=0):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.optimizer = optimizer
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.class_weight = class_weight
+        self.seed = seed
+        self.verbose = verbose
+
+    def _build(self, X, n_classes):
+        from .runtime import import_keras
+
+        keras = import_keras()
+        keras.utils.set_random_seed(self.seed)
+        hidden = [int(h) for h in (self.hidden if isinstance(self.hidden, (tuple, list)) else [self.hidden])]
+        inp = keras.Input((X.shape[1],), name="features")
+        norm = keras.layers.Normalization(name="head_norm")
+        norm.adapt(X)
+        x = norm(inp)
+        for i, width in enumerate(hidden):
+            x = keras.layers.Dense(width, name=f"head_dense_{i}")(x)
+            x = keras.layers.BatchNormalization(name=f"head_bn_{i}")(x)
+            x = keras.layers.Activation("relu", name=f"head_relu_{i}")(x)
+            x = keras.layers.Dropout(self.dropout, name=f"head_dropout_{i}", seed=self.seed + i)(x)
+        out = keras.layers.Dense(n_classes, activation="softmax", name="head_output", dtype="float32")(x)
+        model = keras.Model(inp, out, name="featx_dense_head")
+        opts = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+        if self.optimizer not in opts:
+            raise HeadError(f"optimizer must be one of {sorted(opts)}. Received: optimizer={self.optimizer!r}")
+        model.compile(optimizer=opts[self.optimizer](learning_rate=self.lr), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model, keras
+
+    def fit(self, X, y, eval_set=None):
+        """Train; ``eval_set=(X_val, y_val)`` drives early stopping and LR schedule."""
+        X, y_idx = self._encode(X, y)
+        val = self._eval(eval_set)
+        model, keras = self._build(X, len(self.classes_))
+        monitor = "val_loss" if val is not None else "loss"
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor=monitor, patience=self.patience, restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(1, self.patience // 2),
+                                              min_lr=self.lr / 100),
+        ]
+        hist = model.fit(
+            X, y_idx, validation_data=val, epochs=int(self.epochs), batch_size=int(self.batch_size),
+            class_weight=_class_weights(y_idx, len(self.classes_), self.class_weight),
+            callbacks=callbacks, verbose=self.verbose, shuffle=True,
+        )
+        self.model_ = model
+        self.history_ = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        losses = self.history_.get(monitor, [])
+        self.best_epoch_ = int(np.argmin(losses)) + 1 if losses else int(self.epochs)
+        return self
+
+    def predict_proba(self, X):
+        X = self._check_X(X)
+        return np.asarray(self.model_.predict(X, batch_size=1024, verbose=0), dtype=np.float64)
+
+    def _save_model(self, d: Path):
+        self.model_.save(d / "model.keras")
+        (d / "history.json").write_text(json.dumps(self.history_))
+
+    @classmethod
+    def _load(cls, d: Path, man: dict):
+        from .runtime import import_keras
+
+        keras = import_keras()
+        head = cls(**_known_params(cls, man.get("params", {})))
+        head.model_ = keras.saving.load_model(d / "model.keras", safe_mode=True, compile=False)
+        hist = d / "history.json"
+        head.history_ = json.loads(hist.read_text()) if hist.exists() else {}
+        return head
+
+
+class LogisticHead(_Head):
+    """Logistic regression on standardised features.
+
+    Parameters
+    ----------
+    C : float, optional
+        Inverse regularisation strength. When None it is chosen from
+        ``C_GRID`` on the eval set (or by 3-fold cross-validation without one).
+    max_iter : int
+    class_weight : None, "balanced" or dict
+    seed : int
+
+    Attributes
+    ----------
+    mean_, scale_ : ndarray (D,)
+        The standardisation.
+    coef_ : ndarray (1 or C, D)
+    intercept_ : ndarray (1 or C,)
+    C_ : float
+        The regularisation used.
+    """
+
+    kind = "logreg"
+
+    def __init__(self, C=None, max_iter=2000, class_weight=None, seed=0):
+        self.C = C
+        self.max_iter = max_iter
+        self.class_weight = class_weight
+        self.seed = seed
+
+    def _model(self, C):
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=C, max_iter=self.max_iter, class_weight=self.class_weight, random_state=self.seed)
+
+    def fit(self, X, y, eval_set=None):
+        X, y_idx = self._encode(X, y)
+        val = self._eval(eval_set)
+        self.mean_ = X.mean(axis=0).astype(np.float64)
+        self.scale_ = X.std(axis=0).astype(np.float64)
+        self.scale_[self.scale_ < 1e-12] = 1.0
+        Xs = (X - self.mean_) / self.scale_
+        if self.C is not None:
+            C = float(self.C)
+        elif val is not None:
+            Xv = (val[0] - self.mean_) / self.scale_
+            scores = []
+            for c in C_GRID:
+                m = self._model(c).fit(Xs, y_idx)
+                proba = m.predict_proba(Xv)
+                ll = -np.mean(np.log(np.clip(proba[np.arange(len(val[1])), val[1]], 1e-12, None)))
+                scores.append((-(m.predict(Xv) == val[1]).mean(), ll, c))
+            C = min(scores)[2]
+        else:
+            from sklearn.linear_model import LogisticRegressionCV
+
+            n_min = np.bincount(y_idx).min()
+            cv = LogisticRegressionCV(Cs=list(C_GRID), cv=min(3, max(2, n_min)), max_iter=self.max_iter,
+                                      class_weight=self.class_weight, random_state=self.seed)
+            C = float(np.atleast_1d(cv.fit(Xs, y_idx).C_)[0]) if n_min >= 2 else 1.0
+        m = self._model(C).fit(Xs, y_idx)
+        self.C_ = C
+        self.n_iter_ = m.n_iter_
+        self.coef_ = m.coef_.astype(np.float64)
+        self.intercept_ = m.intercept_.astype(np.float64)
+        return self
+
+    def decision_function(self, X):
+        X = self._check_X(X)
+        z = ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
+        return z[:, 0] if z.shape[1] == 1 else z
+
+    def predict_proba(self, X):
+        z = self.decision_function(X)
+        if z.ndim == 1:
+            p = 1.0 / (1.0 + np.exp(-z))
+            return np.column_stack([1 - p, p])
+        return _softmax(z)
+
+    def _save_model(self, d: Path):
+        np.savez(d / "logreg.npz", mean=self.mean_, scale=self.scale_, coef=self.coef_, intercept=self.intercept_,
+                 classes=np.array([str(c) for c in self.classes_]), C=np.array(self.C_))
+
+    @classmethod
+    def _load(cls, d: Path, man: dict):
+        head = cls(**_known_params(cls, man.get("params", {})))
+        with np.load(d / "logreg.npz", allow_pickle=False) as z:
+            head.mean_, head.scale_ = z["mean"], z["scale"]
+            head.coef_, head.intercept_ = z["coef"], z["intercept"]
+            head.C_ = float(z["C"])
+        return head
+
+
+class LightGBMHead(_Head):
+    """LightGBM gradient-boosted trees, with early stopping on the eval set.
+
+    Defaults suit dense embeddings: many weak features, so each tree sees a
+    random 30% of them, with shallow-ish trees and a modest learning rate.
+
+    Attributes
+    ----------
+    booster_ : lightgbm.Booster
+    best_iteration_ : int
+    """
+
+    kind = "lightgbm"
+
+    def __init__(self, n_estimators=1000, learning_rate=0.05, num_leaves=15, colsample_bytree=0.3,
+                 min_child_samples=10, reg_lambda=1.0, early_stopping_rounds=50, class_weight=None, seed=0,
+                 n_jobs=None):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.colsample_bytree = colsample_bytree
+        self.min_child_samples = min_child_samples
+        self.reg_lambda = reg_lambda
+        self.early_stopping_rounds = early_stopping_rounds
+        self.class_weight = class_weight
+        self.seed = seed
+        self.n_jobs = n_jobs
+
+    def fit(self, X, y, eval_set=None):
+        import lightgbm as lgb
+
+        X, y_idx = self._encode(X, y)
+        val = self._eval(eval_set)
+        clf = lgb.LGBMClassifier(
+            n_estimators=self.n_estimators if val is not None else min(self.n_estimators, 300),
+            learning_rate=self.learning_rate, num_leaves=self.num_leaves, colsample_bytree=self.colsample_bytree,
+            subsample=0.8, subsample_freq=1, min_child_samples=self.min_child_samples, reg_lambda=self.reg_lambda,
+            class_weight=self.class_weight, random_state=self.seed, n_jobs=self.n_jobs or os.cpu_count(),
+            verbose=-1,
+        )
+        callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)] if val is not None else None
+        if val is not None:
+            clf.fit(X, y_idx, eval_X=(val[0],), eval_y=(val[1],), callbacks=callbacks)
+        else:
+            clf.fit(X, y_idx)
+        self.booster_ = clf.booster_
+        self.best_iteration_ = int(clf.best_iteration_ or clf.n_estimators)
+        return self
+
+    def predict_proba(self, X):
+        X = self._check_X(X)
+        p = np.asarray(self.booster_.predict(X, num_iteration=self.best_iteration_), dtype=np.float64)
+        return np.column_stack([1 - p, p]) if p.ndim == 1 else p
+
+    def _save_model(self, d: Path):
+        self.booster_.save_model(str(d / "lightgbm.txt"), num_iteration=self.best_iteration_)
+
+    @classmethod
+    def _load(cls, d: Path, man: dict):
+        import lightgbm as lgb
+
+        head = cls(**_known_params(cls, man.get("params", {})))
+        head.booster_ = lgb.Booster(model_file=str(d / "lightgbm.txt"))
+        head.best_iteration_ = head.booster_.current_iteration()
+        return head
+
+
+HEADS: dict[str, type[_Head]] = {"dense": DenseHead, "logreg": LogisticHead, "lightgbm": LightGBMHead}
+
+
+def _known_params(cls, params: dict) -> dict:
+    names = cls().get_params()
+    out = {k: v for k, v in params.items() if k in names}
+    if "hidden" in out and isinstance(out["hidden"], list):
+        out["hidden"] = tuple(out["hidden"])
+    return out
+
+
+def head_class(kind: str) -> type[_Head]:
+    if kind in HEADS:
+        return HEADS[kind]
+    close = difflib.get_close_matches(str(kind), HEADS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise HeadError(f"Unknown head {kind!r}.{hint} Choose one of: {', '.join(HEADS)}.")
+
+
+def make_head(kind: str, **params) -> _Head:
+    """A head by kind name, with parameters checked against its signature."""
+    cls = head_class(kind)
+    allowed = cls().get_params()
+    bad = sorted(set(params) - set(allowed))
+    if bad:
+        raise HeadError(f"{cls.__name__} has no parameter {', '.join(bad)}. It takes: {', '.join(sorted(allowed))}.")
+    return cls(**params)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    d = Path(directory)
+    try:
+        return json.loads((d / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise HeadError(f"{d} is not a featx head: no manifest.json. Heads are written by `featx fit-head`.") from None
+    except ValueError as exc:
+        raise HeadError(f"{d}/manifest.json is not valid JSON: {exc}") from None
+
+
+def load_head(directory: str | os.PathLike) -> _Head:
+    """Load a saved head; nothing in the directory is executed or unpickled."""
+    d = Path(directory)
+    man = read_manifest(d)
+    cls = head_class(man.get("kind", "?"))
+    try:
+        head = cls._load(d, man)
+    except (OSError, KeyError, ValueError) as exc:
+        raise HeadError(f"Cannot load the {man.get('kind')} head in {d}: {exc}") from None
+    head.classes_ = np.array(man["classes"], dtype=object)
+    head.n_features_in_ = int(man["feature_width"])
+    head.manifest_ = man
+    return head
