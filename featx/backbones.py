@@ -358,7 +358,12 @@ _PARTIAL_LOAD = re.compile(r"freshly-initialized|Skipping variable loading|did n
 _URL = re.compile(r"https?://\S+?\.(?:h5|keras)")
 
 
-def _weights_error(backbone: Backbone, weights: Weights, exc: Exception) -> WeightsError:
+def _weights_error(
+    backbone: Backbone,
+    weights: Weights,
+    exc: Exception,
+    alternative: str = "or pass --weights PATH to a local weights file (or --weights none for random weights)",
+) -> WeightsError:
     """A one-line message for weights that could not be fetched or loaded."""
     msg = str(exc)
     if weights.kind == "imagenet":
@@ -369,8 +374,7 @@ def _weights_error(backbone: Backbone, weights: Weights, exc: Exception) -> Weig
             where = os.path.join(keras_home, "models", fname)
             return WeightsError(
                 f"ImageNet weights for {backbone.name} could not be downloaded (no network?). Keras "
-                f"looks for {where}: download {url.group(0)} and put it there, or pass "
-                f"--weights PATH to a local weights file (or --weights none for random weights)."
+                f"looks for {where}: download {url.group(0)} and put it there, {alternative}."
             )
         return WeightsError(f"ImageNet weights for {backbone.name} could not be loaded: {msg.splitlines()[0]}")
     first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__

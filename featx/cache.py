@@ -477,6 +477,7 @@ class Cache:
         labels: np.ndarray,
         splits: Sequence[str],
         skipped: Sequence[tuple[str, str]] = (),
+        set_latest: bool = True,
     ) -> DatasetView:
         """Record a dataset's rows (path, sha256, label, split) for an extraction."""
         h5py = _h5()
@@ -500,7 +501,8 @@ class Cache:
             f.attrs["format_version"] = FORMAT_VERSION
         _fsync(tmp)
         os.replace(tmp, final)
-        atomic_write_json(self.root / "latest.json", {"view": vid, "extraction": extraction.name, "source": source})
+        if set_latest:
+            atomic_write_json(self.root / "latest.json", {"view": vid, "extraction": extraction.name, "source": source})
         return self._view_info(final)
 
     def _view_info(self, path: Path) -> DatasetView:

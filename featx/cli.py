@@ -213,6 +213,153 @@ def cache_compact(obj):
         click.echo(f"{e.name}: merged {merged} shards" if merged else f"{e.name}: already compact")
 
 
+# --------------------------------------------------------------------------- heads
+
+
+def _hidden(value: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected widths like 256 or 512,128; got {value!r}") from None
+    if not widths or min(widths) < 1:
+        raise click.BadParameter(f"expected positive widths like 256 or 512,128; got {value!r}")
+    return widths
+
+
+@cli.command("fit-head")
+@click.option("--head", "kind", type=click.Choice(["dense", "logreg", "lightgbm"]), default="dense", show_default=True,
+              help="dense: Keras Dense+BN+Dropout; logreg: logistic regression; lightgbm: boosted trees.")
+@click.option("--data", type=click.Path(), help="Dataset folder/CSV given to extract [default: the latest extraction].")
+@click.option("-b", "--backbone", help="Use the latest extraction with this backbone.")
+@click.option("--extraction", help="An extraction name or prefix from `featx cache list`.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: heads/<backbone>-<head>-<time>].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-split", type=float, default=0.2, show_default=True,
+              help="Validation fraction of train when the data has no val split (stratified).")
+@click.option("--refit-all", is_flag=True, help="Refit the chosen configuration on train+val at the end.")
+@click.option("--class-weight", type=click.Choice(["balanced"]), help="Weigh classes inversely to their frequency.")
+@click.option("--top-k", type=int, default=5, show_default=True, help="k of the reported top-k accuracy.")
+@click.option("--hidden", default="256", show_default=True, help="dense: hidden widths, e.g. 256 or 512,128.")
+@click.option("--dropout", type=float, default=0.5, show_default=True, help="dense: dropout after each hidden layer.")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd", "rmsprop"]), default="adam", show_default=True,
+              help="dense: optimizer.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="dense: learning rate.")
+@click.option("--epochs", type=int, default=60, show_default=True,
+              help="dense: maximum epochs (EarlyStopping restores the best).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="dense: batch size.")
+@click.option("--C", "C", type=float, help="logreg: inverse regularisation [default: chosen on validation].")
+@click.option("--n-estimators", type=int, default=1000, show_default=True,
+              help="lightgbm: maximum trees (early stopping on validation).")
+@click.option("--num-leaves", type=int, default=15, show_default=True, help="lightgbm: leaves per tree.")
+@click.option("-v", "--verbose", is_flag=True, help="dense: show Keras' per-epoch output.")
+@click.pass_obj
+def fit_head(obj, kind, data, backbone, extraction, out, seed, val_split, refit_all, class_weight, top_k, hidden,
+             dropout, optimizer, lr, epochs, batch_size, C, n_estimators, num_leaves, verbose):
+    """Train a classifier head on cached features, in seconds.
+
+    With no --data/--backbone/--extraction it uses the most recent
+    `featx extract`. Splits: the data's own train/val/test, else a stratified
+    validation split of train. Prints accuracy, top-k, macro-F1, per-class
+    precision/recall and the confusion matrix; saves the head (no pickle),
+    metrics.json, confusion.png and, for dense, curves.png.
+
+    \b
+    Examples:
+      featx fit-head --head dense
+      featx fit-head --head dense --hidden 512,128 --dropout 0.3 --lr 3e-4
+      featx fit-head --head logreg --data data/ --backbone resnet50
+      featx fit-head --head lightgbm --refit-all --class-weight balanced
+    """
+    from .api import fit_head as run
+
+    params = {
+        "dense": dict(hidden=_hidden(hidden), dropout=dropout, optimizer=optimizer, lr=lr, epochs=epochs,
+                      batch_size=batch_size, verbose=1 if verbose else 0),
+        "logreg": dict(C=C),
+        "lightgbm": dict(n_estimators=n_estimators, num_leaves=num_leaves),
+    }[kind]
+    result = run(kind, data=data, backbone=backbone, extraction=extraction, cache_dir=obj["cache_dir"], out=out,
+                 seed=seed, val_split=val_split, refit_all=refit_all, class_weight=class_weight, top_k=top_k, **params)
+    click.echo(f"features: {result.features}")
+    click.echo(f"head: {kind}" + (" (refit on train+val)" if refit_all else ""))
+    click.echo(result.report)
+    click.echo(f"saved to {result.directory}")
+
+
+@cli.command()
+@click.argument("data", nargs=-1, required=True, type=click.Path())
+@click.option("--head", type=click.Path(file_okay=False), help="A head folder [default: the latest fitted head].")
+@click.option("--model", type=click.Path(dir_okay=False), help="An end-to-end .keras model from `featx finetune`.")
+@click.option("--imagenet", is_flag=True, help="ImageNet labels from the backbone's full classifier.")
+@click.option("-b", "--backbone", default="inceptionv3", show_default=True, help="With --imagenet: the backbone.")
+@click.option("-k", "--top-k", type=int, default=1, show_default=True, help="Labels and probabilities per image.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write a CSV here instead of printing it.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, quiet):
+    """Label images with a fitted head (or a fine-tuned model, or ImageNet).
+
+    DATA is image files, folders or a CSV. Images are extracted through the
+    cache with the head's own backbone and settings, so already-seen images
+    cost nothing. Output: CSV rows path,label_1,prob_1,...,label_k,prob_k.
+
+    \b
+    Examples:
+      featx predict new_images/
+      featx predict --head heads/resnet50-dense-20261122-101500 -k 3 --out preds.csv photos/
+      featx predict --model models/latest.keras new_images/
+      featx predict --imagenet --backbone inceptionv3 -k 5 photo.jpg
+    """
+    from . import api
+
+    if sum(bool(x) for x in (head, model, imagenet)) > 1:
+        raise FeatxError("Pass at most one of --head, --model and --imagenet.")
+    source = data[0] if len(data) == 1 else list(data)
+    if imagenet:
+        preds = api.predict_imagenet(source, backbone, top_k=top_k, batch_size=batch_size)
+    elif model:
+        from .finetune import predict_images
+
+        preds = predict_images(model, source, top_k=top_k, batch_size=batch_size)
+    else:
+        preds = api.predict(source, head=head, cache_dir=obj["cache_dir"], batch_size=batch_size, progress=not quiet)
+    for path, reason in preds.skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if out:
+        api.Predictions.to_csv(preds, out, top_k)
+        click.echo(f"wrote {len(preds.paths)} predictions to {out}", err=True)
+    else:
+        api.Predictions.to_csv(preds, sys.stdout, top_k)
+
+
+@cli.command()
+@click.option("--data", type=click.Path(), help="The dataset [default: the one extracted most recently].")
+@click.option("--heads", default="dense,logreg,lightgbm", show_default=True, help="Comma-separated head kinds.")
+@click.option("--out", type=click.Path(dir_okay=False), help="CSV path [default: heads/compare-<time>.csv].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-split", type=float, default=0.2, show_default=True)
+@click.pass_obj
+def compare(obj, data, heads, out, seed, val_split):
+    """Leaderboard: every cached extraction of a dataset x every head kind.
+
+    Extract the same data with several backbones, sizes or --cut-blocks
+    first; compare then fits each head with defaults on each and ranks them
+    by validation accuracy (table on screen, CSV on disk).
+
+    \b
+    Example:
+      featx extract -b resnet50 data/ && featx extract -b efficientnetb0 data/
+      featx compare
+    """
+    from .api import compare as run
+
+    board = run(data, cache_dir=obj["cache_dir"], heads=[h.strip() for h in heads.split(",") if h.strip()],
+                out=out, seed=seed, val_split=val_split, log=lambda m: click.echo(m, err=True))
+    click.echo(board.table())
+    click.echo(f"wrote {board.csv_path}")
+
+
 def main(argv=None):
     cli.main(args=argv, prog_name="featx")
 

@@ -145,6 +145,7 @@ def extract(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    set_latest: bool = True,
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
@@ -180,6 +181,9 @@ def extract(
         Show a progress bar (images/s, ETA) on stderr.
     log : callable, optional
         Receives one-line notes (waiting for a lock, skipped files).
+    set_latest : bool
+        Make this the extraction that ``fit-head`` and ``load_features()``
+        use by default (prediction runs pass False).
 
     Returns
     -------
@@ -209,6 +213,7 @@ def extract(
         labels=labels[keep],
         splits=[ds.items[i].split for i in keep],
         skipped=run.skipped,
+        set_latest=set_latest,
     )
     return ExtractResult(
         view=view,

@@ -352,7 +352,11 @@ class LightGBMHead(_Head):
         clf = lgb.LGBMClassifier(
             n_estimators=self.n_estimators if val is not None else min(self.n_estimators, 300),
             learning_rate=self.learning_rate, num_leaves=self.num_leaves, colsample_bytree=self.colsample_bytree,
-            subsample=0.8, subsample_freq=1, min_child_samples=self.min_child_samples, reg_lambda=self.reg_lambda,
+            subsample=0.8, subsample_freq=1, reg_lambda=self.reg_lambda,
+            # On a few dozen rows the default leaf size forbids every split
+            # and the model predicts a constant; scale it down there.
+            min_child_samples=max(1, min(self.min_child_samples, len(X) // 4)),
+            min_data_in_bin=1 if len(X) < 100 else 3,
             class_weight=self.class_weight, random_state=self.seed, n_jobs=self.n_jobs or os.cpu_count(),
             verbose=-1,
         )

@@ -1,0 +1,162 @@
+"""fit-head, predict and compare, through the Python API and the CLI."""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import featx
+from featx import api
+from featx.cli import cli
+from featx.errors import HeadError
+from featx.heads import load_head
+
+from conftest import make_dataset, make_image
+
+EXTRACT = ["extract", "-q", "-b", "vgg16", "--weights", "none", "--image-size", "32"]
+
+
+def invoke(*args, cache_dir):
+    out = CliRunner().invoke(cli, ["--cache-dir", str(cache_dir), *map(str, args)])
+    return out
+
+
+@pytest.fixture
+def split_data(tmp_path):
+    return make_dataset(tmp_path / "data", per_class=8, splits=["train", "val", "test"])
+
+
+def test_mission_commands_in_sequence(tmp_path, monkeypatch, split_data):
+    """extract, then fit-head with no data argument, then predict, in one folder."""
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    r = invoke(*EXTRACT, split_data, cache_dir=cache)
+    assert r.exit_code == 0, r.output
+    r = invoke("fit-head", "--head", "dense", "--epochs", "20", cache_dir=cache)
+    assert r.exit_code == 0, r.output
+    assert "vgg16 32px avg on" in r.output and "val: accuracy" in r.output and "test: accuracy" in r.output
+    latest = Path((tmp_path / "heads" / "latest").read_text().strip())
+    assert {"manifest.json", "model.keras", "metrics.json", "confusion.png", "curves.png"} <= {p.name for p in latest.iterdir()}
+    metrics = json.loads((latest / "metrics.json").read_text())
+    assert metrics["splits"]["test"]["accuracy"] >= 0.75  # colour-coded classes; chance is 0.5
+    r = invoke("predict", "-q", "-k", "2", split_data / "test", cache_dir=cache)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader(io.StringIO(r.output)))
+    assert rows[0] == ["path", "label_1", "prob_1", "label_2", "prob_2"]
+    assert len(rows) == 1 + 16
+    for row in rows[1:]:
+        assert row[1] in ("cats", "dogs") and abs(float(row[2]) + float(row[4]) - 1) < 1e-4
+    right = sum(Path(row[0]).parent.name == row[1] for row in rows[1:])
+    assert right >= 12
+    # predicting does not change which extraction fit-head uses next
+    assert featx.load_features(cache_dir=cache).view.source == str(split_data)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "lightgbm"])
+def test_fit_head_api_writes_head_metrics_and_plots(kind, tmp_path, split_data):
+    featx.extract(split_data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
+    res = api.fit_head(kind, cache_dir=tmp_path / "c", out=tmp_path / "h")
+    assert res.metrics["splits"]["val"]["accuracy"] > 0.8
+    assert (tmp_path / "h" / "confusion.png").stat().st_size > 1000
+    man = json.loads((tmp_path / "h" / "manifest.json").read_text())
+    assert man["settings"]["backbone"] == "vgg16" and man["weights_source"] == "none"
+    assert man["extraction"] == res.metrics["extraction"] and man["classes"] == ["cats", "dogs"]
+    preds = api.predict(split_data / "val", head=tmp_path / "h", cache_dir=tmp_path / "c", progress=False)
+    assert preds.probabilities.shape == (16, 2) and preds.class_names == ["cats", "dogs"]
+
+
+def test_stratified_validation_and_refit_all(tmp_path):
+    data = make_dataset(tmp_path / "flat", per_class=10)
+    featx.extract(data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
+    res = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", val_split=0.3, seed=1)
+    assert res.metrics["splits"]["val"]["n"] == 6 and res.metrics["splits"]["train"]["n"] == 14
+    assert json.loads((tmp_path / "h" / "manifest.json").read_text())["val_from"] == "stratified split of train"
+    refit = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h2", refit_all=True, C=0.1)
+    assert refit.metrics["refit_all"] and refit.head.C_ == 0.1
+
+
+def test_compare_leaderboard(tmp_path, split_data):
+    for size in (32, 40):
+        featx.extract(split_data, "vgg16", weights="none", image_size=size, cache_dir=tmp_path / "c", progress=False)
+    board = api.compare(cache_dir=tmp_path / "c", heads=["logreg", "lightgbm"], out=tmp_path / "cmp.csv")
+    assert len(board.rows) == 4
+    assert {(r["size"], r["head"]) for r in board.rows} == {(32, "logreg"), (32, "lightgbm"), (40, "logreg"), (40, "lightgbm")}
+    assert [r["val_acc"] for r in board.rows] == sorted((r["val_acc"] for r in board.rows), reverse=True)
+    with open(tmp_path / "cmp.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    assert "val_acc" in board.table()
+
+
+def test_head_refuses_features_of_other_settings(tmp_path, split_data):
+    import keras
+
+    wfile = tmp_path / "w.weights.h5"
+    keras.utils.set_random_seed(0)
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(wfile)
+    featx.extract(split_data, "vgg16", weights=str(wfile), image_size=32, cache_dir=tmp_path / "c", progress=False)
+    api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h")
+    keras.utils.set_random_seed(1)
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(wfile)
+    with pytest.raises(HeadError, match="was trained on vgg16-32px-avg-.* but these images were extracted as"):
+        api.predict(split_data / "val", head=tmp_path / "h", cache_dir=tmp_path / "c", progress=False)
+    head = load_head(tmp_path / "h")
+    with pytest.raises(ValueError, match="X has 100 features, but LogisticHead is expecting 512 features"):
+        head.predict(np.zeros((2, 100), "float32"))
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    cases = []
+    # nothing extracted yet
+    cases.append((("fit-head",), "Nothing has been extracted"))
+    cases.append((("predict", tmp_path), "No head has been fitted yet"))
+    one = tmp_path / "one"
+    make_image(one / "only" / "a.png", seed=1)
+    make_image(one / "only" / "b.png", seed=2)
+    unl = tmp_path / "unl"
+    make_image(unl / "x.png", seed=3)
+    tiny = make_dataset(tmp_path / "tiny", per_class=1)
+    for args, expected in cases:
+        r = invoke(*args, cache_dir=cache)
+        assert r.exit_code == 1 and expected in r.output and "Traceback" not in r.output, r.output
+    r = invoke("fit-head", "--head", "svm", cache_dir=cache)
+    assert r.exit_code == 2 and "svm" in r.output  # click's own choice error
+    with pytest.raises(HeadError, match="Unknown head 'svm'"):
+        api.fit_head("svm", cache_dir=cache)
+    for data, expected in ((one, "has 1 class; a classifier needs at least 2"),
+                           (unl, "fit-head needs labeled data"),
+                           (tiny, "Too little data for a stratified validation split")):
+        assert invoke(*EXTRACT, data, cache_dir=cache).exit_code == 0
+        r = invoke("fit-head", "--head", "logreg", "--data", data, cache_dir=cache)
+        assert r.exit_code == 1 and expected in r.output, r.output
+        assert r.output.strip().count("\n") == 0
+    r = invoke("fit-head", "--data", tmp_path / "nowhere", cache_dir=cache)
+    assert r.exit_code == 1 and "No extraction of" in r.output
+    r = invoke("predict", "--head", tmp_path, unl, cache_dir=cache)
+    assert r.exit_code == 1 and "not a featx head" in r.output
+    r = invoke("fit-head", "--hidden", "12,x", cache_dir=cache)
+    assert r.exit_code == 2 and "expected widths" in r.output
+
+
+def test_empty_train_split_is_an_error(tmp_path):
+    data = tmp_path / "d"
+    for split in ("val", "test"):
+        for cls in ("a", "b"):
+            make_image(data / split / cls / "x.png", seed=hash((split, cls)) % 100)
+    featx.extract(data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
+    with pytest.raises(HeadError, match="train split of .* is empty"):
+        api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h")
+
+
+def test_predict_imagenet_offline_message(tmp_path):
+    img = make_image(tmp_path / "x.png")
+    r = CliRunner().invoke(cli, ["predict", "--imagenet", "-b", "mobilenet", str(img)])
+    if r.exit_code == 0:
+        pytest.skip("ImageNet weights available here")
+    assert r.exit_code == 1 and "mobilenet_1_0_224_tf.h5" in r.output and "Traceback" not in r.output
+    assert r.output.strip().count("\n") == 0
