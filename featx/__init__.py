@@ -26,12 +26,23 @@ _LAZY = {
     "ExtractResult": "extract",
     "Features": "features",
     "load_features": "features",
+    "DenseHead": "heads",
+    "LogisticHead": "heads",
+    "LightGBMHead": "heads",
+    "load_head": "heads",
+    "fit_head": "api",
+    "predict": "api",
+    "predict_imagenet": "api",
+    "compare": "api",
+    "finetune": "finetuning",
+    "build_end_to_end": "finetuning",
+    "predict_images": "finetuning",
 }
 
 # Bound eagerly: the function shadows its own module's name, and importing
 # the submodule first would otherwise leave `featx.extract` the module.
 # (No framework is imported by this.)
-from .extract import extract  # noqa: E402
+from .extract import extract  # noqa: E402,F401
 
 __all__ = sorted([*_LAZY, "extract"])
 

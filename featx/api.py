@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,54 +21,11 @@ import numpy as np
 from . import __version__
 from .cache import Cache, ExtractionSettings
 from .errors import FeatxError, HeadError, WeightsError
-from .features import Features, find_view, load_features
-from .heads import HEADS, head_class, load_head, make_head, read_manifest
+from .features import Features, find_view, load_features, make_splits
+from .heads import HEADS, align_proba, head_class, load_head, make_head, read_manifest
+from .outputs import DEFAULT_HEADS_DIR, Predictions, default_dir, latest_head, set_latest
 from .metrics import classification_metrics, format_report, plot_confusion, plot_curves
 
-DEFAULT_HEADS_DIR = "heads"
-
-
-# --------------------------------------------------------------------------- splits
-
-
-@dataclass
-class Splits:
-    """Train/val/test rows of a Features set (val made by a stratified split if absent)."""
-
-    train: Features
-    val: Features
-    test: Features | None
-    made_val: bool
-
-
-def make_splits(f: Features, val_split: float = 0.2, seed: int = 0) -> Splits:
-    if (f.y < 0).all():
-        raise HeadError(f"fit-head needs labeled data; {f.view.source} was extracted as unlabeled images.")
-    if len(f.class_names) < 2:
-        raise HeadError(f"{f.view.source} has {len(f.class_names)} class; a classifier needs at least 2.")
-    train = f.only("train")
-    test = f.only("test") if "test" in f.splits else None
-    if len(train) == 0:
-        raise HeadError(f"The train split of {f.view.source} is empty (splits present: {', '.join(f.splits)}).")
-    if "val" in f.splits:
-        val = f.only("val")
-        return Splits(train, val, test, made_val=False)
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < val_split < 1:
-        raise HeadError(f"val_split must be between 0 and 1. Received: val_split={val_split}")
-    counts = np.bincount(train.y, minlength=len(f.class_names))
-    n_val = int(round(val_split * len(train)))
-    if counts.min() < 2 or n_val < len(f.class_names) or len(train) - n_val < len(f.class_names):
-        small = [f.class_names[i] for i in np.flatnonzero(counts < 2)]
-        raise HeadError(
-            f"Too little data for a stratified validation split of {len(train)} images "
-            f"({', '.join(small) + ' has' if small else 'each class needs'} fewer than 2 images). "
-            "Add images, lower --val-split, or provide a val/ split."
-        )
-    idx = np.arange(len(train))
-    tr, va = train_test_split(idx, test_size=val_split, random_state=seed, stratify=train.y)
-    return Splits(train.subset(np.sort(tr)), train.subset(np.sort(va)), test, made_val=True)
 
 
 # --------------------------------------------------------------------------- fit-head
@@ -149,7 +106,7 @@ def fit_head(
     if sp.test is not None and len(sp.test):
         by_split["test"] = _score(est, sp.test, names, top_k)
 
-    directory = Path(out) if out else _default_dir(DEFAULT_HEADS_DIR, feats.settings.backbone, cls.kind)
+    directory = Path(out) if out else default_dir(DEFAULT_HEADS_DIR, feats.settings.backbone, cls.kind)
     ext = feats.extraction
     manifest = {
         "extraction": ext.name,
@@ -178,7 +135,7 @@ def fit_head(
                    f"{ext.settings.backbone} + {cls.kind}: {shown} confusion")
     if cls.kind == "dense":
         plot_curves(est.history_, directory / "curves.png", f"{ext.settings.backbone} + dense head")
-    _set_latest(DEFAULT_HEADS_DIR if not out else Path(out).parent, directory)
+    set_latest(DEFAULT_HEADS_DIR if not out else Path(out).parent, directory)
     return FitResult(directory, est, metrics, fit_s, feats.describe(), format_report(by_split, names, fit_s))
 
 
@@ -187,18 +144,8 @@ def _names(f: Features, names: Sequence[str]) -> np.ndarray:
 
 
 def _score(est, f: Features, names: Sequence[str], top_k: int) -> dict:
-    proba = _align(est, est.predict_proba(f.X), names)
+    proba = align_proba(est, est.predict_proba(f.X), names)
     return classification_metrics(f.y, proba, names, top_k)
-
-
-def _align(est, proba: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """Columns in class_names order (a class absent from train gets zeros)."""
-    cols = {str(c): i for i, c in enumerate(est.classes_)}
-    out = np.zeros((len(proba), len(names)))
-    for j, name in enumerate(names):
-        if name in cols:
-            out[:, j] = proba[:, cols[name]]
-    return out
 
 
 def _chosen(est) -> dict:
@@ -210,65 +157,7 @@ def _chosen(est) -> dict:
     return {"n_estimators": est.best_iteration_}
 
 
-def _default_dir(root: str, backbone: str, kind: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    d = Path(root) / f"{backbone}-{kind}-{stamp}"
-    i = 1
-    while d.exists():
-        i += 1
-        d = Path(root) / f"{backbone}-{kind}-{stamp}-{i}"
-    return d
-
-
-def _set_latest(root, directory: Path) -> None:
-    from .cache import atomic_write_bytes
-
-    Path(root).mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(Path(root) / "latest", str(Path(directory).resolve()).encode() + b"\n")
-
-
-def latest_head(root: str | os.PathLike = DEFAULT_HEADS_DIR) -> Path:
-    """The head directory written most recently by ``fit_head`` under ``root``."""
-    try:
-        path = Path(Path(root, "latest").read_text().strip())
-    except FileNotFoundError:
-        raise HeadError(f"No head has been fitted yet (no {Path(root, 'latest')}). Run `featx fit-head` first.") from None
-    if not (path / "manifest.json").exists():
-        raise HeadError(f"The latest head {path} no longer exists. Run `featx fit-head` again or pass --head DIR.")
-    return path
-
-
 # --------------------------------------------------------------------------- predict
-
-
-@dataclass
-class Predictions:
-    """Class probabilities for a set of images."""
-
-    paths: list[str]
-    probabilities: np.ndarray
-    class_names: list[str]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    source: str = ""
-
-    def top(self, k: int = 5) -> list[list[tuple[str, float]]]:
-        k = max(1, min(k, len(self.class_names)))
-        order = np.argsort(-self.probabilities, axis=1)[:, :k]
-        return [[(self.class_names[j], float(self.probabilities[i, j])) for j in row] for i, row in enumerate(order)]
-
-    def to_csv(self, path_or_file, k: int = 5) -> None:
-        """``path,label_1,prob_1,...,label_k,prob_k``; one row per image."""
-        k = max(1, min(k, len(self.class_names)))
-        own = isinstance(path_or_file, (str, os.PathLike))
-        fh = open(path_or_file, "w", newline="") if own else path_or_file
-        try:
-            w = csv.writer(fh)
-            w.writerow(["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"prob_{i}")])
-            for path, row in zip(self.paths, self.top(k)):
-                w.writerow([path] + [v for label, p in row for v in (label, f"{p:.6f}")])
-        finally:
-            if own:
-                fh.close()
 
 
 def predict(

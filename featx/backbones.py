@@ -263,19 +263,22 @@ def preprocess_affine(mode: str) -> tuple[np.ndarray, np.ndarray]:
     raise FeatxError(f"Unknown preprocessing mode. Expected one of {PREPROCESSING_MODES}. Received: mode={mode!r}")
 
 
-def pixels_input(size: int, mode: str, name: str = "pixels"):
+def pixels_input(size: int, mode: str, name: str = "pixels", between=()):
     """An RGB uint8 input and the preprocessed float32 tensor it becomes.
 
     Built from stock Keras pieces only (a cast and a frozen 1x1 Conv2D kept
     in float32 under mixed precision), so a saved model holding it loads in
     safe mode without featx, and preprocessing runs on the accelerator:
-    feeding uint8 moves a quarter of the bytes float32 would.
+    feeding uint8 moves a quarter of the bytes float32 would. ``between``
+    layers run on the float pixels before preprocessing.
     """
     from .runtime import import_keras
 
     keras = import_keras()
     inp = keras.Input((size, size, 3), dtype="uint8", name=name)
     x = keras.ops.cast(inp, "float32")
+    for layer in between:  # e.g. augmentation, which works on [0, 255] pixels
+        x = layer(x)
     if mode == "none":
         return inp, x
     kernel, bias = preprocess_affine(mode)

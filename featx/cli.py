@@ -289,7 +289,7 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, val_split, refit_
 @cli.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path())
 @click.option("--head", type=click.Path(file_okay=False), help="A head folder [default: the latest fitted head].")
-@click.option("--model", type=click.Path(dir_okay=False), help="An end-to-end .keras model from `featx finetune`.")
+@click.option("--model", type=click.Path(), help="A fine-tuned model: its folder or model.keras (from `featx finetune`).")
 @click.option("--imagenet", is_flag=True, help="ImageNet labels from the backbone's full classifier.")
 @click.option("-b", "--backbone", default="inceptionv3", show_default=True, help="With --imagenet: the backbone.")
 @click.option("-k", "--top-k", type=int, default=1, show_default=True, help="Labels and probabilities per image.")
@@ -308,7 +308,7 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
     Examples:
       featx predict new_images/
       featx predict --head heads/resnet50-dense-20261122-101500 -k 3 --out preds.csv photos/
-      featx predict --model models/latest.keras new_images/
+      featx predict --model models/resnet50-finetune-20261122-110000 new_images/
       featx predict --imagenet --backbone inceptionv3 -k 5 photo.jpg
     """
     from . import api
@@ -319,7 +319,7 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
     if imagenet:
         preds = api.predict_imagenet(source, backbone, top_k=top_k, batch_size=batch_size)
     elif model:
-        from .finetune import predict_images
+        from .finetuning import predict_images
 
         preds = predict_images(model, source, top_k=top_k, batch_size=batch_size)
     else:
@@ -358,6 +358,69 @@ def compare(obj, data, heads, out, seed, val_split):
                 out=out, seed=seed, val_split=val_split, log=lambda m: click.echo(m, err=True))
     click.echo(board.table())
     click.echo(f"wrote {board.csv_path}")
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+def _unfreeze(value):
+    if value is None or value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a number of layers or 'all'; got {value!r}") from None
+
+
+@cli.command()
+@click.option("--head", type=click.Path(file_okay=False), help="A dense or logreg head [default: the latest fitted head].")
+@click.option("--unfreeze", help="Unfreeze the backbone's last N layers, or 'all'.")
+@click.option("--unfreeze-blocks", type=int, help="Unfreeze the backbone's last K named blocks (e.g. 1 = conv5_block3).")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-5, show_default=True, help="Learning rate (keep it low).")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd", "rmsprop"]), default="adam", show_default=True)
+@click.option("--augment", help="Training-only augmentation: flip,rotate[=0.05],zoom[=0.1],shift[=0.1],contrast[=0.1].")
+@click.option("--class-weight", type=click.Choice(["balanced"]), help="Weigh classes inversely to their frequency.")
+@click.option("--patience", type=int, default=3, show_default=True, help="EarlyStopping patience on validation loss.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: models/<backbone>-finetune-<time>].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-export", is_flag=True, help="Skip the SavedModel export for serving.")
+@click.pass_obj
+def finetune(obj, head, unfreeze, unfreeze_blocks, epochs, batch_size, lr, optimizer, augment, class_weight, patience,
+             out, seed, no_export):
+    """Fine-tune backbone + trained head end to end (phase two).
+
+    Rebuilds the extraction's exact backbone with the head on top, checks
+    that it reproduces the head's probabilities on validation images, then
+    trains with a low learning rate. BatchNorm layers stay in inference mode.
+    The best validation epoch is kept, never worse than the head you started
+    from. Writes model.keras (loads in safe mode without featx), saved_model/,
+    metrics.json (before/after) and curves.png.
+
+    \b
+    Examples:
+      featx finetune --unfreeze 60
+      featx finetune --unfreeze-blocks 1 --epochs 5 --augment flip,rotate=0.1
+      featx finetune --head heads/resnet50-dense-20261122-101500 --unfreeze all --lr 1e-6
+    """
+    from .finetuning import finetune as run
+
+    res = run(head, unfreeze=_unfreeze(unfreeze), unfreeze_blocks=unfreeze_blocks, cache_dir=obj["cache_dir"], out=out,
+              epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
+              class_weight=class_weight, patience=patience, seed=seed, export=not no_export,
+              log=lambda m: click.echo(m, err=True))
+    click.echo("backbone layers:")
+    click.echo(res.layer_table)
+    click.echo(f"trainable params: {res.trainable_params:,}   non-trainable params: {res.frozen_params:,}")
+    m = res.metrics
+    for split in m["after"]:
+        b, a = m["before"].get(split), m["after"][split]
+        click.echo(f"{split:>5}: accuracy {b['accuracy']:.4f} (head) -> {a['accuracy']:.4f} (fine-tuned)" if b else
+                   f"{split:>5}: accuracy {a['accuracy']:.4f}")
+    for note in res.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"train time: {m['train_seconds']:.1f}s; saved to {res.directory}")
 
 
 def main(argv=None):

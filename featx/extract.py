@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -116,7 +115,7 @@ def settings_for(
     return _Settings(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed).settings
 
 
-def build_feature_model(settings: ExtractionSettings, weights: B.Weights):
+def build_feature_model(settings: ExtractionSettings, weights: B.Weights, include_preprocessing: bool = True):
     """Build the Keras feature model for cached settings (mixed precision if they say so)."""
     keras = import_keras()
     bb = B.get_backbone(settings.backbone)
@@ -124,7 +123,8 @@ def build_feature_model(settings: ExtractionSettings, weights: B.Weights):
     if settings.precision == "mixed":
         keras.config.set_dtype_policy("mixed_float16")
     try:
-        return B.feature_model(bb, weights, settings.input_size, settings.pooling, settings.cut_blocks)
+        return B.feature_model(bb, weights, settings.input_size, settings.pooling, settings.cut_blocks,
+                               include_preprocessing=include_preprocessing)
     finally:
         keras.config.set_dtype_policy(previous)
 

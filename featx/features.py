@@ -10,7 +10,7 @@ import numpy as np
 
 from .backbones import get_backbone
 from .cache import Cache, DatasetView, Extraction
-from .errors import CacheError
+from .errors import CacheError, HeadError
 
 
 @dataclass
@@ -159,3 +159,46 @@ def load_features(
     feats = Features(X, cols["label"].astype(np.int64), cols["path"], cols["sha256"], cols["split"],
                      view.class_names, ext, view)
     return feats.only(split) if split else feats
+
+
+# --------------------------------------------------------------------------- splits
+
+
+@dataclass
+class Splits:
+    """Train/val/test rows of a Features set (val made by a stratified split if absent)."""
+
+    train: Features
+    val: Features
+    test: Features | None
+    made_val: bool
+
+
+def make_splits(f: Features, val_split: float = 0.2, seed: int = 0) -> Splits:
+    if (f.y < 0).all():
+        raise HeadError(f"fit-head needs labeled data; {f.view.source} was extracted as unlabeled images.")
+    if len(f.class_names) < 2:
+        raise HeadError(f"{f.view.source} has {len(f.class_names)} class; a classifier needs at least 2.")
+    train = f.only("train")
+    test = f.only("test") if "test" in f.splits else None
+    if len(train) == 0:
+        raise HeadError(f"The train split of {f.view.source} is empty (splits present: {', '.join(f.splits)}).")
+    if "val" in f.splits:
+        val = f.only("val")
+        return Splits(train, val, test, made_val=False)
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < val_split < 1:
+        raise HeadError(f"val_split must be between 0 and 1. Received: val_split={val_split}")
+    counts = np.bincount(train.y, minlength=len(f.class_names))
+    n_val = int(round(val_split * len(train)))
+    if counts.min() < 2 or n_val < len(f.class_names) or len(train) - n_val < len(f.class_names):
+        small = [f.class_names[i] for i in np.flatnonzero(counts < 2)]
+        raise HeadError(
+            f"Too little data for a stratified validation split of {len(train)} images "
+            f"({', '.join(small) + ' has' if small else 'each class needs'} fewer than 2 images). "
+            "Add images, lower --val-split, or provide a val/ split."
+        )
+    idx = np.arange(len(train))
+    tr, va = train_test_split(idx, test_size=val_split, random_state=seed, stratify=train.y)
+    return Splits(train.subset(np.sort(tr)), train.subset(np.sort(va)), test, made_val=True)

@@ -439,3 +439,13 @@ def load_head(directory: str | os.PathLike) -> _Head:
     head.n_features_in_ = int(man["feature_width"])
     head.manifest_ = man
     return head
+
+
+def align_proba(est, proba: np.ndarray, names) -> np.ndarray:
+    """Columns in class_names order (a class absent from train gets zeros)."""
+    cols = {str(c): i for i, c in enumerate(est.classes_)}
+    out = np.zeros((len(proba), len(names)))
+    for j, name in enumerate(names):
+        if name in cols:
+            out[:, j] = proba[:, cols[name]]
+    return out

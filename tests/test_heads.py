@@ -1,9 +1,7 @@
 """The heads as estimators: learning, the sklearn contract, pickle-free saving."""
 
 import json
-import pickletools
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,0 +1,515 @@
+"""Phase two: rebuild backbone + trained head end to end and fine-tune it.
+
+The end-to-end model is rebuilt from the head's manifest with exactly the
+extraction's backbone, weights, input size, preprocessing and pooling, and
+the head's trained weights (a logistic head becomes an equivalent softmax
+layer). A parity check proves the rebuild before any training: on held-out
+images its probabilities must equal the cached head's. Every BatchNorm
+layer stays in inference mode, and the run ends on the best validation
+epoch, never below the head it started from.
+
+The saved ``.keras`` model takes RGB uint8 pixels and holds its own
+preprocessing as stock Keras layers, so it loads in safe mode without featx.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import backbones as B
+from .cache import ExtractionSettings
+from .data import discover, read_image
+from .errors import BadImage, FeatxError, HeadError
+from .heads import load_head, read_manifest
+from .outputs import DEFAULT_MODELS_DIR, Predictions
+from .runtime import import_keras
+
+AUGMENTATIONS = ("flip", "rotate", "zoom", "shift", "contrast")
+
+
+class FinetuneError(FeatxError):
+    """Fine-tuning cannot start or cannot be trusted (parity check failed...)."""
+
+
+# --------------------------------------------------------------------------- building
+
+
+def parse_augment(spec: str | Sequence[str] | None) -> dict[str, float]:
+    """``"flip,rotate=0.1,zoom"`` -> {"flip": 1, "rotate": 0.1, "zoom": 0.1}."""
+    if not spec:
+        return {}
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    defaults = {"flip": 1.0, "rotate": 0.05, "zoom": 0.1, "shift": 0.1, "contrast": 0.1}
+    out = {}
+    for item in (i.strip() for i in items if i.strip()):
+        name, _, value = item.partition("=")
+        if name not in defaults:
+            raise FinetuneError(f"Unknown augmentation {name!r}. Choose from {', '.join(AUGMENTATIONS)} "
+                                "(e.g. --augment flip,rotate=0.1,zoom=0.2).")
+        try:
+            out[name] = float(value) if value else defaults[name]
+        except ValueError:
+            raise FinetuneError(f"Augmentation strength must be a number: {item!r}") from None
+    return out
+
+
+def _augment_layers(keras, augment: dict[str, float], seed: int):
+    layers = []
+    if "flip" in augment:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="augment_flip"))
+    if "rotate" in augment:
+        layers.append(keras.layers.RandomRotation(augment["rotate"], seed=seed, name="augment_rotate"))
+    if "zoom" in augment:
+        layers.append(keras.layers.RandomZoom(augment["zoom"], seed=seed, name="augment_zoom"))
+    if "shift" in augment:
+        s = augment["shift"]
+        layers.append(keras.layers.RandomTranslation(s, s, seed=seed, name="augment_shift"))
+    if "contrast" in augment:
+        layers.append(keras.layers.RandomContrast(augment["contrast"], seed=seed, name="augment_contrast",
+                                                  value_range=(0, 255)))
+    return layers
+
+
+def _head_model(keras, head_dir: Path, man: dict):
+    """The head as a Keras model on feature vectors (logreg -> one softmax layer)."""
+    head = load_head(head_dir)
+    kind = man["kind"]
+    if kind == "dense":
+        return head.model_
+    if kind == "logreg":
+        # softmax(((x - m) / s) @ C.T + b) == softmax(x @ W + b') with
+        # W = C.T / s and b' = b - (m / s) @ C.T; a binary logit z becomes
+        # softmax([0, z]) == [1 - sigmoid(z), sigmoid(z)].
+        coef = head.coef_ / head.scale_[None, :]
+        bias = head.intercept_ - (head.mean_ / head.scale_) @ head.coef_.T
+        if coef.shape[0] == 1:
+            coef = np.vstack([np.zeros_like(coef), coef])
+            bias = np.concatenate([[0.0], bias])
+        inp = keras.Input((coef.shape[1],), name="features")
+        dense = keras.layers.Dense(coef.shape[0], activation="softmax", name="head_output", dtype="float32")
+        out = dense(inp)
+        dense.set_weights([coef.T.astype("float32"), bias.astype("float32")])
+        return keras.Model(inp, out, name="head")
+    raise FinetuneError(f"Fine-tuning starts from a dense or logreg head; {head_dir} is a {kind} head. "
+                        "Run `featx fit-head --head dense` first.")
+
+
+def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | None = None, seed: int = 0):
+    """Backbone + trained head as one Keras model on RGB uint8 pixels.
+
+    Returns
+    -------
+    model : keras.Model
+    base : keras.Model
+        The backbone inside it (to choose what to unfreeze).
+    manifest : dict
+    """
+    from .extract import build_feature_model
+
+    keras = import_keras()
+    head_dir = Path(head_dir)
+    man = read_manifest(head_dir)
+    try:
+        settings = ExtractionSettings(**man["settings"])
+    except (KeyError, TypeError):
+        raise HeadError(f"{head_dir}/manifest.json lacks the extraction settings; refit the head.") from None
+    weights = B.resolve_weights(man.get("weights_source") or "imagenet", man.get("seed", 0))
+    base = build_feature_model(settings, weights, include_preprocessing=False)
+    head = _head_model(keras, head_dir, man)
+    if int(base.output.shape[-1]) != int(man["feature_width"]):
+        raise HeadError(f"Head {head_dir} expects {man['feature_width']} features; {settings.backbone} at "
+                        f"{settings.input_size}px gives {base.output.shape[-1]}.")
+    bb = B.get_backbone(settings.backbone)
+    inp, x = B.pixels_input(settings.input_size, bb.preprocessing, between=_augment_layers(keras, augment or {}, seed))
+    out = head(base(x))
+    model = keras.Model(inp, out, name=f"featx_{settings.backbone}_finetuned")
+    return model, base, man
+
+
+def _is_bn(layer) -> bool:
+    return "BatchNormalization" in type(layer).__name__
+
+
+def set_trainable(model, base, backbone: str, unfreeze: int | str | None = None, unfreeze_blocks: int | None = None) -> int:
+    """Unfreeze the last ``unfreeze`` layers or ``unfreeze_blocks`` named blocks
+    of the backbone (``"all"`` for every layer); the head stays trainable.
+
+    BatchNormalization layers stay frozen whatever is unfrozen: in Keras 3 a
+    frozen BN layer runs in inference mode, so its moving statistics are
+    neither used per batch nor overwritten (the classic ResNet/Inception
+    fine-tuning trap). Returns the number of backbone layers with weights
+    made trainable.
+    """
+    if unfreeze is not None and unfreeze_blocks is not None:
+        raise FinetuneError("Pass --unfreeze or --unfreeze-blocks, not both.")
+    n_layers = len(base.layers)
+    if unfreeze == "all":
+        start = 0
+    elif unfreeze is not None:
+        n = int(unfreeze)
+        if n < 0 or n > n_layers:
+            raise FinetuneError(f"The {backbone} backbone has {n_layers} layers; cannot unfreeze the last {n}.")
+        start = n_layers - n
+    elif unfreeze_blocks is not None:
+        named = B.blocks(base, backbone)
+        k = int(unfreeze_blocks)
+        if k < 1 or k > len(named):
+            raise FinetuneError(f"The {backbone} backbone has {len(named)} named blocks; cannot unfreeze the last {k}.")
+        start = 0 if k == len(named) else named[-(k + 1)].end + 1
+    else:
+        start = n_layers  # the head alone
+    model.trainable = True  # recursive in Keras 3; the lines below narrow it
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= start and not _is_bn(layer)
+    for layer in model.layers:
+        if layer is base:
+            continue
+        if layer.name == "featx_preprocess":
+            layer.trainable = False
+        for sub in getattr(layer, "layers", []):  # the head model
+            sub.trainable = not _is_bn(sub)
+    return sum(1 for layer in base.layers if layer.trainable and layer.weights)
+
+
+def layer_table(base, max_rows: int = 60) -> str:
+    """Backbone layers with their trainable flag; long frozen runs summarised."""
+    rows, run = [], []
+
+    def flush():
+        if len(run) == 1:
+            rows.append(_row(run[0]))
+        elif run:
+            params = sum(layer.count_params() for layer in run)
+            rows.append(f"  ... {len(run)} frozen layers ({run[0].name} .. {run[-1].name}), {params:,} params")
+        run.clear()
+
+    shown = 0
+    for layer in base.layers:
+        if not layer.trainable and shown < max_rows:
+            run.append(layer)
+            continue
+        flush()
+        if shown < max_rows:
+            rows.append(_row(layer))
+        shown += 1
+    flush()
+    return "\n".join(rows)
+
+
+def _row(layer) -> str:
+    state = "trainable" if layer.trainable else "frozen"
+    return f"  {layer.name:<40} {type(layer).__name__:<22} {state:<10} {layer.count_params():>12,}"
+
+
+def param_counts(model) -> tuple[int, int]:
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    return trainable, frozen
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_pixels(paths: Sequence[str], size: int, workers: int | None = None) -> tuple[np.ndarray, list[int], list]:
+    """Decode images exactly as extraction does, in threads; returns (pixels, kept indices, skipped)."""
+    out, kept, skipped = [], [], []
+    with cf.ThreadPoolExecutor(workers or min(16, max(2, os.cpu_count() or 2))) as pool:
+        for i, (path, res) in enumerate(zip(paths, pool.map(lambda p: _try_read(p, size), paths))):
+            if isinstance(res, str):
+                skipped.append((path, res))
+            else:
+                out.append(res)
+                kept.append(i)
+    pixels = np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+    return pixels, kept, skipped
+
+
+def _try_read(path, size):
+    try:
+        return read_image(path, size)
+    except BadImage as exc:
+        return str(exc)
+
+
+class _Batches:
+    """A keras.utils.PyDataset of (uint8 pixels, labels), decoded in threads, shuffled per epoch."""
+
+    def __new__(cls, *args, **kwargs):
+        keras = import_keras()
+
+        class Batches(keras.utils.PyDataset):
+            def __init__(self, paths, labels, size, batch_size, shuffle, seed, workers):
+                super().__init__(workers=1, use_multiprocessing=False, max_queue_size=4)
+                self.paths, self.labels = list(paths), np.asarray(labels)
+                self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
+                self.rng = np.random.default_rng(seed)
+                self.order = np.arange(len(self.paths))
+                self.pool = cf.ThreadPoolExecutor(workers or min(16, max(2, os.cpu_count() or 2)))
+                if shuffle:
+                    self.rng.shuffle(self.order)
+
+            def __len__(self):
+                return int(np.ceil(len(self.paths) / self.batch_size))
+
+            def __getitem__(self, i):
+                idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+                imgs = list(self.pool.map(lambda j: _try_read(self.paths[j], self.size), idx))
+                good = [k for k, im in enumerate(imgs) if not isinstance(im, str)]
+                x = np.stack([imgs[k] for k in good])
+                return x, self.labels[idx[good]]
+
+            def on_epoch_end(self):
+                if self.shuffle:
+                    self.rng.shuffle(self.order)
+
+        return Batches(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+@dataclass
+class FinetuneResult:
+    directory: Path
+    model: object
+    metrics: dict
+    layer_table: str = ""
+    trainable_params: int = 0
+    frozen_params: int = 0
+    parity_max_diff: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _split_rows(man: dict, cache_dir, seed: int):
+    """Paths and label indices per split, as the head saw them."""
+    from .features import load_features, make_splits
+
+    feats = load_features(man.get("source"), cache_dir=cache_dir, extraction=man["extraction"])
+    classes = list(man["classes"])
+    if feats.class_names != classes:
+        raise HeadError(f"The cached dataset's classes {feats.class_names} differ from the head's {classes}.")
+    val_split = 0.2
+    try:
+        sp = make_splits(feats, val_split, seed)
+    except HeadError as exc:
+        raise FinetuneError(f"Too little data to fine-tune with a validation split: {exc}") from None
+    return feats, sp
+
+
+def parity_check(model, head_dir: Path, feats, sp, size: int, precision: str, sample: int = 32) -> float:
+    """Max |p_rebuilt - p_cached_head| on up to ``sample`` validation images.
+
+    Raises FinetuneError when it exceeds the tolerance (1e-3 in float32,
+    2e-2 in mixed precision): the rebuilt model would not start where the
+    head is, so fine-tuning would start from scratch instead.
+    """
+    head = load_head(head_dir)
+    n = min(sample, len(sp.val))
+    pixels, kept, _ = load_pixels(list(sp.val.paths[:n]), size)
+    if not kept:
+        raise FinetuneError("No validation image could be decoded for the parity check.")
+    rebuilt = np.asarray(model.predict(pixels, batch_size=32, verbose=0), dtype=np.float64)
+    cached = head.predict_proba(sp.val.X[:n][kept])
+    diff = float(np.abs(rebuilt - cached).max())
+    tol = 2e-2 if precision == "mixed" else 1e-3
+    if not np.isfinite(diff) or diff > tol:
+        raise FinetuneError(
+            f"Parity check failed: the rebuilt model's probabilities differ from the cached head's by up to "
+            f"{diff:.4g} (tolerance {tol}) on {len(kept)} validation images. The backbone, weights, preprocessing "
+            "or resizing do not match the extraction (or BatchNorm is not in inference mode); fine-tuning would "
+            "not start from the head."
+        )
+    return diff
+
+
+def finetune(
+    head: str | os.PathLike | None = None,
+    *,
+    unfreeze: int | str | None = None,
+    unfreeze_blocks: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-5,
+    optimizer: str = "adam",
+    augment: str | Sequence[str] | None = None,
+    class_weight: str | None = None,
+    patience: int = 3,
+    seed: int = 0,
+    export: bool = True,
+    workers: int | None = None,
+    log=print,
+) -> FinetuneResult:
+    """Fine-tune backbone + head end to end, starting from a fitted head.
+
+    Parameters
+    ----------
+    head : path, optional
+        A dense or logreg head folder; the latest fitted head by default.
+    unfreeze : int or "all", optional
+        Unfreeze the backbone's last N layers (or all of them).
+    unfreeze_blocks : int, optional
+        Unfreeze the backbone's last K named blocks (``featx backbones`` registry).
+    epochs, batch_size, lr, optimizer, patience
+        Training; EarlyStopping and ReduceLROnPlateau watch validation loss and
+        the best epoch is restored.
+    augment : str, optional
+        ``"flip,rotate=0.1,zoom=0.2,shift,contrast"``: Keras preprocessing
+        layers, active on the training split only.
+    class_weight : None or "balanced"
+    export : bool
+        Also write a SavedModel for serving (``model.export``).
+
+    Returns
+    -------
+    FinetuneResult
+    """
+    from .heads import _class_weights
+    from .outputs import default_dir, latest_head, set_latest
+    from .metrics import classification_metrics, plot_curves
+
+    keras = import_keras()
+    head_dir = Path(head) if head else latest_head()
+    man = read_manifest(head_dir)
+    if man.get("kind") not in ("dense", "logreg"):
+        raise FinetuneError(f"Fine-tuning starts from a dense or logreg head; {head_dir} is a {man.get('kind')} head. "
+                            "Run `featx fit-head --head dense` first.")
+    opts = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    if optimizer not in opts:
+        raise FinetuneError(f"optimizer must be one of {sorted(opts)}. Received: optimizer={optimizer!r}")
+    aug = parse_augment(augment)
+    feats, sp = _split_rows(man, cache_dir, seed)
+    settings = ExtractionSettings(**man["settings"])
+    size = settings.input_size
+
+    strategy = _strategy(keras)
+    with strategy.scope() if strategy else _nullcontext():
+        model, base, man = build_end_to_end(head_dir, aug, seed)
+        log(f"parity check on {min(32, len(sp.val))} validation images...")
+        diff = parity_check(model, head_dir, feats, sp, size, settings.precision)
+        log(f"parity ok: max |p_rebuilt - p_head| = {diff:.2e}")
+        n_unfrozen = set_trainable(model, base, settings.backbone, unfreeze, unfreeze_blocks)
+        table = layer_table(base)
+        trainable, frozen = param_counts(model)
+        model.compile(optimizer=opts[optimizer](learning_rate=lr), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+
+    classes = list(man["classes"])
+    val_pixels, val_kept, _ = load_pixels(list(sp.val.paths), size, workers)
+    y_val = sp.val.y[val_kept]
+    train_ds = _Batches(list(sp.train.paths), sp.train.y, size, batch_size, True, seed, workers)
+    before = {"val": classification_metrics(y_val, model.predict(val_pixels, batch_size=batch_size, verbose=0), classes)}
+    start_weights = model.get_weights()
+    directory = Path(out) if out else default_dir(DEFAULT_MODELS_DIR, settings.backbone, "finetune")
+    directory.mkdir(parents=True, exist_ok=True)
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, patience // 2),
+                                          min_lr=lr / 100),
+        keras.callbacks.ModelCheckpoint(str(directory / "best.keras"), monitor="val_loss", save_best_only=True),
+    ]
+    t = time.perf_counter()
+    hist = model.fit(train_ds, validation_data=(val_pixels, y_val), epochs=epochs, callbacks=callbacks,
+                     class_weight=_class_weights(sp.train.y, len(classes), class_weight), verbose=2)
+    train_s = time.perf_counter() - t
+    after_val = classification_metrics(y_val, model.predict(val_pixels, batch_size=batch_size, verbose=0), classes)
+    notes = []
+    if after_val["accuracy"] < before["val"]["accuracy"]:
+        model.set_weights(start_weights)
+        after_val = before["val"]
+        notes.append("fine-tuning did not beat the head on validation; kept the starting weights")
+    (directory / "best.keras").unlink(missing_ok=True)
+    after = {"val": after_val}
+    if sp.test is not None and len(sp.test):
+        test_pixels, test_kept, _ = load_pixels(list(sp.test.paths), size, workers)
+        after["test"] = classification_metrics(sp.test.y[test_kept], model.predict(test_pixels, verbose=0), classes)
+        head_est = load_head(head_dir)
+        before["test"] = classification_metrics(sp.test.y, _proba_in_order(head_est, sp.test.X, classes), classes)
+
+    model.save(directory / "model.keras")
+    if export:
+        try:
+            model.export(str(directory / "saved_model"), verbose=False)
+        except Exception as exc:  # export needs TensorFlow; the .keras model is the primary artifact
+            notes.append(f"SavedModel export skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    metrics = {
+        "head": str(head_dir), "backbone": settings.backbone, "unfreeze": unfreeze, "unfreeze_blocks": unfreeze_blocks,
+        "unfrozen_backbone_layers": n_unfrozen, "trainable_params": trainable, "non_trainable_params": frozen,
+        "epochs_run": len(history.get("loss", [])), "train_seconds": train_s, "parity_max_diff": diff,
+        "before": before, "after": after, "history": history, "notes": notes,
+    }
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curves(history, directory / "curves.png", f"{settings.backbone}: fine-tuning")
+    manifest = {**man, "kind": "end-to-end", "head": str(head_dir.resolve()), "input_size": size,
+                "input": "RGB uint8 pixels, squashed to input_size x input_size (bilinear)"}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    set_latest(DEFAULT_MODELS_DIR if not out else Path(out).parent, directory)
+    return FinetuneResult(directory, model, metrics, table, trainable, frozen, diff, notes)
+
+
+def _proba_in_order(est, X, classes):
+    from .heads import align_proba
+
+    return align_proba(est, est.predict_proba(X), classes)
+
+
+def _strategy(keras):
+    """All visible GPUs through tf.distribute when there are several (TensorFlow backend)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def predict_images(model_path: str | os.PathLike, data, *, top_k: int = 5, batch_size: int = 32) -> Predictions:
+    """Label images with a fine-tuned end-to-end model (a ``.keras`` file or its folder)."""
+    keras = import_keras()
+    path = Path(model_path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.exists():
+        raise FinetuneError(f"No model at {path}. `featx finetune` writes models/<name>/model.keras.")
+    man_path = path.parent / "manifest.json"
+    try:
+        classes = json.loads(man_path.read_text())["classes"]
+    except (OSError, ValueError, KeyError):
+        raise FinetuneError(f"{man_path} (the class names of {path.name}) is missing or unreadable.") from None
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:
+        raise FinetuneError(f"Cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
+    size = int(model.input.shape[1])
+    ds = discover(data)
+    paths = [it.path for it in ds.items]
+    probs, kept_paths, skipped = [], [], []
+    for i in range(0, len(paths), 256):
+        pixels, kept, bad = load_pixels(paths[i:i + 256], size)
+        skipped += bad
+        if kept:
+            probs.append(np.asarray(model.predict(pixels, batch_size=batch_size, verbose=0), dtype=np.float64))
+            kept_paths += [paths[i + k] for k in kept]
+    proba = np.concatenate(probs) if probs else np.zeros((0, len(classes)))
+    return Predictions(kept_paths, proba, list(classes), skipped, str(path))

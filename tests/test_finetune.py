@@ -1,0 +1,171 @@
+"""Phase two: rebuild, parity, what trains, BatchNorm, saving, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import featx
+from featx import api
+from featx import backbones as B
+from featx import finetuning as ft
+from featx.cli import cli
+from featx.errors import HeadError
+
+from conftest import make_dataset
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Split data, extractions with two backbones, and dense heads on each."""
+    root = tmp_path_factory.mktemp("ft")
+    data = make_dataset(root / "data", per_class=8, splits=["train", "val", "test"])
+    heads = {}
+    for bb in ("vgg16", "resnet50"):
+        featx.extract(data, bb, weights="none", image_size=32, cache_dir=root / "cache", progress=False)
+        heads[bb] = api.fit_head("dense", cache_dir=root / "cache", backbone=bb, out=root / f"head-{bb}",
+                                 epochs=10, hidden=(16,)).directory
+    return root, data, heads
+
+
+def _setup(project, bb, **kw):
+    root, _, heads = project
+    model, base, man = ft.build_end_to_end(heads[bb])
+    feats, sp = ft._split_rows(man, root / "cache", 0)
+    return model, base, man, feats, sp
+
+
+def test_rebuild_reproduces_the_head(project):
+    model, base, man, feats, sp = _setup(project, "resnet50")
+    diff = ft.parity_check(model, project[2]["resnet50"], feats, sp, 32, "float32")
+    assert diff < 1e-4
+
+
+def test_parity_fails_with_wrong_preprocessing(project, monkeypatch):
+    monkeypatch.setattr(B, "preprocess_affine", lambda mode: (np.eye(3, dtype="float32"), np.zeros(3, "float32")))
+    model, base, man, feats, sp = _setup(project, "vgg16")  # vgg16 is 'caffe': identity is wrong
+    with pytest.raises(ft.FinetuneError, match="Parity check failed"):
+        ft.parity_check(model, project[2]["vgg16"], feats, sp, 32, "float32")
+
+
+def test_logreg_head_seeds_the_output_layer(project, tmp_path):
+    root, data, _ = project
+    d = api.fit_head("logreg", cache_dir=root / "cache", backbone="vgg16", out=tmp_path / "lr").directory
+    model, base, man = ft.build_end_to_end(d)
+    feats, sp = ft._split_rows(man, root / "cache", 0)
+    assert ft.parity_check(model, d, feats, sp, 32, "float32") < 1e-4
+
+
+def test_only_requested_layers_train_and_bn_stays_frozen(project):
+    model, base, man, _, _ = _setup(project, "resnet50")
+    n = ft.set_trainable(model, base, "resnet50", unfreeze=10)
+    last10 = base.layers[-10:]
+    assert all(l.trainable == (not ft._is_bn(l)) for l in last10)
+    assert not any(l.trainable for l in base.layers[:-10] if l.weights)
+    assert n == sum(1 for l in last10 if l.weights and not ft._is_bn(l))
+    ft.set_trainable(model, base, "resnet50", unfreeze_blocks=1)
+    trainable = [l.name for l in base.layers if l.trainable and l.weights]
+    assert trainable and all(name.startswith("conv5_block3") for name in trainable)
+    ft.set_trainable(model, base, "resnet50", unfreeze="all")
+    assert all(l.trainable for l in base.layers if l.weights and not ft._is_bn(l))
+    assert not any(l.trainable for l in base.layers if ft._is_bn(l))
+    assert not model.get_layer("featx_preprocess").trainable
+    ft.set_trainable(model, base, "resnet50")  # head only
+    assert not any(l.trainable for l in base.layers if l.weights)
+    with pytest.raises(ft.FinetuneError, match="has 176 layers; cannot unfreeze the last 500"):
+        ft.set_trainable(model, base, "resnet50", unfreeze=500)
+    with pytest.raises(ft.FinetuneError, match="16 named blocks"):
+        ft.set_trainable(model, base, "resnet50", unfreeze_blocks=17)
+
+
+def test_finetune_keeps_bn_statistics_and_saves_a_self_contained_model(project, tmp_path):
+    root, data, heads = project
+    model, base, *_ = _setup(project, "resnet50")
+    bn = [l for l in base.layers if ft._is_bn(l)][-1]
+    res = ft.finetune(heads["resnet50"], unfreeze="all", cache_dir=root / "cache", out=tmp_path / "m", epochs=1,
+                      batch_size=8, lr=1e-4, log=lambda m: None)
+    tuned_base = next(l for l in res.model.layers if hasattr(l, "layers") and l.name.startswith("resnet50"))
+    tuned_bn = tuned_base.get_layer(bn.name)
+    np.testing.assert_array_equal(tuned_bn.moving_mean.numpy(), bn.moving_mean.numpy())
+    np.testing.assert_array_equal(tuned_bn.moving_variance.numpy(), bn.moving_variance.numpy())
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert m["after"]["val"]["accuracy"] >= m["before"]["val"]["accuracy"]
+    assert {"model.keras", "metrics.json", "curves.png", "manifest.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    assert (tmp_path / "m" / "saved_model" / "saved_model.pb").exists()
+    # safe-mode reload in a fresh interpreter that never imports featx
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import sys, numpy as np, keras; "
+        f"m = keras.saving.load_model(r'{tmp_path / 'm' / 'model.keras'}', safe_mode=True); "
+        f"np.save(r'{tmp_path / 'p.npy'}', m.predict(np.load(r'{tmp_path / 'x.npy'}'), verbose=0)); "
+        "assert 'featx' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), res.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_one_epoch_reduces_training_loss(project):
+    root, data, heads = project
+    model, base, man, feats, sp = _setup(project, "vgg16")
+    import keras
+
+    ft.set_trainable(model, base, "vgg16", unfreeze_blocks=1)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-5), loss="sparse_categorical_crossentropy")
+    x, kept, _ = ft.load_pixels(list(sp.train.paths), 32)
+    y = sp.train.y[kept]
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    after = model.evaluate(x, y, verbose=0)
+    assert after < before
+
+
+def test_cli_finetune_then_predict_with_model(project, tmp_path, monkeypatch):
+    root, data, heads = project
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["--cache-dir", str(root / "cache"), "finetune", "--head", str(heads["vgg16"]),
+                                 "--unfreeze", "4", "--epochs", "1", "--batch-size", "8", "--augment", "flip,rotate=0.1",
+                                 "--no-export"])
+    assert r.exit_code == 0, r.output
+    assert "trainable params:" in r.output and "(head) ->" in r.output and "block5_conv3" in r.output
+    model_dir = (tmp_path / "models" / "latest").read_text().strip()
+    r = CliRunner().invoke(cli, ["predict", "--model", model_dir, "-k", "2", str(data / "test")])
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert lines[0] == "path,label_1,prob_1,label_2,prob_2" and len(lines) == 17
+
+
+def test_finetune_errors(project, tmp_path, monkeypatch):
+    root, data, heads = project
+    monkeypatch.chdir(tmp_path)
+    run = lambda *a: CliRunner().invoke(cli, ["--cache-dir", str(root / "cache"), "finetune", *map(str, a)])
+    r = run("--unfreeze", "3")
+    assert r.exit_code == 1 and "No head has been fitted yet" in r.output
+    lgb = api.fit_head("lightgbm", cache_dir=root / "cache", backbone="vgg16", out=tmp_path / "lgb").directory
+    r = run("--head", lgb)
+    assert r.exit_code == 1 and "dense or logreg head" in r.output
+    r = run("--head", heads["vgg16"], "--unfreeze", "999", "--epochs", "1")
+    assert r.exit_code == 1 and "cannot unfreeze the last 999" in r.output
+    r = run("--head", heads["vgg16"], "--augment", "blur")
+    assert r.exit_code == 1 and "Unknown augmentation 'blur'" in r.output
+    # a head whose manifest says another backbone's width
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in heads["vgg16"].iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    man = json.loads((bad / "manifest.json").read_text())
+    man["settings"]["backbone"] = "resnet50"
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(HeadError, match="expects 512 features; resnet50 at 32px gives 2048"):
+        ft.build_end_to_end(bad)
+
+
+def test_too_little_data_for_validation(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=2)
+    featx.extract(data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
+    d = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", val_split=0.5, C=1.0).directory
+    with pytest.raises(ft.FinetuneError, match="Too little data"):
+        ft.finetune(d, cache_dir=tmp_path / "c", log=lambda m: None, out=tmp_path / "m")
