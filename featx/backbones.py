@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
-import hashlib
 import io
 import os
 import re
@@ -345,16 +344,9 @@ def resolve_weights(
             f"Keras weights file (.weights.h5 or .h5). Received: weights={str(weights)!r}"
         )
     path = path.resolve()
-    digest = file_hasher(path) if file_hasher else _sha256(path)
-    return Weights("file", str(path), f"sha256:{digest}")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    if file_hasher is None:
+        from .data import sha256_file as file_hasher
+    return Weights("file", str(path), f"sha256:{file_hasher(path)}")
 
 
 _PARTIAL_LOAD = re.compile(r"freshly-initialized|Skipping variable loading|did not match|mismatch", re.I)

@@ -35,6 +35,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .data import sha256_file
 from .errors import CacheError
 
 FORMAT_VERSION = 1
@@ -174,14 +175,6 @@ class Memo:
         digest = sha256_file(path)
         self.remember([(path, *key, digest)])
         return digest
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- extractions

@@ -4,10 +4,13 @@ Layouts understood by :func:`discover`:
 
 - ``classes``: a folder of class folders;
 - ``splits``: a folder with ``train/``, ``val/`` (or ``validation/``), ``test/``
-  split folders, each holding class folders;
+  split folders (any case), each holding the same class folders;
 - ``csv``: a CSV file with columns ``path,label[,split]`` (paths relative to it);
 - ``unlabeled``: a folder of images with no class folders;
 - ``files``: image files and folders given explicitly (unlabeled).
+
+An image is recognised by its extension (:data:`IMAGE_EXTENSIONS`), except in
+a CSV, where every listed file is taken: the list is explicit.
 
 :func:`read_image` decodes any common format to RGB uint8, applying EXIF
 orientation, and raises :class:`~featx.errors.BadImage` with a short reason
@@ -19,11 +22,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import operator
 import os
-import warnings
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -41,16 +44,41 @@ MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One image of a dataset."""
+    """One image of a dataset.
 
-    path: str  # absolute, normalised
-    label: str | None  # canonical class name; None when unlabeled
-    split: str  # "train" | "val" | "test"; "" when unlabeled
+    Attributes
+    ----------
+    path : str
+        Absolute, normalised path of the image file.
+    label : str or None
+        Canonical class name; None for unlabeled data.
+    split : str
+        "train", "val" or "test" ("train" when the data has no splits);
+        "" for unlabeled data.
+    """
+
+    path: str
+    label: str | None
+    split: str
 
 
 @dataclass
 class Dataset:
-    """The images of a dataset, their labels and splits, and what was left out."""
+    """The images of a dataset, their labels and splits, and what was left out.
+
+    Attributes
+    ----------
+    source : str
+        Absolute path of the folder, CSV or image file; "<files>" for a list.
+    layout : str
+        "classes", "splits", "csv", "unlabeled" or "files".
+    items : list of ImageItem
+        Sorted by split (train, val, test), then path.
+    class_names : list of str
+        Sorted canonical class names; empty when unlabeled.
+    ignored : list of (path, reason)
+        Files and folders not taken, with why.
+    """
 
     source: str
     layout: str
@@ -60,167 +88,199 @@ class Dataset:
 
     @property
     def splits(self) -> list[str]:
+        """Splits present, in train, val, test order ("" last, for unlabeled items)."""
         present = {it.split for it in self.items}
         return [s for s in (*SPLIT_ORDER, "") if s in present]
 
     def labels_index(self) -> np.ndarray:
+        """Index of each item's label in ``class_names``; -1 for unlabeled items.
+
+        Returns
+        -------
+        ndarray of int64, shape (len(items),)
+        """
         index = {name: i for i, name in enumerate(self.class_names)}
-        return np.array([index[it.label] if it.label is not None else -1 for it in self.items], dtype=np.int64)
+        try:
+            return np.array([-1 if it.label is None else index[it.label] for it in self.items], dtype=np.int64)
+        except KeyError as exc:
+            raise DataError(
+                f"Label {exc.args[0]!r} of {self.source} is not among class_names {self.class_names}."
+            ) from None
 
     def __len__(self) -> int:
         return len(self.items)
 
 
 def is_image(path: str | os.PathLike) -> bool:
-    return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
+    """Whether ``path`` has one of :data:`IMAGE_EXTENSIONS` (any case)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def _hidden(name: str) -> bool:
-    return name.startswith(".")
+def _split_rank(split: str) -> int:
+    return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
 
 
-def _walk_images(folder: Path, ignored: list, follow_symlinks: bool = True) -> list[str]:
-    """Image paths under ``folder`` (recursively, sorted), skipping hidden entries.
+def _sorted_items(items: list[ImageItem]) -> list[ImageItem]:
+    return sorted(items, key=lambda it: (_split_rank(it.split), it.path))
 
-    Plain strings, not Path objects: on a million files pathlib's parsing
-    would dominate a warm re-run.
+
+def _absolute(path: str | os.PathLike) -> str:
+    # realpath, not abspath: the cache finds a dataset's views again by the
+    # resolved path the user names (features.find_view).
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+# --------------------------------------------------------------------------- walking folders
+
+
+def _list_dir(folder: str, ignored: list, follow_symlinks: bool) -> tuple[list[str], list[str]]:
+    """Sorted non-hidden subfolders and regular files of ``folder``.
+
+    Uses ``os.scandir``, whose entries mostly answer ``is_dir`` without a
+    stat call: on a million files that is the cost of the walk.
     """
-    found = []
-    join, splitext = os.path.join, os.path.splitext
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=follow_symlinks):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        for name in sorted(filenames):
-            if _hidden(name):
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        ignored.append((folder, f"unreadable folder: {exc.strerror or exc}"))
+        return [], []
+    dirs, files = [], []
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if not follow_symlinks and e.is_symlink():
+            ignored.append((e.path, "symbolic link not followed"))
+        elif e.is_dir():
+            dirs.append(e.path)
+        elif e.is_file():
+            files.append(e.path)
+        else:
+            # Broken links, FIFOs, sockets: opening a FIFO would block forever.
+            ignored.append((e.path, "not a regular file"))
+    return dirs, files
+
+
+def _walk_images(folder: str, ignored: list, follow_symlinks: bool) -> list[str]:
+    """Image paths under ``folder``, recursively; other files go to ``ignored``."""
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        if follow_symlinks:
+            # A link back to an ancestor would otherwise recurse forever.
+            try:
+                st = os.stat(current)
+            except OSError as exc:
+                ignored.append((current, f"unreadable folder: {exc.strerror or exc}"))
                 continue
-            if splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(join(dirpath, name))
+            if (st.st_dev, st.st_ino) in seen:
+                ignored.append((current, "folder already scanned (symbolic link)"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
+        dirs, files = _list_dir(current, ignored, follow_symlinks)
+        for f in files:
+            if is_image(f):
+                found.append(f)
             else:
-                ignored.append((join(dirpath, name), "not an image extension"))
+                ignored.append((f, "not an image extension"))
+        stack.extend(reversed(dirs))
     return found
 
 
-def discover(source: str | os.PathLike | Sequence, *, follow_symlinks: bool = True) -> Dataset:
-    """Find the images, labels and splits of a dataset.
+def _scan_classes(folder: str, ignored: list, follow_symlinks: bool) -> tuple[dict[str, list[str]], int]:
+    """Class name -> image paths for the class folders in ``folder``.
 
-    Parameters
-    ----------
-    source : path or list of paths
-        A folder (class folders, split folders, or loose images), a CSV
-        file ``path,label[,split]``, an image file, or a list of image files
-        and folders.
-
-    Returns
-    -------
-    Dataset
-
-    Raises
-    ------
-    DataError
-        When the source does not exist, holds no images, has a malformed
-        CSV, or class sets that differ between splits.
+    Folders whose names differ only by case are one class, spelled as the
+    first of them (in sorted order) that holds images. Also returns how many
+    images lie loose beside the class folders (they are ignored).
     """
-    if isinstance(source, (list, tuple)):
-        return _from_files([Path(s) for s in source], follow_symlinks)
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"Data path does not exist: {path}")
-    path = path.resolve()
-    if path.is_file():
-        if path.suffix.lower() == ".csv":
-            return _from_csv(path)
-        if is_image(path):
-            return _from_files([path], follow_symlinks)
-        raise DataError(f"{path} is neither an image, a CSV file nor a folder.")
-    return _from_folder(path, follow_symlinks)
-
-
-def _from_files(paths: list[Path], follow_symlinks: bool) -> Dataset:
-    ignored: list = []
-    images: list[Path] = []
-    for p in paths:
-        p = p.expanduser()
-        if not p.exists():
-            raise DataError(f"Data path does not exist: {p}")
-        if p.is_dir():
-            images += _walk_images(p.resolve(), ignored, follow_symlinks)
-        elif is_image(p):
-            images.append(p.resolve())
-        else:
-            ignored.append((str(p), "not an image extension"))
-    if not images:
-        raise DataError(f"No images among {', '.join(map(str, paths[:3]))}{'...' if len(paths) > 3 else ''}.")
-    seen, items = set(), []
-    for p in images:
-        if str(p) not in seen:
-            seen.add(str(p))
-            items.append(ImageItem(str(p), None, ""))
-    return Dataset("<files>" if len(paths) != 1 else str(paths[0].resolve()), "files", items, [], ignored)
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not _hidden(d.name))
-
-
-def _from_folder(root: Path, follow_symlinks: bool) -> Dataset:
-    ignored: list = []
-    subdirs = _class_dirs(root)
-    split_dirs = {d: SPLIT_ALIASES[d.name.lower()] for d in subdirs if d.name.lower() in SPLIT_ALIASES}
-    loose = [root / n for n in sorted(os.listdir(root)) if not _hidden(n) and (root / n).is_file()]
-
-    if split_dirs:
-        if len(set(split_dirs.values())) != len(split_dirs):
-            raise DataError(f"{root} has two folders for the same split: {', '.join(d.name for d in split_dirs)}.")
-        for d in subdirs:
-            if d not in split_dirs:
-                ignored.append((str(d), "folder beside the split folders"))
-        per_split = {}
-        for d, split in split_dirs.items():
-            per_split[split] = _scan_classes(d, ignored, follow_symlinks)
-        layout = "splits"
-    else:
-        class_ignored: list = []
-        classes = _scan_classes(root, class_ignored, follow_symlinks) if subdirs else {}
-        if not classes:
-            images = _walk_images(root, ignored, follow_symlinks)
-            if not images:
-                raise DataError(f"No images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
-            return Dataset(str(root), "unlabeled", [ImageItem(p, None, "") for p in images], [], ignored)
-        ignored += class_ignored
-        per_split = {"train": classes}
-        layout = "classes"
-
-    if layout == "splits":
-        for p in loose:
-            ignored.append((str(p), "file beside the split folders" if is_image(p) else "not an image extension"))
-    return _assemble(str(root), layout, per_split, ignored)
-
-
-def _scan_classes(folder: Path, ignored: list, follow_symlinks: bool) -> dict[str, list[str]]:
-    """Class name -> images; folders differing only by case are one class."""
-    classes: dict[str, list[Path]] = {}
+    dirs, files = _list_dir(folder, ignored, follow_symlinks)
+    classes: dict[str, list[str]] = {}
     spelling: dict[str, str] = {}
-    for d in _class_dirs(folder):
+    for d in dirs:
         images = _walk_images(d, ignored, follow_symlinks)
         if not images:
-            ignored.append((str(d), "empty class folder"))
+            ignored.append((d, "empty class folder"))
             continue
-        name = spelling.setdefault(d.name.casefold(), d.name)
+        name = spelling.setdefault(os.path.basename(d).casefold(), os.path.basename(d))
         classes.setdefault(name, []).extend(images)
-    for p in folder.iterdir():
-        if p.is_file() and not _hidden(p.name):
-            ignored.append((str(p), "file beside the class folders"))
-    return classes
+    loose = 0
+    for f in files:
+        if is_image(f):
+            loose += 1
+            ignored.append((f, "image beside the class folders"))
+        else:
+            ignored.append((f, "not an image extension"))
+    return classes, loose
 
 
-def _assemble(source: str, layout: str, per_split: dict[str, dict[str, list]], ignored: list) -> Dataset:
-    """Match class names across splits (case-insensitively) and build the items."""
+def _no_images(folder: str) -> DataError:
+    return DataError(f"No images found in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+
+
+def _from_folder(root: str, follow_symlinks: bool) -> Dataset:
+    ignored: list[tuple[str, str]] = []
+    root_ignored: list[tuple[str, str]] = []  # _scan_classes records these itself
+    dirs, files = _list_dir(root, root_ignored, follow_symlinks)
+    split_dirs: dict[str, list[str]] = {}
+    for d in dirs:
+        split = SPLIT_ALIASES.get(os.path.basename(d).lower())
+        if split:
+            split_dirs.setdefault(split, []).append(d)
+
+    if not split_dirs:
+        classes, _ = _scan_classes(root, ignored, follow_symlinks)
+        if classes:
+            return _assemble(root, "classes", {"train": classes}, ignored)
+        # No class folder holds an image: the images (if any) lie loose in root.
+        ignored = []
+        images = _walk_images(root, ignored, follow_symlinks)
+        if not images:
+            raise _no_images(root)
+        return Dataset(root, "unlabeled", _sorted_items([ImageItem(p, None, "") for p in images]), [], ignored)
+
+    ignored += root_ignored
+    for split, found in split_dirs.items():
+        if len(found) > 1:
+            names = ", ".join(os.path.basename(d) for d in found)
+            raise DataError(f"{root} has several folders for the {split} split ({names}); keep one.")
+    for d in dirs:
+        if SPLIT_ALIASES.get(os.path.basename(d).lower()) is None:
+            ignored.append((d, "folder beside the split folders"))
+    for f in files:
+        ignored.append((f, "image beside the split folders" if is_image(f) else "not an image extension"))
+    per_split: dict[str, dict[str, list[str]]] = {}
+    for split in SPLIT_ORDER:
+        if split not in split_dirs:
+            continue
+        folder = split_dirs[split][0]
+        classes, loose = _scan_classes(folder, ignored, follow_symlinks)
+        if classes:
+            per_split[split] = classes
+        elif loose:
+            raise DataError(
+                f"{folder} holds images but no class folders; every split needs the same class folders."
+            )
+        else:
+            ignored.append((folder, "empty split folder"))
+    if not per_split:
+        raise _no_images(root)
+    return _assemble(root, "splits", per_split, ignored)
+
+
+def _assemble(source: str, layout: str, per_split: dict[str, dict[str, list[str]]], ignored: list) -> Dataset:
+    """Match class names across splits (case-insensitively) and build the items.
+
+    ``per_split`` maps split -> class name -> paths, with case variants
+    already merged within each split.
+    """
     order = [s for s in SPLIT_ORDER if s in per_split]
     canonical: dict[str, str] = {}
     for split in order:
         for name in per_split[split]:
             canonical.setdefault(name.casefold(), name)
-    if not canonical:
-        raise DataError(f"No images found in {source}.")
     reference = {n.casefold() for n in per_split[order[0]]}
     problems = []
     for split in order[1:]:
@@ -232,76 +292,177 @@ def _assemble(source: str, layout: str, per_split: dict[str, dict[str, list]], i
         if extra:
             problems.append(f"{split} has extra {', '.join(map(repr, extra))}")
     if problems:
-        raise DataError(f"Class sets differ between splits in {source}: {'; '.join(problems)} (compared with {order[0]}).")
-    items = []
-    for split in order:
-        for name, paths in per_split[split].items():
-            label = canonical[name.casefold()]
-            items += [ImageItem(str(p), label, split) for p in paths]
-    items.sort(key=lambda it: (SPLIT_ORDER.index(it.split), it.path))
-    return Dataset(source, layout, items, sorted(set(canonical.values())), ignored)
+        raise DataError(
+            f"Class sets differ between splits in {source}: {'; '.join(problems)} (compared with {order[0]})."
+        )
+    items = [
+        ImageItem(p, canonical[name.casefold()], split)
+        for split in order
+        for name, paths in per_split[split].items()
+        for p in paths
+    ]
+    return Dataset(source, layout, _sorted_items(items), sorted(set(canonical.values())), ignored)
 
 
-def _from_csv(path: Path) -> Dataset:
+# --------------------------------------------------------------------------- lists and CSV files
+
+
+def _from_files(entries: Sequence, follow_symlinks: bool, source: str) -> Dataset:
+    if not entries:
+        raise DataError("No data given: the list of image files and folders is empty.")
+    ignored: list[tuple[str, str]] = []
+    images: list[str] = []
+    for entry in entries:
+        p = _absolute(entry)
+        if os.path.isdir(p):
+            images += _walk_images(p, ignored, follow_symlinks)
+        elif not os.path.exists(p):
+            raise DataError(f"Data path does not exist: {entry}.")
+        elif not is_image(p):
+            ignored.append((p, "not an image extension"))
+        elif not os.path.isfile(p):
+            ignored.append((p, "not a regular file"))
+        else:
+            images.append(p)
+    if not images:
+        shown = ", ".join(map(str, entries[:3])) + (", ..." if len(entries) > 3 else "")
+        raise DataError(f"No images among {shown} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    items = [ImageItem(p, None, "") for p in dict.fromkeys(images)]
+    return Dataset(source, "files", _sorted_items(items), [], ignored)
+
+
+def _lines(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:5]))
+    return f"line {shown}" if len(numbers) == 1 else f"lines {shown}{' and more' if len(numbers) > 5 else ''}"
+
+
+def _from_csv(path: str) -> Dataset:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-            fields = [f.strip().lower() for f in (rows and rows[0].keys() or [])]
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            # line_num, not a row count: a quoted field may span lines.
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"Cannot read CSV {path}: {exc}") from None
-    if not rows:
-        raise DataError(f"CSV {path} has no rows (expected a header path,label[,split]).")
-    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in rows]
-    if "path" not in fields:
-        raise DataError(f"CSV {path} needs a 'path' column (header path,label[,split]); found: {', '.join(fields)}.")
-    labelled = "label" in fields
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise DataError(f"Cannot read CSV {path}: {reason}.") from None
+    columns = [c.strip().lower() for c in header or []]
+    if "path" not in columns:
+        found = ", ".join(repr(c) for c in columns) or "nothing"
+        raise DataError(f"CSV {path} needs a 'path' column (header path,label[,split]); found {found}.")
+    col = {name: columns.index(name) for name in ("path", "label", "split") if name in columns}
+
+    def cell(row: list[str], name: str) -> str:
+        i = col.get(name)
+        return row[i].strip() if i is not None and i < len(row) else ""
+
+    labelled = "label" in col
+    no_path = [n for n, row in rows if not cell(row, "path")]
+    if no_path:
+        raise DataError(f"CSV {path} has rows with an empty path ({_lines(no_path)}).")
     if labelled:
-        empty = [i + 2 for i, r in enumerate(rows) if not r.get("label")]
-        if empty:
-            raise DataError(f"CSV {path} has rows with an empty label (lines {', '.join(map(str, empty[:5]))}).")
-    base = path.parent
-    ignored: list = []
-    seen: set = set()
-    per_split: dict[str, dict[str, list]] = {}
-    unlabeled = []
-    for i, r in enumerate(rows):
-        p = Path(r["path"]).expanduser()
-        p = (p if p.is_absolute() else base / p).resolve()
-        if str(p) in seen:
-            ignored.append((str(p), "duplicate row"))
+        no_label = [n for n, row in rows if not cell(row, "label")]
+        if no_label:
+            raise DataError(f"CSV {path} has rows with an empty label ({_lines(no_label)}).")
+
+    base = os.path.dirname(path)
+    ignored: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    items: list[ImageItem] = []
+    per_split: dict[str, dict[str, list[str]]] = {}
+    spelling: dict[str, dict[str, str]] = {}
+    for n, row in rows:
+        p = os.path.normpath(os.path.join(base, os.path.expanduser(cell(row, "path"))))
+        if p in seen:
+            ignored.append((p, "duplicate row"))
             continue
-        seen.add(str(p))
-        if not p.is_file():
-            ignored.append((str(p), "file not found"))
+        seen.add(p)
+        if not os.path.isfile(p):
+            ignored.append((p, "file not found" if not os.path.exists(p) else "not a file"))
             continue
-        split_raw = r.get("split", "") or "train"
-        split = SPLIT_ALIASES.get(split_raw.lower())
+        if not labelled:
+            items.append(ImageItem(p, None, ""))
+            continue
+        raw = cell(row, "split") or "train"
+        split = SPLIT_ALIASES.get(raw.lower())
         if split is None:
-            raise DataError(f"CSV {path} line {i + 2}: unknown split {split_raw!r} (use train, val or test).")
-        if labelled:
-            per_split.setdefault(split, {}).setdefault(r["label"], []).append(p)
-        else:
-            unlabeled.append(p)
-    if not seen - {p for p, _ in ignored} and not per_split and not unlabeled:
-        raise DataError(f"None of the {len(rows)} files listed in {path} exist (paths are relative to the CSV).")
+            raise DataError(f"CSV {path} line {n}: unknown split {raw!r} (use train, val or test).")
+        # Labels differing only by case are one class within a split too.
+        label = spelling.setdefault(split, {}).setdefault(cell(row, "label").casefold(), cell(row, "label"))
+        per_split.setdefault(split, {}).setdefault(label, []).append(p)
+    if not items and not per_split:
+        if not rows:
+            raise DataError(f"CSV {path} lists no files.")
+        raise DataError(
+            f"None of the {len(rows)} files listed in {path} exist (relative paths are read from {base})."
+        )
     if not labelled:
-        return Dataset(str(path), "csv", [ImageItem(str(p), None, "") for p in unlabeled], [], ignored)
-    # Within a split, labels differing only by case are one class.
-    merged = {}
-    for split, classes in per_split.items():
-        m: dict[str, list] = {}
-        spelling: dict[str, str] = {}
-        for name, paths in classes.items():
-            m.setdefault(spelling.setdefault(name.casefold(), name), []).extend(paths)
-        merged[split] = m
-    return _assemble(str(path), "csv", merged, ignored)
+        return Dataset(path, "csv", _sorted_items(items), [], ignored)
+    return _assemble(path, "csv", per_split, ignored)
+
+
+def discover(source: str | os.PathLike | Sequence[str | os.PathLike], *, follow_symlinks: bool = True) -> Dataset:
+    """Find the images, labels and splits of a dataset.
+
+    Parameters
+    ----------
+    source : path or list of paths
+        A folder of class folders; a folder of split folders (``train``,
+        ``val``/``validation``, ``test``, any case) each holding the same
+        class folders; a CSV file with header ``path,label[,split]`` (paths
+        relative to its folder); a folder of loose images; an image file; or
+        a list of image files and folders (unlabeled, scanned recursively).
+    follow_symlinks : bool, default True
+        Enter symbolically linked folders and take linked files. When False,
+        links are left out and listed in ``ignored``.
+
+    Returns
+    -------
+    Dataset
+        Items sorted by split, then path; what was left out is in ``ignored``.
+
+    Raises
+    ------
+    DataError
+        When the source does not exist or holds no images, a CSV is
+        unreadable or malformed, or class sets differ between splits.
+
+    Examples
+    --------
+    >>> ds = discover("data/")                                   # doctest: +SKIP
+    >>> ds.layout, ds.class_names, ds.splits                     # doctest: +SKIP
+    ('splits', ['ants', 'bees'], ['train', 'val'])
+    """
+    if isinstance(source, (list, tuple)):
+        return _from_files(source, follow_symlinks, "<files>")
+    path = _absolute(source)
+    if os.path.isdir(path):
+        return _from_folder(path, follow_symlinks)
+    if not os.path.exists(path):
+        raise DataError(f"Data path does not exist: {source}.")
+    if path.lower().endswith(".csv"):
+        return _from_csv(path)
+    if is_image(path):
+        return _from_files([path], follow_symlinks, path)
+    raise DataError(f"{path} is neither a folder, a CSV file nor an image ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
 
 
 # --------------------------------------------------------------------------- images
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    """Hex SHA-256 of a file's bytes.
+
+    Parameters
+    ----------
+    path : path
+        The file, read in 1 MiB chunks so memory stays flat on large files.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -309,31 +470,71 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_RESAMPLE = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")  # PIL.Image.Resampling, lower case
+_ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+# EXIF orientation -> PIL.Image.Transpose member, as in ImageOps.exif_transpose.
+_EXIF_TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+    6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90",
+}
+
+
+def _target_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """(width, height) for Pillow from ``size`` given as n or (height, width)."""
+    if size is None:
+        return None
+    try:
+        h, w = (operator.index(size),) * 2 if not isinstance(size, (tuple, list)) else map(operator.index, size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be an int or (height, width). Received: size={size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive. Received: size={size!r}")
+    return w, h
+
+
+def _read_bytes(source) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if not isinstance(source, (str, os.PathLike)):
+        # An int would be taken by open() as a file descriptor and closed.
+        raise TypeError(f"read_image reads a path or bytes. Received: {type(source).__name__}")
+    try:
+        with open(source, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise BadImage(f"unreadable: {exc.strerror or exc}") from None
+
+
 def _to_rgb(img):
-    """Any Pillow mode to RGB; transparency over white, 16-bit scaled down."""
+    """Any Pillow mode to RGB: transparency over white, 16-bit and float scaled to 8-bit."""
     from PIL import Image
 
     mode = img.mode
-    if mode == "RGB":
+    if mode == "RGB" and not img.has_transparency_data:
         return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / (top / 255.0), 0, 255).round().astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+    if mode.startswith("I"):
+        # 16-bit data (I;16*, or I as 16-bit TIFFs and PNGs used to open):
+        # v / 257 maps 0..65535 onto 0..255 exactly; clipping would saturate.
+        arr = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        return Image.fromarray(((arr + 128) // 257).astype(np.uint8)).convert("RGB")
     if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scale = 255.0 if hi <= 1.0 and lo >= 0.0 else 1.0
-        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "P" or mode == "PA":
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "La", "RGBa"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, img).convert("RGB")
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+            arr = arr * 255.0  # floats in [0, 1] are the usual convention
+        return Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8)).convert("RGB")
+    if img.has_transparency_data:
+        # Composite, not convert: dropping alpha would show whatever colour
+        # the transparent pixels happen to hold (often black).
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
     return img.convert("RGB")
+
+
+def _bomb_pixels(exc: Exception) -> str:
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"decompression bomb ({m.group(1)} pixels)" if m else "decompression bomb"
 
 
 def read_image(
@@ -344,69 +545,90 @@ def read_image(
 ) -> np.ndarray:
     """Decode an image to RGB uint8, optionally squashed to ``size``.
 
+    Thread-safe: it touches no global Pillow or warnings state.
+
     Parameters
     ----------
     source : path or bytes
+        JPEG, PNG, BMP, GIF (first frame), WebP or TIFF.
     size : int or (height, width), optional
-        Output size; the image is resized to exactly this (no crop), with
-        Pillow's antialiasing bilinear filter. Large JPEGs are decoded at a
-        reduced DCT scale first (never below ``size``).
+        Output size; the image is resized to exactly this (no crop). Large
+        JPEGs are first decoded at a reduced DCT scale, never below ``size``.
+    resample : {"bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"}
+        Pillow filter; bilinear and the others antialias when shrinking.
 
     Returns
     -------
     ndarray of uint8, shape (H, W, 3)
+        EXIF orientation applied; transparency composited onto white;
+        16-bit images scaled to 8-bit.
 
     Raises
     ------
     BadImage
         With a short reason: "empty file", "not an image", "truncated image",
         "unreadable: ...", "decompression bomb (W x H pixels)", "cannot decode: ...".
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        try:
-            with open(source, "rb") as fh:
-                data = fh.read()
-        except IsADirectoryError:
-            raise BadImage("unreadable: is a directory") from None
-        except OSError as exc:
-            raise BadImage(f"unreadable: {exc.strerror or exc}") from None
+    Examples
+    --------
+    >>> read_image("ant.jpg", 224).shape                         # doctest: +SKIP
+    (224, 224, 3)
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    target = _target_size(size)
+    if resample not in _RESAMPLE:
+        raise ValueError(f"resample must be one of {', '.join(_RESAMPLE)}. Received: resample={resample!r}")
+    data = _read_bytes(source)
     if not data:
         raise BadImage("empty file")
-    if size is not None:
-        h, w = (size, size) if isinstance(size, int) else size
-    filt = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[resample]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.size[0] * img.size[1] > MAX_PIXELS:
-                raise BadImage(f"decompression bomb ({img.size[0]} x {img.size[1]} pixels)")
-            if size is not None and img.format == "JPEG":
+        with Image.open(io.BytesIO(data)) as img:
+            # Checked here, before any pixel is decoded. Pillow's own check in
+            # open() only warns below twice its limit, and turning that warning
+            # into an error would need warnings.catch_warnings(), which swaps
+            # process-global filters and is not thread-safe.
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise BadImage(f"decompression bomb ({width} x {height} pixels)")
+            if target is not None and img.format == "JPEG":
+                # The draft size is in stored pixels, before the EXIF rotation.
+                w, h = target[::-1] if _orientation(img) in _ROTATED else target
                 img.draft("RGB", (w, h))
-            img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-            if size is not None and img.size != (w, h):
-                img = img.resize((w, h), filt)
-            out = np.asarray(img, dtype=np.uint8)
+            # After load: a PNG's eXIf chunk may follow its pixel data.
+            method = _EXIF_TRANSPOSE.get(_orientation(img))
+            # ImageOps.exif_transpose's mapping, without its rewrite of the
+            # EXIF bytes, which can fail on odd EXIF and is not needed here.
+            rgb = _to_rgb(img if method is None else img.transpose(Image.Transpose[method]))
+            if target is not None and rgb.size != target:
+                rgb = rgb.resize(target, Image.Resampling[resample.upper()])
+            # np.array, not asarray: Pillow's buffer would give a read-only array.
+            out = np.array(rgb, dtype=np.uint8)
     except BadImage:
         raise
     except UnidentifiedImageError:
         raise BadImage("not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        msg = str(exc)
-        if "truncated" in msg or "broken data stream" in msg or isinstance(exc, EOFError):
-            raise BadImage("truncated image") from None
-        raise BadImage(f"cannot decode: {type(exc).__name__}: {msg[:120]}") from None
+        # The warning arrives as an exception only where warnings are errors.
+        raise BadImage(_bomb_pixels(exc)) from None
     except Exception as exc:  # a decoder bug must not end an extraction of millions of files
-        raise BadImage(f"cannot decode: {type(exc).__name__}: {str(exc)[:120]}") from None
+        msg = " ".join(str(exc).split())
+        if isinstance(exc, EOFError) or "truncated" in msg.lower() or "broken data stream" in msg.lower():
+            raise BadImage("truncated image") from None
+        raise BadImage(f"cannot decode: {type(exc).__name__}: {msg[:160]}") from None
     if out.ndim != 3 or out.shape[2] != 3:
         raise BadImage(f"cannot decode: unexpected shape {out.shape}")
     return out
+
+
+def _orientation(img) -> int | None:
+    """The EXIF orientation tag, or None when absent or unreadable.
+
+    A corrupt EXIF block costs only the orientation, not the image: viewers
+    show such files too.
+    """
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:
+        return None

@@ -319,20 +319,27 @@ class LogisticHead(_Head):
 class LightGBMHead(_Head):
     """LightGBM gradient-boosted trees, with early stopping on the eval set.
 
-    Defaults suit dense embeddings: many weak features, so each tree sees a
-    random 30% of them, with shallow-ish trees and a modest learning rate.
+    Defaults suit dense embeddings: hundreds to thousands of weak,
+    correlated features. Wider features are first projected on their
+    ``pca_components`` principal components (trees split single features,
+    and a few hundred components carry most of an embedding's variance, so
+    this is both faster and usually no less accurate); each tree then sees a
+    random 30% of them, with 63 histogram bins and shallow trees.
 
     Attributes
     ----------
     booster_ : lightgbm.Booster
     best_iteration_ : int
+    pca_mean_, pca_components_ : ndarray or None
+        The projection, when one was used.
     """
 
     kind = "lightgbm"
 
-    def __init__(self, n_estimators=1000, learning_rate=0.05, num_leaves=15, colsample_bytree=0.3,
-                 min_child_samples=10, reg_lambda=1.0, early_stopping_rounds=50, class_weight=None, seed=0,
-                 n_jobs=None):
+    def __init__(self, n_estimators=1000, learning_rate=0.1, num_leaves=15, colsample_bytree=0.3,
+                 min_child_samples=10, reg_lambda=1.0, early_stopping_rounds=30, pca_components=256,
+                 class_weight=None, seed=0, n_jobs=None):
+        self.pca_components = pca_components
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -349,6 +356,16 @@ class LightGBMHead(_Head):
 
         X, y_idx = self._encode(X, y)
         val = self._eval(eval_set)
+        self.pca_mean_ = self.pca_components_ = None
+        k = self.pca_components
+        if k and X.shape[1] > k and X.shape[0] > k:
+            from sklearn.decomposition import PCA
+
+            pca = PCA(k, svd_solver="randomized", random_state=self.seed).fit(X)
+            self.pca_mean_, self.pca_components_ = pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+        X = self._project(X)
+        if val is not None:
+            val = (self._project(val[0]), val[1])
         clf = lgb.LGBMClassifier(
             n_estimators=self.n_estimators if val is not None else min(self.n_estimators, 300),
             learning_rate=self.learning_rate, num_leaves=self.num_leaves, colsample_bytree=self.colsample_bytree,
@@ -356,7 +373,7 @@ class LightGBMHead(_Head):
             # On a few dozen rows the default leaf size forbids every split
             # and the model predicts a constant; scale it down there.
             min_child_samples=max(1, min(self.min_child_samples, len(X) // 4)),
-            min_data_in_bin=1 if len(X) < 100 else 3,
+            min_data_in_bin=1 if len(X) < 100 else 3, max_bin=63, force_col_wise=True,
             class_weight=self.class_weight, random_state=self.seed, n_jobs=self.n_jobs or os.cpu_count(),
             verbose=-1,
         )
@@ -369,13 +386,20 @@ class LightGBMHead(_Head):
         self.best_iteration_ = int(clf.best_iteration_ or clf.n_estimators)
         return self
 
+    def _project(self, X):
+        if getattr(self, "pca_components_", None) is None:
+            return X
+        return (X - self.pca_mean_) @ self.pca_components_.T
+
     def predict_proba(self, X):
-        X = self._check_X(X)
+        X = self._project(self._check_X(X))
         p = np.asarray(self.booster_.predict(X, num_iteration=self.best_iteration_), dtype=np.float64)
         return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 
     def _save_model(self, d: Path):
         self.booster_.save_model(str(d / "lightgbm.txt"), num_iteration=self.best_iteration_)
+        if self.pca_components_ is not None:
+            np.savez(d / "pca.npz", mean=self.pca_mean_, components=self.pca_components_)
 
     @classmethod
     def _load(cls, d: Path, man: dict):
@@ -384,6 +408,10 @@ class LightGBMHead(_Head):
         head = cls(**_known_params(cls, man.get("params", {})))
         head.booster_ = lgb.Booster(model_file=str(d / "lightgbm.txt"))
         head.best_iteration_ = head.booster_.current_iteration()
+        head.pca_mean_ = head.pca_components_ = None
+        if (d / "pca.npz").exists():
+            with np.load(d / "pca.npz", allow_pickle=False) as z:
+                head.pca_mean_, head.pca_components_ = z["mean"], z["components"]
         return head
 
 

@@ -111,3 +111,13 @@ def test_class_weight_balanced_shifts_toward_the_minority():
 )
 def test_sklearn_estimator_contract(estimator, check):
     check(estimator)
+
+
+def test_lightgbm_projection_is_saved_and_reused(tmp_path):
+    X, y = blobs(n=200, d=32, classes=2)
+    head = LightGBMHead(n_estimators=50, pca_components=8).fit(X[:150], y[:150], eval_set=(X[150:], y[150:]))
+    assert head.pca_components_.shape == (8, 32)
+    loaded = load_head(head.save(tmp_path / "h"))
+    assert (tmp_path / "h" / "pca.npz").exists()
+    np.testing.assert_allclose(loaded.predict_proba(X), head.predict_proba(X), rtol=1e-6)
+    assert (head.predict(X[150:]) == y[150:]).mean() > 0.9

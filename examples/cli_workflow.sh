@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The three mission commands on a real folder, offline, in a scratch directory.
+# Usage: bash examples/cli_workflow.sh [DATA] [IMAGE_SIZE]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+data="$(realpath "${1:-$here/../../shared/datasets/hymenoptera}")"
+size="${2:-64}"
+weights="$HOME/.cache/featx-bench/vgg16_hed_notop.weights.h5"
+[ -f "$weights" ] || weights=none
+work="$(mktemp -d)"
+cd "$work"
+
+featx extract --backbone vgg16 --weights "$weights" --image-size "$size" "$data"   # phase one
+featx extract --backbone vgg16 --weights "$weights" --image-size "$size" "$data"   # warm: computes nothing
+featx fit-head --head dense                                                        # uses the latest extraction
+featx fit-head --head logreg
+featx compare
+featx finetune --unfreeze-blocks 1 --epochs 2 --no-export                          # phase two
+featx predict -k 2 "$data/val/ants" | head -5                                      # latest head
+featx predict --model "$(cat models/latest)" -k 2 "$data/val/bees" | head -5      # fine-tuned model
+featx cache list
+echo "outputs in $work"
