@@ -16,7 +16,8 @@ featx fit-head --head dense                                                     
 featx fit-head --head logreg
 featx compare
 featx finetune --unfreeze-blocks 1 --epochs 2 --no-export                          # phase two
-featx predict -k 2 "$data/val/ants" | head -5                                      # latest head
-featx predict --model "$(cat models/latest)" -k 2 "$data/val/bees" | head -5      # fine-tuned model
+featx predict -q -k 2 --out head_preds.csv "$data"                                # latest head
+featx predict --model "$(cat models/latest)" -k 2 --out model_preds.csv "$data"   # fine-tuned model
+head -3 head_preds.csv model_preds.csv
 featx cache list
 echo "outputs in $work"

@@ -41,7 +41,7 @@ for kind in ("logreg", "lightgbm", "dense"):
     print(f"{kind:>8}: val accuracy {val['accuracy']:.3f}, macro-F1 {val['macro_f1']:.3f} ({fit.fit_seconds:.2f}s)")
 
 # Label a few images with the logistic head (cached features are reused).
-images = sorted(p for p in Path(args.data).rglob("*.jpg"))[:3]
-preds = featx.predict([str(p) for p in images], head=work / "head-logreg", cache_dir=cache, progress=False)
+images = [item.path for item in featx.discover(args.data).items[:3]]
+preds = featx.predict(images, head=work / "head-logreg", cache_dir=cache, progress=False)
 for path, top in zip(preds.paths, preds.top(1)):
     print(f"{Path(path).name}: {top[0][0]} ({top[0][1]:.2f})")

@@ -8,6 +8,7 @@ and exit status 1; no traceback for user mistakes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -424,7 +425,13 @@ def finetune(obj, head, unfreeze, unfreeze_blocks, epochs, batch_size, lr, optim
 
 
 def main(argv=None):
-    cli.main(args=argv, prog_name="featx")
+    try:
+        cli.main(args=argv, prog_name="featx")
+    except BrokenPipeError:
+        # The reader went away (`featx predict ... | head`): not an error.
+        # Point stdout at devnull so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ class Predictions:
         own = isinstance(path_or_file, (str, os.PathLike))
         fh = open(path_or_file, "w", newline="") if own else path_or_file
         try:
-            w = csv.writer(fh)
+            w = csv.writer(fh, lineterminator="\n")
             w.writerow(["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"prob_{i}")])
             for path, row in zip(self.paths, self.top(k)):
                 w.writerow([path] + [v for label, p in row for v in (label, f"{p:.6f}")])
