@@ -86,6 +86,9 @@ def backbones(pattern, as_json):
         click.echo(json.dumps([b.to_dict() for b in found], indent=2))
         return
     if not found:
+        from .backbones import get_backbone
+
+        get_backbone(pattern)  # raises with the closest names
         raise FeatxError(f"No backbone matches {pattern!r}. Run `featx backbones` to list them all.")
     rows = [[b.name, b.input_size, b.feature_width, f"{b.params / 1e6:.1f}M", b.preprocessing] for b in found]
     click.echo(_table(rows, ["name", "input", "features", "params", "preprocessing"]))

@@ -304,6 +304,7 @@ class _Run:
 
     def _model(self):
         if self.model is None:
+            _persist_jax_compilations(self.cache.root / "jax-compilation")
             self.model = build_feature_model(self.opts.settings, self.opts.weights)
         return self.model
 
@@ -400,6 +401,21 @@ class _Run:
             ext.compact(only=run_shards)
         if len(ext.shards()) > 32:
             ext.compact()
+
+
+def _persist_jax_compilations(folder) -> None:
+    """Keep XLA's compiled model on disk beside the features (JAX backend only).
+
+    An incremental run on a GPU otherwise spends most of its time
+    recompiling the same model. A cache the user configured is left alone.
+    """
+    if backend_name() != "jax":
+        return
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _padded(n: int, batch_size: int, on_gpu: bool) -> int:
