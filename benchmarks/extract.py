@@ -19,7 +19,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -30,10 +29,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-HERE = Path(__file__).resolve().parent
-HYMENOPTERA = HERE.parent.parent / "shared" / "datasets" / "hymenoptera"
+from _common import parser  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 PLAIN_NAME = ["image_dataset_from_directory"]
-VGG_HED = Path.home() / ".cache" / "featx-bench" / "vgg16_hed_notop.weights.h5"
 
 
 def plain_keras(data: Path, backbone: str, weights, size: int, batch: int, precision="float32") -> tuple[int, float]:
@@ -128,11 +126,7 @@ def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=HYMENOPTERA)
-    ap.add_argument("--backbone", default="vgg16")
-    ap.add_argument("--weights", default=str(VGG_HED) if VGG_HED.exists() else "none")
-    ap.add_argument("--image-size", type=int, default=128)
+    ap = parser(__doc__)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--memory-sizes", default="1000,20000", help="synthetic image counts for the memory test ('' to skip)")
     ap.add_argument("--memory-backbone", default="mobilenetv2")

@@ -14,7 +14,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -23,17 +22,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-HERE = Path(__file__).resolve().parent
-HYMENOPTERA = HERE.parent.parent / "shared" / "datasets" / "hymenoptera"
-VGG_HED = Path.home() / ".cache" / "featx-bench" / "vgg16_hed_notop.weights.h5"
+from _common import parser  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=HYMENOPTERA)
-    ap.add_argument("--backbone", default="vgg16")
-    ap.add_argument("--weights", default=str(VGG_HED) if VGG_HED.exists() else "none")
-    ap.add_argument("--image-size", type=int, default=128)
+    ap = parser(__doc__)
     ap.add_argument("--unfreeze-blocks", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--lr", type=float, default=1e-5)

@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import shutil
@@ -27,9 +26,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-HERE = Path(__file__).resolve().parent
-HYMENOPTERA = HERE.parent.parent / "shared" / "datasets" / "hymenoptera"
-VGG_HED = Path.home() / ".cache" / "featx-bench" / "vgg16_hed_notop.weights.h5"
+from _common import parser  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 
 
 def frozen_backbone_way(data: Path, backbone: str, weights: str, size: int, epochs: int, seed: int):
@@ -64,11 +62,7 @@ def frozen_backbone_way(data: Path, backbone: str, weights: str, size: int, epoc
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=HYMENOPTERA)
-    ap.add_argument("--backbone", default="vgg16")
-    ap.add_argument("--weights", default=str(VGG_HED) if VGG_HED.exists() else "none")
-    ap.add_argument("--image-size", type=int, default=128)
+    ap = parser(__doc__)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-frozen", action="store_true")
@@ -117,6 +111,10 @@ def main(argv=None):
                   f"{frozen_s / head_s:.0f}x |")
             print(f"| featx incl. the one-time extraction | {head_s + extract_s:.1f} | | | "
                   f"{frozen_s / (head_s + extract_s):.1f}x |")
+            gap = 100 * abs(acc_best - f_best)
+            met = frozen_s / head_s >= 20 and gap <= 1.0
+            print(f"\ntarget (>= 20x at equal accuracy within 1 point, best epochs): "
+                  f"{frozen_s / head_s:.0f}x, {gap:.1f} points apart -> {'met' if met else 'NOT met'}")
 
         print("\n3. Sweep: 12 dense-head configurations on the cached features\n")
         print("| hidden | dropout | lr | val accuracy | seconds |\n|---|---|---|---|---|")
@@ -140,11 +138,14 @@ def main(argv=None):
             lab = np.array([f"c{i}" for i in range(c)])[y]
             print(f"\n4. {n} x {d} synthetic features, {c} classes (8,000 train / 2,000 val), "
                   f"{os.cpu_count()} cores\n\n| head | fit seconds | val accuracy |\n|---|---|---|")
+            verdicts = []
             for kind in ("logreg", "lightgbm"):
                 t = time.perf_counter()
                 h = make_head(kind).fit(X[:8000], lab[:8000], eval_set=(X[8000:], lab[8000:]))
-                print(f"| {kind} | {time.perf_counter() - t:.1f} | {(h.predict(X[8000:]) == lab[8000:]).mean():.4f} |",
-                      flush=True)
+                secs = time.perf_counter() - t
+                print(f"| {kind} | {secs:.1f} | {(h.predict(X[8000:]) == lab[8000:]).mean():.4f} |", flush=True)
+                verdicts.append(f"{kind} {secs:.1f}s {'<' if secs < 30 else '>='} 30s")
+            print(f"\ntarget (under 30 s each): {'; '.join(verdicts)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
