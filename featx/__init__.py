@@ -30,6 +30,8 @@ _LAZY = {
     "LogisticHead": "heads",
     "LightGBMHead": "heads",
     "load_head": "heads",
+    "make_head": "heads",
+    "latest_head": "outputs",
     "fit_head": "api",
     "predict": "api",
     "predict_imagenet": "api",

@@ -136,7 +136,8 @@ def fit_head(
     if cls.kind == "dense":
         plot_curves(est.history_, directory / "curves.png", f"{ext.settings.backbone} + dense head")
     set_latest(DEFAULT_HEADS_DIR if not out else Path(out).parent, directory)
-    return FitResult(directory, est, metrics, fit_s, feats.describe(), format_report(by_split, names, fit_s))
+    return FitResult(directory, est, metrics, fit_s, f"{feats.describe()} [extraction {ext.name}]",
+                     format_report(by_split, names, fit_s))
 
 
 def _names(f: Features, names: Sequence[str]) -> np.ndarray:

@@ -39,6 +39,8 @@ def test_mission_commands_in_sequence(tmp_path, monkeypatch, split_data):
     r = invoke("fit-head", "--head", "dense", "--epochs", "20", cache_dir=cache)
     assert r.exit_code == 0, r.output
     assert "vgg16 32px avg on" in r.output and "val: accuracy" in r.output and "test: accuracy" in r.output
+    used = featx.load_features(cache_dir=cache).extraction.name
+    assert f"[extraction {used}]" in r.output  # says which extraction it picked
     latest = Path((tmp_path / "heads" / "latest").read_text().strip())
     assert {"manifest.json", "model.keras", "metrics.json", "confusion.png", "curves.png"} <= {p.name for p in latest.iterdir()}
     metrics = json.loads((latest / "metrics.json").read_text())
@@ -160,3 +162,24 @@ def test_predict_imagenet_offline_message(tmp_path):
         pytest.skip("ImageNet weights available here")
     assert r.exit_code == 1 and "mobilenet_1_0_224_tf.h5" in r.output and "Traceback" not in r.output
     assert r.output.strip().count("\n") == 0
+
+
+def test_predict_imagenet_class_index_offline_message(tmp_path, monkeypatch):
+    """Weights present but keras' imagenet_class_index.json not: still one clear line."""
+    import keras
+
+    if (Path.home() / ".keras" / "models" / "imagenet_class_index.json").exists():
+        pytest.skip("ImageNet class index available here")
+
+    def fake_mobilenet(weights, include_top):  # stands in for the downloaded classifier
+        assert (weights, include_top) == ("imagenet", True)
+        inp = keras.Input((32, 32, 3))
+        out = keras.layers.Dense(1000, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inp))
+        return keras.Model(inp, out)
+
+    monkeypatch.setattr(keras.applications, "MobileNet", fake_mobilenet)
+    img = make_image(tmp_path / "x.png")
+    r = CliRunner().invoke(cli, ["predict", "--imagenet", "-b", "mobilenet", str(img)])
+    assert r.exit_code == 1, r.output
+    assert "ImageNet class names could not be downloaded" in r.output and "imagenet_class_index.json" in r.output
+    assert "Traceback" not in r.output and r.output.strip().count("\n") == 0
