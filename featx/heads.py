@@ -326,9 +326,12 @@ class LightGBMHead(_Head):
     this is both faster and usually no less accurate); each tree then sees a
     random 30% of them, with 63 histogram bins and shallow trees.
 
-    ``n_jobs=None`` picks the threads: one for small problems (under a
-    million feature values, where threads only add synchronisation), else
-    every core.
+    ``n_jobs=None`` is one thread, as in scikit-learn. LightGBM's OpenMP
+    threads wait for each other at every split, and when other processes
+    share the cores a descheduled thread stalls the rest: on 2 shared cores a
+    10k x 256 fit took 5 s on one thread and 37-100 s on two. Pass
+    ``n_jobs=N`` on a machine of your own (``OMP_WAIT_POLICY=PASSIVE`` makes
+    several threads safe, but slower, where cores are shared).
 
     Attributes
     ----------
@@ -356,7 +359,8 @@ class LightGBMHead(_Head):
         self.n_jobs = n_jobs
 
     def fit(self, X, y, eval_set=None):
-        lgb = _import_lightgbm()
+        import lightgbm as lgb
+
         X, y_idx = self._encode(X, y)
         val = self._eval(eval_set)
         self.pca_mean_ = self.pca_components_ = None
@@ -377,7 +381,7 @@ class LightGBMHead(_Head):
             # and the model predicts a constant; scale it down there.
             min_child_samples=max(1, min(self.min_child_samples, len(X) // 4)),
             min_data_in_bin=1 if len(X) < 100 else 3, max_bin=63, force_col_wise=True,
-            class_weight=self.class_weight, random_state=self.seed, n_jobs=self.n_jobs or _lightgbm_threads(X.size),
+            class_weight=self.class_weight, random_state=self.seed, n_jobs=self.n_jobs or 1,
             verbose=-1,
         )
         callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)] if val is not None else None
@@ -406,7 +410,8 @@ class LightGBMHead(_Head):
 
     @classmethod
     def _load(cls, d: Path, man: dict):
-        lgb = _import_lightgbm()
+        import lightgbm as lgb
+
         head = cls(**_known_params(cls, man.get("params", {})))
         head.booster_ = lgb.Booster(model_file=str(d / "lightgbm.txt"))
         head.best_iteration_ = head.booster_.current_iteration()
@@ -415,28 +420,6 @@ class LightGBMHead(_Head):
             with np.load(d / "pca.npz", allow_pickle=False) as z:
                 head.pca_mean_, head.pca_components_ = z["mean"], z["components"]
         return head
-
-
-# Below this many feature values a LightGBM fit takes milliseconds on one
-# thread; measured on 2 shared cores, a second thread made 150 x 32 fits
-# 10-100x slower and never faster.
-_LGB_SINGLE_THREAD_BELOW = 1_000_000
-
-
-def _lightgbm_threads(n_values: int) -> int:
-    return 1 if n_values < _LGB_SINGLE_THREAD_BELOW else (os.cpu_count() or 1)
-
-
-def _import_lightgbm():
-    # LightGBM's OpenMP threads spin at every barrier by default. When other
-    # processes share the cores, a spinning thread holds a core the thread it
-    # waits for needs: a 10k x 256 fit took 37 s on 2 threads against 6 s
-    # with passive waiting. libgomp reads this once, when LightGBM loads it;
-    # a value the user set wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import lightgbm
-
-    return lightgbm
 
 
 HEADS: dict[str, type[_Head]] = {"dense": DenseHead, "logreg": LogisticHead, "lightgbm": LightGBMHead}
