@@ -191,16 +191,22 @@ def layer_table(base, max_rows: int = 60) -> str:
             rows.append(f"  ... {len(run)} frozen layers ({run[0].name} .. {run[-1].name}), {params:,} params")
         run.clear()
 
-    shown = 0
+    shown, rest = 0, []
     for layer in base.layers:
-        if not layer.trainable and shown < max_rows:
+        if shown >= max_rows:
+            rest.append(layer)
+        elif not layer.trainable:
             run.append(layer)
-            continue
-        flush()
-        if shown < max_rows:
+        else:
+            flush()
             rows.append(_row(layer))
-        shown += 1
+            shown += 1
     flush()
+    if rest:
+        n_train = sum(1 for layer in rest if layer.trainable)
+        params = sum(layer.count_params() for layer in rest)
+        rows.append(f"  ... {len(rest)} more layers ({rest[0].name} .. {rest[-1].name}): "
+                    f"{n_train} trainable, {len(rest) - n_train} frozen, {params:,} params")
     return "\n".join(rows)
 
 
@@ -247,7 +253,11 @@ class _Batches:
 
         class Batches(keras.utils.PyDataset):
             def __init__(self, paths, labels, size, batch_size, shuffle, seed, workers):
-                super().__init__(workers=1, use_multiprocessing=False, max_queue_size=4)
+                # Two Keras worker threads keep the next batch decoding while
+                # the model trains on this one (with one worker Keras runs
+                # __getitem__ in the training loop); each batch decodes its
+                # images in parallel on the shared pool below.
+                super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
                 self.paths, self.labels = list(paths), np.asarray(labels)
                 self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
                 self.rng = np.random.default_rng(seed)
@@ -270,6 +280,9 @@ class _Batches:
                 if self.shuffle:
                     self.rng.shuffle(self.order)
 
+            def close(self):
+                self.pool.shutdown(wait=False)
+
         return Batches(*args, **kwargs)
 
 
@@ -288,15 +301,23 @@ class FinetuneResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _split_rows(man: dict, cache_dir, seed: int):
-    """Paths and label indices per split, as the head saw them."""
+def _split_rows(man: dict, cache_dir, seed: int | None = None):
+    """Paths and label indices per split, as the head saw them.
+
+    Without a val split in the data, validation is the head's own stratified
+    split of train (its seed, and its fraction when the manifest records it):
+    with another split, images the head trained on would be scored as
+    validation and the before/after comparison would flatter the head.
+    """
     from .features import load_features, make_splits
 
     feats = load_features(man.get("source"), cache_dir=cache_dir, extraction=man["extraction"])
     classes = list(man["classes"])
     if feats.class_names != classes:
         raise HeadError(f"The cached dataset's classes {feats.class_names} differ from the head's {classes}.")
-    val_split = 0.2
+    if seed is None:
+        seed = int((man.get("params") or {}).get("seed") or 0)
+    val_split = float(man.get("val_split", 0.2))
     try:
         sp = make_splits(feats, val_split, seed)
     except HeadError as exc:
@@ -366,6 +387,9 @@ def finetune(
         ``"flip,rotate=0.1,zoom=0.2,shift,contrast"``: Keras preprocessing
         layers, active on the training split only.
     class_weight : None or "balanced"
+    seed : int
+        Seeds the shuffling and the augmentation. Validation is the data's val
+        split, or the same stratified split of train the head was fitted with.
     export : bool
         Also write a SavedModel for serving (``model.export``).
 
@@ -387,7 +411,7 @@ def finetune(
     if optimizer not in opts:
         raise FinetuneError(f"optimizer must be one of {sorted(opts)}. Received: optimizer={optimizer!r}")
     aug = parse_augment(augment)
-    feats, sp = _split_rows(man, cache_dir, seed)
+    feats, sp = _split_rows(man, cache_dir)
     settings = ExtractionSettings(**man["settings"])
     size = settings.input_size
 
@@ -400,8 +424,13 @@ def finetune(
         n_unfrozen = set_trainable(model, base, settings.backbone, unfreeze, unfreeze_blocks)
         table = layer_table(base)
         trainable, frozen = param_counts(model)
-        model.compile(optimizer=opts[optimizer](learning_rate=lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        opt = opts[optimizer](learning_rate=lr)
+        if settings.precision == "mixed":
+            # The outer model is built under the float32 policy, so compile()
+            # would not add loss scaling for the float16 backbone by itself;
+            # without it small gradients underflow at fine-tuning rates.
+            opt = keras.optimizers.LossScaleOptimizer(opt)
+        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     classes = list(man["classes"])
     val_pixels, val_kept, _ = load_pixels(list(sp.val.paths), size, workers)
@@ -418,11 +447,16 @@ def finetune(
         keras.callbacks.ModelCheckpoint(str(directory / "best.keras"), monitor="val_loss", save_best_only=True),
     ]
     t = time.perf_counter()
-    hist = model.fit(train_ds, validation_data=(val_pixels, y_val), epochs=epochs, callbacks=callbacks,
-                     class_weight=_class_weights(sp.train.y, len(classes), class_weight), verbose=2)
+    try:
+        hist = model.fit(train_ds, validation_data=(val_pixels, y_val), epochs=epochs, callbacks=callbacks,
+                         class_weight=_class_weights(sp.train.y, len(classes), class_weight), verbose=2)
+    finally:
+        train_ds.close()
     train_s = time.perf_counter() - t
     after_val = classification_metrics(y_val, model.predict(val_pixels, batch_size=batch_size, verbose=0), classes)
     notes = []
+    if man.get("refit_all"):
+        notes.append("the head was refit on train+val, so its 'before' validation figures are not held out")
     if after_val["accuracy"] < before["val"]["accuracy"]:
         model.set_weights(start_weights)
         after_val = before["val"]

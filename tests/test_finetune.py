@@ -71,6 +71,8 @@ def test_only_requested_layers_train_and_bn_stays_frozen(project):
     assert trainable and all(name.startswith("conv5_block3") for name in trainable)
     ft.set_trainable(model, base, "resnet50", unfreeze="all")
     assert all(l.trainable for l in base.layers if l.weights and not ft._is_bn(l))
+    table = ft.layer_table(base, max_rows=20).splitlines()
+    assert len(table) <= 40 and "more layers" in table[-1] and "avg_pool" in table[-1]
     assert not any(l.trainable for l in base.layers if ft._is_bn(l))
     assert not model.get_layer("featx_preprocess").trainable
     ft.set_trainable(model, base, "resnet50")  # head only
@@ -81,16 +83,38 @@ def test_only_requested_layers_train_and_bn_stays_frozen(project):
         ft.set_trainable(model, base, "resnet50", unfreeze_blocks=17)
 
 
-def test_finetune_keeps_bn_statistics_and_saves_a_self_contained_model(project, tmp_path):
+def _walk(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _walk(layer)
+
+
+def test_bn_statistics_stay_while_the_layers_around_them_train(project):
+    import keras
+
+    model, base, _, _, sp = _setup(project, "resnet50")
+    ft.set_trainable(model, base, "resnet50", unfreeze_blocks=3)
+    trained = [l for l in base.layers if l.trainable and l.weights]
+    bns = [l for l in _walk(model) if ft._is_bn(l)]  # backbone and head
+    # conv5's three blocks (and block1's shortcut) hold 10 BN layers among trainable convolutions
+    assert sum(1 for l in bns if l.name.startswith("conv5_")) == 10
+    assert trained and all(l.name.startswith("conv5_") for l in trained)
+    kernels = {l.name: l.weights[0].numpy().copy() for l in trained}
+    stats = {l.name: (l.moving_mean.numpy().copy(), l.moving_variance.numpy().copy()) for l in bns}
+    x, kept, _ = ft.load_pixels(list(sp.train.paths), 32)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-4), loss="sparse_categorical_crossentropy")
+    model.fit(x, sp.train.y[kept], epochs=1, batch_size=8, verbose=0)
+    assert all(not np.array_equal(l.weights[0].numpy(), kernels[l.name]) for l in trained)
+    for l in bns:
+        np.testing.assert_array_equal(l.moving_mean.numpy(), stats[l.name][0], err_msg=l.name)
+        np.testing.assert_array_equal(l.moving_variance.numpy(), stats[l.name][1], err_msg=l.name)
+
+
+def test_finetune_saves_a_self_contained_model(project, tmp_path):
     root, data, heads = project
-    model, base, *_ = _setup(project, "resnet50")
-    bn = [l for l in base.layers if ft._is_bn(l)][-1]
-    res = ft.finetune(heads["resnet50"], unfreeze="all", cache_dir=root / "cache", out=tmp_path / "m", epochs=1,
-                      batch_size=8, lr=1e-4, log=lambda m: None)
-    tuned_base = next(l for l in res.model.layers if hasattr(l, "layers") and l.name.startswith("resnet50"))
-    tuned_bn = tuned_base.get_layer(bn.name)
-    np.testing.assert_array_equal(tuned_bn.moving_mean.numpy(), bn.moving_mean.numpy())
-    np.testing.assert_array_equal(tuned_bn.moving_variance.numpy(), bn.moving_variance.numpy())
+    res = ft.finetune(heads["vgg16"], unfreeze_blocks=1, cache_dir=root / "cache", out=tmp_path / "m", epochs=1,
+                      batch_size=8, log=lambda m: None)
     m = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert m["after"]["val"]["accuracy"] >= m["before"]["val"]["accuracy"]
     assert {"model.keras", "metrics.json", "curves.png", "manifest.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
@@ -169,3 +193,18 @@ def test_too_little_data_for_validation(tmp_path):
     d = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", val_split=0.5, C=1.0).directory
     with pytest.raises(ft.FinetuneError, match="Too little data"):
         ft.finetune(d, cache_dir=tmp_path / "c", log=lambda m: None, out=tmp_path / "m")
+
+
+def test_validation_is_the_heads_own_split(tmp_path):
+    """Without a val split, finetune validates on the rows the head held out (its seed)."""
+    from featx.features import load_features, make_splits
+
+    data = make_dataset(tmp_path / "d", per_class=10)
+    featx.extract(data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
+    d = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", seed=3, C=1.0).directory
+    man = json.loads((d / "manifest.json").read_text())
+    _, sp = ft._split_rows(man, tmp_path / "c")
+    feats = load_features(cache_dir=tmp_path / "c")
+    held_out = make_splits(feats, 0.2, 3).val.paths
+    assert sorted(sp.val.paths) == sorted(held_out)
+    assert sorted(make_splits(feats, 0.2, 0).val.paths) != sorted(held_out)  # the seed matters here
