@@ -439,6 +439,68 @@ def build_backbone(
     return model
 
 
+@contextlib.contextmanager
+def _capture_downloads(found: list):
+    """Record the files ``keras.utils.get_file`` hands to the applications."""
+    from keras.src.utils import file_utils
+
+    original = file_utils.get_file
+
+    def get_file(*args, **kwargs):
+        path = original(*args, **kwargs)
+        found.append(str(path))
+        return path
+
+    file_utils.get_file = get_file
+    try:
+        yield found
+    finally:
+        file_utils.get_file = original
+
+
+def imagenet_weights_file(backbone: Backbone | str) -> str:
+    """The ImageNet weights file Keras loads for the headless backbone.
+
+    Downloads it the first time, as Keras does (offline: a one-line
+    :class:`WeightsError` naming the file and where to put it). Its sha256
+    is what keys ImageNet extractions.
+    """
+    bb = get_backbone(backbone)
+    with _capture_downloads([]) as found:
+        build_backbone(bb, Weights("imagenet", None, "imagenet"), bb.input_size)
+    if not found:
+        raise WeightsError(f"Keras loaded ImageNet weights for {bb.name} without naming a file; cannot key them.")
+    return found[-1]
+
+
+def build_feature_model(spec, weights: Weights | None = None, include_preprocessing: bool = True):
+    """The Keras feature model of an :class:`~featx.spec.ExtractionSpec`.
+
+    Mixed precision when the spec says so; the tapped layer must be the one
+    the spec names (a Keras upgrade that renamed it is an error, not other
+    features under the same key).
+    """
+    from .runtime import import_keras
+
+    keras = import_keras()
+    weights = weights or spec.load_weights()
+    previous = keras.config.dtype_policy()
+    if spec.precision == "mixed":
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = feature_model(spec.backbone, weights, spec.input_size, spec.pooling, spec.cut_blocks,
+                              include_preprocessing=include_preprocessing)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    tapped = getattr(model, "_featx_tap", "output")
+    if tapped != spec.tap:
+        raise FeatxError(
+            f"{spec.backbone}'s block {spec.cut_blocks} before the end is now layer {tapped!r}, but the "
+            f"extraction tapped {spec.tap!r} (a different Keras version?). Extract again."
+        )
+    return model
+
+
 @dataclass(frozen=True)
 class Block:
     """A named block of a built model: its output layer and the index after it."""
@@ -538,8 +600,10 @@ def feature_model(
         pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
         out = pool(name=f"featx_{pooling}_pool")(full.get_layer(tap.layer).output)
         base = keras.Model(full.input, out, name=f"{bb.name}_cut{cut_blocks}")
-    if not include_preprocessing:
-        return base
-    size = int(base.input.shape[1])
-    inp, x = pixels_input(size, bb.preprocessing)
-    return keras.Model(inp, base(x), name=f"featx_{base.name}")
+    tap_name = "output" if cut_blocks == 0 else tap.layer
+    if include_preprocessing:
+        size = int(base.input.shape[1])
+        inp, x = pixels_input(size, bb.preprocessing)
+        base = keras.Model(inp, base(x), name=f"featx_{base.name}")
+    base._featx_tap = tap_name
+    return base

@@ -29,7 +29,7 @@ import sqlite3
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -37,8 +37,8 @@ import numpy as np
 
 from .data import sha256_file
 from .errors import CacheError
+from .spec import FORMAT_VERSION, ExtractionSpec
 
-FORMAT_VERSION = 1
 CACHE_ENV = "FEATX_CACHE_DIR"
 DEFAULT_CACHE_DIR = "cache"
 _STR = None  # h5py string dtype, made on first use so importing featx stays light
@@ -71,34 +71,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
-
-
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class ExtractionSettings:
-    """Everything besides the image bytes that changes a feature vector."""
-
-    backbone: str
-    weights: str  # fingerprint: "imagenet", "sha256:...", "random:seed=0:tensorflow"
-    input_size: int
-    preprocessing: str
-    pooling: str
-    cut_blocks: int
-    precision: str
-    resize: str = "squash-bilinear"
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-    @property
-    def dirname(self) -> str:
-        cut = f"-cut{self.cut_blocks}" if self.cut_blocks else ""
-        return f"{self.backbone}-{self.input_size}px-{self.pooling}{cut}-{self.key}"
 
 
 # --------------------------------------------------------------------------- memo
@@ -180,6 +152,36 @@ class Memo:
 # --------------------------------------------------------------------------- extractions
 
 
+@contextlib.contextmanager
+def extraction_lock(root: Path, on_wait=None) -> Iterator[None]:
+    """The lock of the extraction at ``root``, which need not exist yet.
+
+    It lives beside the extraction (``extractions/.locks/<name>.lock``) so
+    that a run can hold it before it knows whether it will create the
+    extraction: one that fails before its first shard leaves nothing behind.
+    """
+    locks = root.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    fh = open(locks / f"{root.name}.lock", "a+")
+    shard_dir = root / "shards"
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        # Holding the lock, no one else is writing: temporary files left
+        # here belong to a writer that was killed mid-shard.
+        for tmp in shard_dir.glob(".tmp-*"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
 @dataclass
 class Extraction:
     """One extraction directory: the shards of one set of settings."""
@@ -196,9 +198,11 @@ class Extraction:
         return self.root / "shards"
 
     @property
-    def settings(self) -> ExtractionSettings:
-        fields = ExtractionSettings.__dataclass_fields__
-        return ExtractionSettings(**{k: v for k, v in self.meta["settings"].items() if k in fields})
+    def spec(self) -> ExtractionSpec:
+        """The extraction's :class:`~featx.spec.ExtractionSpec`, read from its ``meta.json``."""
+        return ExtractionSpec.from_record(self.meta, where=f"Extraction {self.name}")
+
+    settings = spec  # the fields used to be called settings
 
     def shards(self) -> list[Path]:
         try:
@@ -206,26 +210,9 @@ class Extraction:
         except FileNotFoundError:
             return []
 
-    @contextlib.contextmanager
-    def lock(self, on_wait=None) -> Iterator[None]:
+    def lock(self, on_wait=None):
         """Exclusive right to add shards; released by the kernel if we die."""
-        fh = open(self.root / ".lock", "a+")
-        try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                fcntl.flock(fh, fcntl.LOCK_EX)
-            # Holding the lock, no one else is writing: temporary files left
-            # here belong to a writer that was killed mid-shard.
-            for tmp in self.shard_dir.glob(".tmp-*"):
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            fh.close()
+        return extraction_lock(self.root, on_wait)
 
     def index(self) -> dict[str, tuple[Path, int]]:
         """sha256 -> (shard, row) over all readable shards; the first copy wins."""
@@ -400,23 +387,27 @@ class Cache:
         return Memo(self.root / "memo.sqlite")
 
     # -- extractions
-    def extraction(
-        self, settings: ExtractionSettings, feature_width: int, create: bool = False, extra: dict | None = None
-    ) -> Extraction | None:
-        root = self.root / "extractions" / settings.dirname
+    def extraction(self, spec: ExtractionSpec, feature_width: int | None = None, create: bool = False) -> Extraction | None:
+        """The extraction of ``spec``; with ``create``, made (with its ``meta.json``) if absent.
+
+        Extraction runs create it only when they have a first shard to
+        write, so a run that fails before that leaves nothing behind.
+        """
+        root = self.root / "extractions" / spec.dirname
         meta_path = root / "meta.json"
         if meta_path.exists():
             return Extraction(root, json.loads(meta_path.read_text()))
         if not create:
             return None
+        if feature_width is None:
+            raise CacheError(f"Cannot create extraction {spec.dirname} without its feature width.")
         self.ensure()
         (root / "shards").mkdir(parents=True, exist_ok=True)
         meta = {
-            "settings": asdict(settings),
-            "key": settings.key,
+            **spec.record(),
+            "key": spec.key,
             "feature_width": int(feature_width),
             "created": time.time(),
-            **(extra or {}),
         }
         if not meta_path.exists():
             atomic_write_json(meta_path, meta)
@@ -461,7 +452,7 @@ class Cache:
     # -- dataset views
     def write_view(
         self,
-        extraction: Extraction,
+        extraction: str,
         source: str,
         layout: str,
         class_names: Sequence[str],
@@ -472,10 +463,14 @@ class Cache:
         skipped: Sequence[tuple[str, str]] = (),
         set_latest: bool = True,
     ) -> DatasetView:
-        """Record a dataset's rows (path, sha256, label, split) for an extraction."""
+        """Record a dataset's rows (path, sha256, label, split) for the extraction named ``extraction``.
+
+        Only ``featx extract`` writes views: they are what ``fit-head`` and
+        ``load_features`` read, so predicting never changes them.
+        """
         h5py = _h5()
         self.ensure()
-        vid = hashlib.sha256(f"{source}\0{extraction.name}".encode()).hexdigest()[:16]
+        vid = hashlib.sha256(f"{source}\0{extraction}".encode()).hexdigest()[:16]
         final = self.root / "datasets" / f"{vid}.h5"
         tmp = final.with_name(f".tmp-{uuid.uuid4().hex}-{final.name}")
         created = time.time()
@@ -488,14 +483,14 @@ class Cache:
             f.create_dataset("skipped_reason", data=[r for _, r in skipped], dtype=_STR)
             f.attrs["source"] = source
             f.attrs["layout"] = layout
-            f.attrs["extraction"] = extraction.name
+            f.attrs["extraction"] = extraction
             f.attrs["class_names"] = json.dumps(list(class_names))
             f.attrs["created"] = created
             f.attrs["format_version"] = FORMAT_VERSION
         _fsync(tmp)
         os.replace(tmp, final)
         if set_latest:
-            atomic_write_json(self.root / "latest.json", {"view": vid, "extraction": extraction.name, "source": source})
+            atomic_write_json(self.root / "latest.json", {"view": vid, "extraction": extraction, "source": source})
         return self._view_info(final)
 
     def _view_info(self, path: Path) -> DatasetView:

@@ -21,10 +21,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import backbones as B
-from .cache import Cache, DatasetView, Extraction, ExtractionSettings
+from .cache import Cache, DatasetView, Extraction, extraction_lock
 from .data import Dataset, ImageItem, discover, read_image
 from .errors import BadImage, DataError
-from .runtime import backend_name, gpu_available, import_keras, resolve_precision
+from .runtime import backend_name, gpu_available
+from .spec import ExtractionSpec, resolve_spec
 
 # A shard is flushed every FLUSH_SECONDS of computing (or FLUSH_ROWS rows):
 # that bounds what a killed run loses. FEATX_FLUSH_SECONDS overrides it.
@@ -36,8 +37,9 @@ FLUSH_ROWS = 2048
 class ExtractResult:
     """What an extraction did: counts, skipped files, where the rows are."""
 
-    view: DatasetView
-    extraction: Extraction
+    view: DatasetView | None
+    extraction: Extraction | None  # None when no image could be computed (all bad)
+    spec: ExtractionSpec
     total: int
     computed: int
     reused: int
@@ -45,18 +47,20 @@ class ExtractResult:
     ignored: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     compute_seconds: float = 0.0
+    paths: list[str] = field(default_factory=list)  # the rows, in dataset order
+    sha256: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
         return self.computed / self.compute_seconds if self.compute_seconds else 0.0
 
     def summary(self) -> str:
-        s = self.extraction.settings
         rate = f", {self.images_per_second:.1f} img/s" if self.computed else ""
+        where = self.extraction.root if self.extraction else "nothing cached (no image could be read)"
         return (
-            f"{s.backbone} {s.input_size}px {s.pooling}{f' cut{s.cut_blocks}' if s.cut_blocks else ''}: "
+            f"{self.spec.describe()}: "
             f"{self.total} images, {self.computed} computed, {self.reused} reused, "
-            f"{len(self.skipped)} skipped in {self.seconds:.1f}s{rate} -> {self.extraction.root}"
+            f"{len(self.skipped)} skipped in {self.seconds:.1f}s{rate} -> {where}"
         )
 
 
@@ -71,36 +75,33 @@ class _Prepared:
 
 
 class _Settings:
-    """Resolved options of one extraction, shared by extract() and predict."""
+    """Resolved options of one extraction run: its spec and the weights to load."""
 
     def __init__(self, cache, backbone, weights, image_size, pooling, cut_blocks, precision, seed):
-        self.cache = cache
-        self.backbone = B.get_backbone(backbone)
-        memo = cache.memo()
-        try:
-            self.weights = B.resolve_weights(weights, seed, file_hasher=memo.hash_file, backend=backend_name())
-        finally:
-            memo.close()
-        self.size = B.check_input_size(self.backbone, image_size, self.weights)
-        self.pooling = pooling
-        self.cut_blocks = int(cut_blocks)
-        self.precision = resolve_precision(precision)
-        self.settings = ExtractionSettings(
-            backbone=self.backbone.name,
-            weights=self.weights.fingerprint,
-            input_size=self.size,
-            preprocessing=self.backbone.preprocessing,
-            pooling=pooling,
-            cut_blocks=self.cut_blocks,
-            precision=self.precision,
-        )
+        self.spec, self._weights = resolve_spec(cache, backbone, weights, image_size, pooling, cut_blocks,
+                                                precision, seed)
+        self._override = None
+        self.backbone = B.get_backbone(self.spec.backbone)
+        self.size = self.spec.input_size
 
-    def meta(self) -> dict:
-        """What a later rebuild of this model needs beyond the settings."""
-        return {"weights_source": self.weights.source, "seed": self.weights.seed, "backend": backend_name()}
+    @classmethod
+    def from_spec(cls, spec: ExtractionSpec, weights: B.Weights | None, override=None) -> "_Settings":
+        """Options of a recorded extraction; its weights are loaded only if needed."""
+        self = cls.__new__(cls)
+        self.spec, self._weights, self._override = spec, weights, override
+        self.backbone = B.get_backbone(spec.backbone)
+        self.size = spec.input_size
+        return self
 
 
-def settings_for(
+    @property
+    def weights(self) -> B.Weights:
+        if self._weights is None:
+            self._weights = self.spec.load_weights(self._override)
+        return self._weights
+
+
+def spec_for(
     backbone: str = "resnet50",
     *,
     weights: str | os.PathLike | None = "imagenet",
@@ -110,23 +111,9 @@ def settings_for(
     precision: str = "auto",
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
-) -> ExtractionSettings:
-    """The cache settings (and so the key) an extraction with these options uses."""
-    return _Settings(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed).settings
-
-
-def build_feature_model(settings: ExtractionSettings, weights: B.Weights, include_preprocessing: bool = True):
-    """Build the Keras feature model for cached settings (mixed precision if they say so)."""
-    keras = import_keras()
-    bb = B.get_backbone(settings.backbone)
-    previous = keras.config.dtype_policy()
-    if settings.precision == "mixed":
-        keras.config.set_dtype_policy("mixed_float16")
-    try:
-        return B.feature_model(bb, weights, settings.input_size, settings.pooling, settings.cut_blocks,
-                               include_preprocessing=include_preprocessing)
-    finally:
-        keras.config.set_dtype_policy(previous)
+) -> ExtractionSpec:
+    """The :class:`~featx.spec.ExtractionSpec` (and so the cache key) these options resolve to."""
+    return resolve_spec(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed)[0]
 
 
 def extract(
@@ -145,7 +132,8 @@ def extract(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-    set_latest: bool = True,
+    record: bool = True,
+    spec: ExtractionSpec | None = None,
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
@@ -181,9 +169,16 @@ def extract(
         Show a progress bar (images/s, ETA) on stderr.
     log : callable, optional
         Receives one-line notes (waiting for a lock, skipped files).
-    set_latest : bool
-        Make this the extraction that ``fit-head`` and ``load_features()``
-        use by default (prediction runs pass False).
+    record : bool
+        Write the dataset view (its paths, labels, splits) and make it the
+        one ``fit-head`` and ``load_features()`` use by default. Prediction
+        runs pass False: they read the rows from the result instead, so
+        predicting never changes what a later ``fit-head`` trains on.
+    spec : ExtractionSpec, optional
+        Extract exactly this recorded extraction (a head's) instead of
+        resolving the options above; ``weights`` may then name the new place
+        of a moved weights file, checked against the recorded hash, and is
+        only needed when some image is not cached yet.
 
     Returns
     -------
@@ -191,10 +186,16 @@ def extract(
     """
     t0 = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    if batch_size < 1:
-        raise DataError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
-    cache = Cache(cache_dir).ensure()
-    opts = _Settings(cache, backbone, weights, image_size, pooling, cut_blocks, precision, seed)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise DataError(f"workers must be an integer >= 1. Received: workers={workers!r}")
+    cache = Cache(cache_dir)
+    if spec is None:
+        opts = _Settings(cache, backbone, weights, image_size, pooling, cut_blocks, precision, seed)
+    else:
+        override = None if weights in (None, "imagenet", "none") else weights
+        opts = _Settings.from_spec(spec, None, override)
     ds = data if isinstance(data, Dataset) else discover(data)
     if not ds.items:
         raise DataError(f"No images found in {ds.source}.")
@@ -203,21 +204,25 @@ def extract(
     run.execute()
     labels = ds.labels_index()
     keep = [i for i, it in enumerate(ds.items) if run.sha.get(it.path)]
-    view = cache.write_view(
-        run.extraction,
-        source=ds.source,
-        layout=ds.layout,
-        class_names=ds.class_names,
-        paths=[ds.items[i].path for i in keep],
-        shas=[run.sha[ds.items[i].path] for i in keep],
-        labels=labels[keep],
-        splits=[ds.items[i].split for i in keep],
-        skipped=run.skipped,
-        set_latest=set_latest,
-    )
+    paths = [ds.items[i].path for i in keep]
+    shas = [run.sha[ds.items[i].path] for i in keep]
+    view = None
+    if record:
+        view = cache.write_view(
+            opts.spec.dirname,
+            source=_view_source(ds),
+            layout=ds.layout,
+            class_names=ds.class_names,
+            paths=paths,
+            shas=shas,
+            labels=labels[keep],
+            splits=[ds.items[i].split for i in keep],
+            skipped=run.skipped,
+        )
     return ExtractResult(
         view=view,
         extraction=run.extraction,
+        spec=opts.spec,
         total=len(ds.items),
         computed=run.computed,
         reused=len(keep) - run.computed,
@@ -225,7 +230,18 @@ def extract(
         ignored=list(ds.ignored),
         seconds=time.perf_counter() - t0,
         compute_seconds=run.compute_seconds,
+        paths=paths,
+        sha256=shas,
     )
+
+
+def _view_source(ds: Dataset) -> str:
+    """What names a dataset's view: its folder or CSV, or for a list of files
+    a hash of the list, so two lists never share (and overwrite) a view."""
+    if ds.layout != "files":
+        return ds.source
+    digest = hashlib.sha256("\0".join(sorted(it.path for it in ds.items)).encode()).hexdigest()[:16]
+    return f"<files:{digest}>"
 
 
 class _Run:
@@ -241,7 +257,7 @@ class _Run:
         self.computed = 0
         self.compute_seconds = 0.0
         self.model = None
-        self.extraction: Extraction | None = cache.extraction(opts.settings, opts.backbone.feature_width)
+        self.extraction: Extraction | None = cache.extraction(opts.spec)
 
     # -- planning: what the memo and the index already answer
     def execute(self) -> None:
@@ -262,13 +278,8 @@ class _Run:
                     self._skip(item.path, bad[sha])
                 else:
                     todo.append(item)
-            if not todo:
-                if self.extraction is None:  # every image was bad: still record the dataset
-                    self.extraction = self.cache.extraction(
-                        self.opts.settings, self.opts.backbone.feature_width, create=True, extra=self.opts.meta()
-                    )
-                return
-            self._compute(todo, stats, memo, bad)
+            if todo:
+                self._compute(todo, stats, memo, bad)
         finally:
             memo.close()
 
@@ -289,23 +300,24 @@ class _Run:
 
     # -- computing what is missing
     def _compute(self, todo: list[ImageItem], stats, memo, bad: dict[str, str]) -> None:
-        self.extraction = self.extraction or self.cache.extraction(
-            self.opts.settings, self._feature_width(), create=True, extra=self.opts.meta()
-        )
-        ext = self.extraction
-        with ext.lock(on_wait=lambda: self.log(f"featx: waiting for another process extracting into {ext.name}...")):
-            cached = set(ext.index())  # another process may have filled it while we waited
+        root = self.cache.ensure().root / "extractions" / self.opts.spec.dirname
+        wait = lambda: self.log(f"featx: waiting for another process extracting into {root.name}...")  # noqa: E731
+        with extraction_lock(root, on_wait=wait):
+            # Another process may have filled it while we waited.
+            self.extraction = self.cache.extraction(self.opts.spec)
+            cached = set(self.extraction.index()) if self.extraction else set()
             self._pipeline(todo, stats, memo, bad, cached)
 
-    def _feature_width(self) -> int:
-        if self.opts.cut_blocks == 0:
-            return self.opts.backbone.feature_width
-        return int(self._model().output.shape[-1])
+    def _target(self, width: int) -> Extraction:
+        """The extraction to write into, created with its first shard."""
+        if self.extraction is None:
+            self.extraction = self.cache.extraction(self.opts.spec, width, create=True)
+        return self.extraction
 
     def _model(self):
         if self.model is None:
             _persist_jax_compilations(self.cache.root / "jax-compilation")
-            self.model = build_feature_model(self.opts.settings, self.opts.weights)
+            self.model = B.build_feature_model(self.opts.spec, self.opts.weights)
         return self.model
 
     def _prepare(self, item: ImageItem, known_sha: str | None, cached: set, bad: dict) -> _Prepared:
@@ -331,7 +343,6 @@ class _Run:
 
     def _pipeline(self, todo, stats, memo, bad, cached: set) -> None:
         bar = _progress(len(todo), self.progress, f"extract {self.opts.backbone.name}")
-        ext = self.extraction
         known = memo.lookup(stats)
         batch: list[_Prepared] = []
         pending = _Pending()
@@ -342,7 +353,8 @@ class _Run:
         def flush():
             nonlocal last_flush
             if pending.rows:
-                run_shards.append(ext.write_shard(*pending.take()))
+                feats, *rest = pending.take()
+                run_shards.append(self._target(feats.shape[1]).write_shard(feats, *rest))
             memo.remember(memo_rows)
             memo.remember_bad(bad_rows)
             memo_rows.clear()
@@ -397,9 +409,10 @@ class _Run:
         finally:
             flush()
             bar.close()
-        if len(run_shards) > 1:
+        ext = self.extraction
+        if ext is not None and len(run_shards) > 1:
             ext.compact(only=run_shards)
-        if len(ext.shards()) > 32:
+        if ext is not None and len(ext.shards()) > 32:
             ext.compact()
 
 
