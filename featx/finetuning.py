@@ -363,6 +363,18 @@ def _split_rows(man: dict, cache_dir, seed: int | None = None):
     return feats, sp, note
 
 
+def _backbone_features(model, base, pixels: np.ndarray) -> np.ndarray:
+    """The pooled features the end-to-end model computes before its head (inference mode)."""
+    keras = import_keras()
+    x = keras.ops.cast(pixels, "float32")  # the Input layer's own cast
+    for layer in model.layers:
+        if layer is base:
+            break
+        if not isinstance(layer, keras.layers.InputLayer):
+            x = layer(x, training=False)
+    return np.asarray(base.predict(keras.ops.convert_to_numpy(x), batch_size=32, verbose=0), dtype=np.float64)
+
+
 def _parity_sample(y: np.ndarray, sample: int) -> np.ndarray:
     """Up to ``sample`` row indices, taken round-robin from every class."""
     by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
@@ -389,9 +401,7 @@ def parity_check(model, base, head_dir: Path, sp, size: int, precision: str, sam
     if not kept:
         raise FinetuneError("No validation image could be decoded for the parity check.")
     rows = rows[kept]
-    keras = import_keras()
-    feature_model = keras.Model(model.input, base.output)
-    rebuilt_f = np.asarray(feature_model.predict(pixels, batch_size=32, verbose=0), dtype=np.float64)
+    rebuilt_f = _backbone_features(model, base, pixels)
     cached_f = sp.val.X[rows].astype(np.float64)
     scale = max(float(np.abs(cached_f).max()), 1e-6)
     diff = float(np.abs(rebuilt_f - cached_f).max()) / scale
