@@ -13,6 +13,12 @@ class BadImage(FeatxError):
     """An image file that cannot be decoded (empty, truncated, not an image...)."""
 
 
+class DecoderUnavailable(BadImage):
+    """An image this process cannot decode for a reason of its own (a missing
+    Pillow plugin or library, no memory): skipped for this run, never
+    remembered as a bad file."""
+
+
 class UnknownBackbone(FeatxError, KeyError):
     """A backbone name that is not in the registry."""
 

@@ -23,7 +23,7 @@ import numpy as np
 from . import backbones as B
 from .cache import Cache, DatasetView, Extraction, ExtractionSettings
 from .data import Dataset, ImageItem, discover, read_image
-from .errors import BadImage, DataError
+from .errors import BadImage, DataError, DecoderUnavailable
 from .runtime import backend_name, gpu_available, import_keras, resolve_precision
 
 # A shard is flushed every FLUSH_SECONDS of computing (or FLUSH_ROWS rows):
@@ -311,10 +311,11 @@ class _Run:
     def _prepare(self, item: ImageItem, known_sha: str | None, cached: set, bad: dict) -> _Prepared:
         stat = None
         try:
-            with open(item.path, "rb") as fh:
-                data = fh.read()
+            # Stat first: an edit during the read then fails the memo's next lookup.
             st = os.stat(item.path)
             stat = (st.st_size, st.st_mtime_ns)
+            with open(item.path, "rb") as fh:
+                data = fh.read()
         except OSError as exc:
             reason = "file not found" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc.strerror}"
             return _Prepared(item, None, None, None, "bad", reason)
@@ -325,6 +326,8 @@ class _Run:
             return _Prepared(item, stat, sha, None, "bad", bad[sha])
         try:
             pixels = read_image(data, self.opts.size)
+        except DecoderUnavailable as exc:  # this process's fault, not the file's: no sha, so not remembered
+            return _Prepared(item, stat, None, None, "bad", str(exc))
         except BadImage as exc:
             return _Prepared(item, stat, sha, None, "bad", str(exc))
         return _Prepared(item, stat, sha, pixels, "compute")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import get_backbone
-from .cache import Cache, DatasetView, Extraction
+from .cache import BrokenExtraction, Cache, DatasetView, Extraction
 from .errors import CacheError, HeadError
 
 
@@ -150,6 +150,8 @@ def load_features(
     view = find_view(cache, data, backbone, extraction)
     try:
         ext = cache.get_extraction(view.extraction)
+    except BrokenExtraction:
+        raise
     except CacheError:
         raise CacheError(
             f"The extraction {view.extraction} behind {view.source} was removed. Run `featx extract` again."
