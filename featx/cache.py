@@ -271,7 +271,7 @@ class Extraction:
     root: Path
     meta: dict
     error: str | None = None
-    unsaved: bool = field(default=False, repr=False)
+    unsaved: bool = field(default=False, repr=False, compare=False)
     _locked: bool = field(default=False, init=False, repr=False, compare=False)
     _unreadable: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _indexed: list = field(default_factory=list, init=False, repr=False, compare=False)

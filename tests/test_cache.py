@@ -173,9 +173,10 @@ try:
     print(json.dumps({"can_write": True})); sys.exit(0)
 except PermissionError:
     pass
-out = {"can_write": False, "writable": Cache(cache).writable()}
+out = {"can_write": False}
 tiny = dict(backbone="vgg16", weights="none", image_size=32, batch_size=4, progress=False, cache_dir=cache)
 res = featx.extract(data, **tiny)
+out["writable"] = Cache(cache).writable()
 out["extract"] = [res.computed, res.reused]
 out["load"] = list(featx.load_features(data, cache_dir=cache).X.shape)
 try:
@@ -210,6 +211,8 @@ def test_read_only_cache_serves_cached_features_and_refuses_writes_in_one_line(t
                                                 str(other)]), capture_output=True, text=True, env=env, timeout=120)
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(cache_dir)], check=True)
+    if proc.returncode != 0 and proc.stderr.startswith("setpriv"):
+        pytest.skip(f"cannot drop root's capabilities here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     if out["can_write"]:
@@ -292,7 +295,7 @@ def test_a_failed_extraction_leaves_no_empty_entry(tiny_dataset, cache_dir, monk
     monkeypatch.setattr(extract_mod, "build_feature_model", bad_weights)
     with pytest.raises(WeightsError):
         run(tiny_dataset, cache_dir)
-    assert Cache(cache_dir).extractions(broken=True) == []
+    assert Cache(cache_dir).extractions() == [] and Cache(cache_dir).extractions(broken=True) == []
     assert "No extractions" in cli_run(cache_dir, "cache", "list").output
 
 
