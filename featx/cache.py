@@ -37,7 +37,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .data import sha256_file
-from .errors import CacheError
+from .errors import BrokenExtraction, CacheError, ExtractionRemoved
 
 FORMAT_VERSION = 1
 CACHE_ENV = "FEATX_CACHE_DIR"
@@ -247,14 +247,6 @@ def _connect_readonly(path: Path) -> sqlite3.Connection | None:
 
 
 # --------------------------------------------------------------------------- extractions
-
-
-class BrokenExtraction(CacheError):
-    """An extraction folder whose meta.json cannot be read."""
-
-
-class ExtractionRemoved(CacheError):
-    """The extraction was removed (``featx cache rm``) while a run used it."""
 
 
 @dataclass

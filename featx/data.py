@@ -568,6 +568,9 @@ def read_image(
     BadImage
         With a short reason: "empty file", "not an image", "truncated image",
         "unreadable: ...", "decompression bomb (W x H pixels)", "cannot decode: ...".
+        :class:`~featx.errors.DecoderUnavailable` (a BadImage) when the fault is
+        this process's, not the file's: a codec Pillow was built without, an
+        ImportError, a MemoryError ("cannot decode here: ...").
 
     Examples
     --------

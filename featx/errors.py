@@ -38,5 +38,13 @@ class CacheError(FeatxError):
     """A cache request that cannot be served (nothing extracted yet, ambiguous pick)."""
 
 
+class BrokenExtraction(CacheError):
+    """An extraction folder whose meta.json cannot be read (``featx cache rm`` removes it)."""
+
+
+class ExtractionRemoved(CacheError):
+    """An extraction removed (``featx cache rm``) while a run was using it."""
+
+
 class HeadError(FeatxError):
     """A head that cannot be fitted, loaded or applied to the given features."""

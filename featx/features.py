@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import get_backbone
-from .cache import BrokenExtraction, Cache, DatasetView, Extraction
-from .errors import CacheError, HeadError
+from .cache import Cache, DatasetView, Extraction
+from .errors import BrokenExtraction, CacheError, HeadError
 
 
 @dataclass

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 import featx
-from featx.cache import Cache, ExtractionRemoved, ExtractionSettings, Memo
+from featx.cache import Cache, ExtractionSettings, Memo
 from featx.cli import cli
-from featx.errors import CacheError, WeightsError
+from featx.errors import CacheError, ExtractionRemoved, WeightsError
 
 from conftest import make_image
 
