@@ -365,8 +365,8 @@ class Extraction:
 
     def _quarantine_unreadable(self) -> None:
         for shard, reason in list(self._unreadable.items()):
-            if not shard.exists():
-                continue
+            if not shard.exists() or _readable(shard):
+                continue  # gone, or readable after all (a passing error such as too many open files)
             aside = shard.with_name(f".quarantine-{shard.name}")
             try:
                 os.replace(shard, aside)
@@ -563,6 +563,15 @@ def _file_size(path: Path) -> int:
         return 0
 
 
+def _readable(shard: Path) -> bool:
+    try:
+        with _h5().File(shard, "r") as f:
+            f["sha256"][:1]
+        return True
+    except (OSError, KeyError):
+        return False
+
+
 def _read_column(shard: Path, column: str, on_error=None) -> list[str] | None:
     """A shard's string column, or None (with a warning) if it is unreadable."""
     try:
@@ -626,19 +635,27 @@ class Cache:
 
         A read-only cache still serves everything already extracted.
         """
+        folders = [self.root / "extractions", self.root / "datasets"]
         probe = self.root
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        if not os.access(probe, os.W_OK | os.X_OK):
-            return False
-        memo = self.root / "memo.sqlite"
-        return not memo.exists() or os.access(memo, os.W_OK)
+        return all(os.access(p, os.W_OK | os.X_OK) for p in [probe, *(f for f in folders if f.exists())])
 
     def memo(self) -> Memo:
-        if not self.writable():
-            return Memo(self.root / "memo.sqlite", readonly=True)
+        """The memo; read-only (lookups only) where this process may not write it."""
+        path = self.root / "memo.sqlite"
+        if not self.writable() or (path.exists() and not os.access(path, os.W_OK)):
+            return Memo(path, readonly=True)
         self.ensure()
-        return Memo(self.root / "memo.sqlite")
+        try:
+            return Memo(path)
+        except sqlite3.DatabaseError as exc:  # not a database any more: it only saved work
+            aside = path.with_name(f"memo.sqlite.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+            warnings.warn(f"featx: the memo {path} was unreadable ({exc}); moved it aside to {aside.name} and started a new one")
+            return Memo(path)
 
     # -- extractions
     def extraction(

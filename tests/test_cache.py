@@ -309,3 +309,12 @@ def test_cache_list_shows_the_recorded_framework_versions(cache_dir):
     assert table.exit_code == 0 and "keras 3.15.1, tensorflow 2.21.0" in table.output, table.output
     (rec,) = json.loads(cli_run(cache_dir, "cache", "list", "--json").output)
     assert rec["versions"] == versions and rec["rows"] == 8 and rec["broken"] is None
+
+
+def test_an_unreadable_memo_is_moved_aside_and_started_again(tiny_dataset, cache_dir):
+    Cache(cache_dir).ensure()
+    (Path(cache_dir) / "memo.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.warns(UserWarning, match="moved it aside"):
+        assert run(tiny_dataset, cache_dir).computed == 12
+    assert list(Path(cache_dir).glob("memo.sqlite.corrupt-*"))
+    assert run(tiny_dataset, cache_dir).reused == 12
