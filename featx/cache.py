@@ -266,7 +266,6 @@ class Extraction:
     unsaved: bool = field(default=False, repr=False, compare=False)
     _locked: bool = field(default=False, init=False, repr=False, compare=False)
     _unreadable: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-    _indexed: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -384,15 +383,19 @@ class Extraction:
 
     def index(self) -> dict[str, tuple[Path, int]]:
         """sha256 -> (shard, row) over all readable shards; the first copy wins."""
+        return self._index()[0]
+
+    def _index(self) -> tuple[dict[str, tuple[Path, int]], list[Path]]:
+        """The index and the shard listing it was built from."""
         out: dict[str, tuple[Path, int]] = {}
-        self._indexed = self.shards()
-        for shard in self._indexed:
+        listing = self.shards()
+        for shard in listing:
             shas = _read_column(shard, "sha256", on_error=self._note_unreadable)
             if shas is None:
                 continue
             for row, sha in enumerate(shas):
                 out.setdefault(sha, (shard, row))
-        return out
+        return out, listing
 
     def rows(self) -> int:
         return len(self.index())
@@ -441,10 +444,10 @@ class Extraction:
         """
         for attempt in range(4):
             fresh = index is None or attempt > 0
-            idx = self.index() if fresh else index
+            idx, listing = self._index() if fresh else (index, None)
             missing = [s for s in shas if s not in idx]
             if missing:
-                if attempt < 3 and (not fresh or self.shards() != self._indexed):
+                if attempt < 3 and (not fresh or self.shards() != listing):
                     continue
                 raise CacheError(
                     f"{len(missing)} images are not in extraction {self.name} (first: {missing[0][:12]}). "

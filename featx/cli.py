@@ -181,7 +181,12 @@ def cache_list(obj, as_json):
     records = []
     for e in c.extractions(broken=True):
         if e.error:
-            records.append({"name": e.name, "broken": e.error, "shards": len(e.shards()), "bytes": e.size_bytes()})
+            records.append({
+                "name": e.name, "backbone": None, "input_size": None, "pooling": None, "cut_blocks": None,
+                "weights": None, "precision": None, "rows": None, "shards": len(e.shards()), "bytes": e.size_bytes(),
+                "versions": None, "broken": e.error, "datasets": [v.source for v in views if v.extraction == e.name],
+                "created": None,
+            })
             continue
         s = e.settings
         records.append({
