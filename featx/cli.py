@@ -183,7 +183,8 @@ def cache_list(obj, as_json):
         if e.error:
             records.append({
                 "name": e.name, "backbone": None, "input_size": None, "pooling": None, "cut_blocks": None,
-                "weights": None, "precision": None, "rows": None, "shards": len(e.shards()), "bytes": e.size_bytes(),
+                "weights": None, "precision": None, "rows": None, "shards": len(e.shards()),
+                "quarantined": len(e.quarantined()), "bytes": e.size_bytes(),
                 "versions": None, "broken": e.error, "datasets": [v.source for v in views if v.extraction == e.name],
                 "created": None,
             })
@@ -192,7 +193,7 @@ def cache_list(obj, as_json):
         records.append({
             "name": e.name, "backbone": s.backbone, "input_size": s.input_size, "pooling": s.pooling,
             "cut_blocks": s.cut_blocks, "weights": e.meta.get("weights_source", s.weights), "precision": s.precision,
-            "rows": e.rows(), "shards": len(e.shards()), "bytes": e.size_bytes(),
+            "rows": e.rows(), "shards": len(e.shards()), "quarantined": len(e.quarantined()), "bytes": e.size_bytes(),
             "versions": e.meta.get("versions"), "broken": None,
             "datasets": [v.source for v in views if v.extraction == e.name],
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(e.meta.get("created", 0))),

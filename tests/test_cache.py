@@ -131,6 +131,32 @@ def test_read_retries_when_a_compaction_removed_the_shards_of_its_index(cache_di
     np.testing.assert_array_equal(ext.read(shas, index=index)[:, 0], [7, 0, 5])
 
 
+def test_readers_never_fail_while_another_process_compacts(cache_dir):
+    ext = fake_extraction(cache_dir)
+    stop = threading.Event()
+
+    def churn():  # what an extraction run or `featx cache compact` does, as fast as it can
+        while not stop.is_set():
+            with ext.lock():
+                ext.write_shard(np.array([[1.0] * 3, [6.0] * 3]), [sha(1), sha(6)], ["a", "b"], ["", ""])
+                ext.compact()
+
+    writer = threading.Thread(target=churn)
+    writer.start()
+    try:
+        reader = Cache(cache_dir).get_extraction(ext.name)
+        shas = [sha(i) for i in range(8)]
+        deadline = time.time() + 1.5
+        reads = 0
+        while time.time() < deadline:
+            np.testing.assert_array_equal(reader.read(shas)[:, 0], np.arange(8))
+            reads += 1
+    finally:
+        stop.set()
+        writer.join(10)
+    assert reads > 5
+
+
 def test_rm_waits_for_the_writer_which_then_refuses_to_resurrect_it(cache_dir):
     writer = fake_extraction(cache_dir)
     cache = Cache(cache_dir)
@@ -279,6 +305,8 @@ def test_compact_quarantines_unreadable_shards_and_says_so_once(cache_dir):
     assert out.exit_code == 0, out.output
     assert out.output.count("moved unreadable shard") == 1 and f"merged 2 shards" in out.output, out.output
     assert [p.name for p in ext.quarantined()] == [f".quarantine-{bad.name}"]
+    (rec,) = json.loads(cli_run(cache_dir, "cache", "list", "--json").output)
+    assert (rec["rows"], rec["shards"], rec["quarantined"]) == (6, 1, 1)
     np.testing.assert_array_equal(ext.read([sha(i) for i in (0, 9)])[:, 0], [0, 9])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
