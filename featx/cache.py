@@ -4,7 +4,7 @@ Layout under the cache root (``./cache`` by default, ``FEATX_CACHE_DIR``)::
 
     memo.sqlite                      (path, size, mtime) -> sha256; images known to be bad
     extractions/<name>/meta.json     the settings that make up the key
-    extractions/<name>/shards/*.h5   immutable feature shards
+    extractions/<name>/shards/*.h5   immutable feature shards (.quarantine-* ones are unreadable, set aside)
     extractions/<name>/.lock         held by the one process computing into it
     datasets/<id>.h5                 one dataset seen through one extraction
     latest.json                      the most recent dataset view
