@@ -21,9 +21,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import backbones as B
-from .cache import Cache, DatasetView, Extraction, extraction_lock
+from .cache import Cache, DatasetView, Extraction
 from .data import Dataset, ImageItem, discover, read_image
-from .errors import BadImage, DataError
+from .errors import BadImage, DataError, DecoderUnavailable
 from .runtime import backend_name, gpu_available
 from .spec import ExtractionSpec, resolve_spec
 
@@ -209,7 +209,7 @@ def extract(
     view = None
     if record:
         view = cache.write_view(
-            opts.spec.dirname,
+            run.extraction or cache.extraction(opts.spec, create=True),
             source=_view_source(ds),
             layout=ds.layout,
             class_names=ds.class_names,
@@ -221,7 +221,7 @@ def extract(
         )
     return ExtractResult(
         view=view,
-        extraction=run.extraction,
+        extraction=run.extraction if run.extraction and not run.extraction.unsaved else None,
         spec=opts.spec,
         total=len(ds.items),
         computed=run.computed,
@@ -300,19 +300,13 @@ class _Run:
 
     # -- computing what is missing
     def _compute(self, todo: list[ImageItem], stats, memo, bad: dict[str, str]) -> None:
-        root = self.cache.ensure().root / "extractions" / self.opts.spec.dirname
-        wait = lambda: self.log(f"featx: waiting for another process extracting into {root.name}...")  # noqa: E731
-        with extraction_lock(root, on_wait=wait):
-            # Another process may have filled it while we waited.
-            self.extraction = self.cache.extraction(self.opts.spec)
-            cached = set(self.extraction.index()) if self.extraction else set()
+        # Not on disk until its first shard (with the model's real width):
+        # a run that fails before that leaves nothing behind.
+        self.extraction = self.extraction or self.cache.extraction(self.opts.spec, create=True)
+        ext = self.extraction
+        with ext.lock(on_wait=lambda: self.log(f"featx: waiting for another process extracting into {ext.name}...")):
+            cached = set(ext.index())  # another process may have filled it while we waited
             self._pipeline(todo, stats, memo, bad, cached)
-
-    def _target(self, width: int) -> Extraction:
-        """The extraction to write into, created with its first shard."""
-        if self.extraction is None:
-            self.extraction = self.cache.extraction(self.opts.spec, width, create=True)
-        return self.extraction
 
     def _model(self):
         if self.model is None:
@@ -323,10 +317,11 @@ class _Run:
     def _prepare(self, item: ImageItem, known_sha: str | None, cached: set, bad: dict) -> _Prepared:
         stat = None
         try:
-            with open(item.path, "rb") as fh:
-                data = fh.read()
+            # Stat first: an edit during the read then fails the memo's next lookup.
             st = os.stat(item.path)
             stat = (st.st_size, st.st_mtime_ns)
+            with open(item.path, "rb") as fh:
+                data = fh.read()
         except OSError as exc:
             reason = "file not found" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc.strerror}"
             return _Prepared(item, None, None, None, "bad", reason)
@@ -337,6 +332,8 @@ class _Run:
             return _Prepared(item, stat, sha, None, "bad", bad[sha])
         try:
             pixels = read_image(data, self.opts.size)
+        except DecoderUnavailable as exc:  # this process's fault, not the file's: no sha, so not remembered
+            return _Prepared(item, stat, None, None, "bad", str(exc))
         except BadImage as exc:
             return _Prepared(item, stat, sha, None, "bad", str(exc))
         return _Prepared(item, stat, sha, pixels, "compute")
@@ -353,8 +350,7 @@ class _Run:
         def flush():
             nonlocal last_flush
             if pending.rows:
-                feats, *rest = pending.take()
-                run_shards.append(self._target(feats.shape[1]).write_shard(feats, *rest))
+                run_shards.append(self.extraction.write_shard(*pending.take()))
             memo.remember(memo_rows)
             memo.remember_bad(bad_rows)
             memo_rows.clear()
@@ -410,9 +406,9 @@ class _Run:
             flush()
             bar.close()
         ext = self.extraction
-        if ext is not None and len(run_shards) > 1:
+        if len(run_shards) > 1:
             ext.compact(only=run_shards)
-        if ext is not None and len(ext.shards()) > 32:
+        if len(ext.shards()) > 32:
             ext.compact()
 
 

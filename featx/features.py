@@ -10,7 +10,7 @@ import numpy as np
 
 from .backbones import get_backbone
 from .cache import Cache, DatasetView, Extraction
-from .errors import CacheError, HeadError
+from .errors import BrokenExtraction, CacheError, HeadError
 
 
 @dataclass
@@ -153,6 +153,8 @@ def load_features(
     view = find_view(cache, data, backbone, extraction)
     try:
         ext = cache.get_extraction(view.extraction)
+    except BrokenExtraction:
+        raise
     except CacheError:
         raise CacheError(
             f"The extraction {view.extraction} behind {view.source} was removed. Run `featx extract` again."
