@@ -489,7 +489,6 @@ def finetune(
     settings = head_spec(head_dir, man)
     size = settings.input_size
     keras = import_keras()
-    opts = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
 
     strategy = _strategy(keras)
     with strategy.scope() if strategy else contextlib.nullcontext():
@@ -500,12 +499,7 @@ def finetune(
         n_unfrozen = set_trainable(model, base, settings.backbone, unfreeze, unfreeze_blocks)
         table = layer_table(base)
         trainable, frozen = param_counts(model)
-        opt = opts[optimizer](learning_rate=lr)
-        if settings.precision == "mixed":
-            # The outer model is built under the float32 policy, so compile()
-            # would not add loss scaling for the float16 backbone by itself;
-            # without it small gradients underflow at fine-tuning rates.
-            opt = keras.optimizers.LossScaleOptimizer(opt)
+        opt = make_optimizer(keras, optimizer, lr, settings.precision)
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     classes = list(man["classes"])
@@ -566,6 +560,18 @@ def finetune(
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     set_latest("model", directory, home)
     return FinetuneResult(directory, model, metrics, table, trainable, frozen, diff, notes)
+
+
+def make_optimizer(keras, name: str, lr: float, precision: str):
+    """The training optimizer; with loss scaling when the backbone runs in float16.
+
+    The outer model is built under the float32 policy, so ``compile()`` does
+    not add loss scaling for the mixed-precision backbone by itself; without
+    it small gradients underflow to zero at fine-tuning learning rates.
+    """
+    opts = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    opt = opts[name](learning_rate=lr)
+    return keras.optimizers.LossScaleOptimizer(opt) if precision == "mixed" else opt
 
 
 SEED_KINDS = ("dense", "logreg")

@@ -267,3 +267,11 @@ def test_parity_compares_features_from_every_class(project, monkeypatch):
     sp.val.X = sp.val.X * 1.05
     with pytest.raises(ft.FinetuneError, match="features differ from the cached ones"):
         ft.parity_check(model, base, project[2]["vgg16"], sp, 32, "float32")
+
+
+def test_mixed_precision_fine_tuning_scales_the_loss():
+    import keras
+
+    opt = ft.make_optimizer(keras, "adam", 1e-5, "mixed")
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
+    assert not isinstance(ft.make_optimizer(keras, "sgd", 1e-5, "float32"), keras.optimizers.LossScaleOptimizer)
