@@ -10,6 +10,7 @@ nothing is missing, the model is never built and no framework is imported.
 from __future__ import annotations
 
 import collections
+import contextlib
 import concurrent.futures as cf
 import hashlib
 import os
@@ -49,6 +50,9 @@ class ExtractResult:
     compute_seconds: float = 0.0
     paths: list[str] = field(default_factory=list)  # the rows, in dataset order
     sha256: list[str] = field(default_factory=list)
+    views: list[DatasetView] = field(default_factory=list)  # one per tap, the first tap's first
+    extractions: list[Extraction | None] = field(default_factory=list)
+    specs: list[ExtractionSpec] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -57,8 +61,9 @@ class ExtractResult:
     def summary(self) -> str:
         rate = f", {self.images_per_second:.1f} img/s" if self.computed else ""
         where = self.extraction.root if self.extraction else "nothing cached (no image could be read)"
+        taps = f" + {len(self.specs) - 1} more tap(s)" if len(self.specs) > 1 else ""
         return (
-            f"{self.spec.describe()}: "
+            f"{self.spec.describe()}{taps}: "
             f"{self.total} images, {self.computed} computed, {self.reused} reused, "
             f"{len(self.skipped)} skipped in {self.seconds:.1f}s{rate} -> {where}"
         )
@@ -75,11 +80,12 @@ class _Prepared:
 
 
 class _Settings:
-    """Resolved options of one extraction run: its spec and the weights to load."""
+    """Resolved options of one extraction run: its specs (one per tap) and the weights to load."""
 
-    def __init__(self, cache, backbone, weights, image_size, pooling, cut_blocks, precision, seed):
-        self.spec, self._weights = resolve_spec(cache, backbone, weights, image_size, pooling, cut_blocks,
-                                                precision, seed)
+    def __init__(self, cache, backbone, weights, image_size, pooling, cuts, precision, seed):
+        resolved = [resolve_spec(cache, backbone, weights, image_size, pooling, k, precision, seed) for k in cuts]
+        self.specs = [s for s, _ in resolved]
+        self.spec, self._weights = resolved[0]
         self._override = None
         self.backbone = B.get_backbone(self.spec.backbone)
         self.size = self.spec.input_size
@@ -89,6 +95,7 @@ class _Settings:
         """Options of a recorded extraction; its weights are loaded only if needed."""
         self = cls.__new__(cls)
         self.spec, self._weights, self._override = spec, weights, override
+        self.specs = [spec]
         self.backbone = B.get_backbone(spec.backbone)
         self.size = spec.input_size
         return self
@@ -124,6 +131,7 @@ def extract(
     image_size: int | None = None,
     pooling: str = "avg",
     cut_blocks: int = 0,
+    taps: Sequence[int] | None = None,
     batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     strict: bool = False,
@@ -153,6 +161,12 @@ def extract(
         Global pooling of the last feature map.
     cut_blocks : int
         Tap the backbone this many named blocks before its end.
+    taps : list of int, optional
+        Several taps from one forward pass (``[0, 1, 2]``: the output and
+        the ends of the one and two blocks before it), each cached as its own
+        extraction; the first is the one ``fit-head`` uses by default and
+        ``fit-head --head auto`` searches them all. ``cut_blocks=K`` is the
+        same as ``taps=[K]``.
     batch_size : int
         Images per forward pass.
     cache_dir : path, optional
@@ -191,8 +205,9 @@ def extract(
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise DataError(f"workers must be an integer >= 1. Received: workers={workers!r}")
     cache = Cache(cache_dir)
+    cuts = _cuts(cut_blocks, taps)
     if spec is None:
-        opts = _Settings(cache, backbone, weights, image_size, pooling, cut_blocks, precision, seed)
+        opts = _Settings(cache, backbone, weights, image_size, pooling, cuts, precision, seed)
     else:
         override = None if weights in (None, "imagenet", "none") else weights
         opts = _Settings.from_spec(spec, None, override)
@@ -206,23 +221,29 @@ def extract(
     keep = [i for i, it in enumerate(ds.items) if run.sha.get(it.path)]
     paths = [ds.items[i].path for i in keep]
     shas = [run.sha[ds.items[i].path] for i in keep]
-    view = None
+    views = []
     if record:
-        view = cache.write_view(
-            run.extraction or cache.extraction(opts.spec, create=True),
-            source=_view_source(ds),
-            layout=ds.layout,
-            class_names=ds.class_names,
-            paths=paths,
-            shas=shas,
-            labels=labels[keep],
-            splits=[ds.items[i].split for i in keep],
-            skipped=run.skipped,
-        )
+        # The first tap's view last, so that it is the latest one.
+        for ext in reversed(run.extractions()):
+            views.insert(0, cache.write_view(
+                ext,
+                source=_view_source(ds),
+                layout=ds.layout,
+                class_names=ds.class_names,
+                paths=paths,
+                shas=shas,
+                labels=labels[keep],
+                splits=[ds.items[i].split for i in keep],
+                skipped=run.skipped,
+            ))
+    saved = [e if not e.unsaved else None for e in run.extractions()]
     return ExtractResult(
-        view=view,
-        extraction=run.extraction if run.extraction and not run.extraction.unsaved else None,
+        view=views[0] if views else None,
+        extraction=saved[0],
         spec=opts.spec,
+        views=views,
+        extractions=saved,
+        specs=list(opts.specs),
         total=len(ds.items),
         computed=run.computed,
         reused=len(keep) - run.computed,
@@ -233,6 +254,17 @@ def extract(
         paths=paths,
         sha256=shas,
     )
+
+
+def _cuts(cut_blocks: int, taps: Sequence[int] | None) -> list[int]:
+    if taps is None:
+        return [cut_blocks]
+    if cut_blocks:
+        raise DataError("Pass cut_blocks or taps, not both (--cut-blocks K is --taps K).")
+    cuts = [int(t) for t in taps]
+    if not cuts or min(cuts) < 0 or len(set(cuts)) != len(cuts):
+        raise DataError(f"taps must be distinct block counts >= 0, e.g. 0,1,2. Received: taps={list(taps)!r}")
+    return cuts
 
 
 def _view_source(ds: Dataset) -> str:
@@ -257,7 +289,16 @@ class _Run:
         self.computed = 0
         self.compute_seconds = 0.0
         self.model = None
-        self.extraction: Extraction | None = cache.extraction(opts.spec)
+        found = [cache.extraction(s) for s in opts.specs]
+        self.extraction: Extraction | _TapSet | None = (
+            found[0] if len(found) == 1 else _TapSet(found) if all(found) else None
+        )
+
+    def extractions(self) -> list[Extraction]:
+        """One extraction per tap (unsaved where nothing was computed)."""
+        if isinstance(self.extraction, _TapSet):
+            return self.extraction.parts
+        return [self.extraction or self.cache.extraction(s, create=True) for s in self.opts.specs]
 
     # -- planning: what the memo and the index already answer
     def execute(self) -> None:
@@ -302,7 +343,9 @@ class _Run:
     def _compute(self, todo: list[ImageItem], stats, memo, bad: dict[str, str]) -> None:
         # Not on disk until its first shard (with the model's real width):
         # a run that fails before that leaves nothing behind.
-        self.extraction = self.extraction or self.cache.extraction(self.opts.spec, create=True)
+        if self.extraction is None:
+            parts = [self.cache.extraction(s, create=True) for s in self.opts.specs]
+            self.extraction = parts[0] if len(parts) == 1 else _TapSet(parts)
         ext = self.extraction
         with ext.lock(on_wait=lambda: self.log(f"featx: waiting for another process extracting into {ext.name}...")):
             cached = set(ext.index())  # another process may have filled it while we waited
@@ -311,7 +354,10 @@ class _Run:
     def _model(self):
         if self.model is None:
             _persist_jax_compilations(self.cache.root / "jax-compilation")
-            self.model = B.build_feature_model(self.opts.spec, self.opts.weights)
+            specs = self.opts.specs
+            self.model = B.build_feature_model(specs if len(specs) > 1 else specs[0], self.opts.weights)
+            if isinstance(self.extraction, _TapSet):
+                self.extraction.widths = list(self.model._featx_widths)
         return self.model
 
     def _prepare(self, item: ImageItem, known_sha: str | None, cached: set, bad: dict) -> _Prepared:
@@ -410,6 +456,66 @@ class _Run:
             ext.compact(only=run_shards)
         if len(ext.shards()) > 32:
             ext.compact()
+
+
+class _TapSet:
+    """Several extractions filled from one forward pass (one per tap).
+
+    Looks like one :class:`~featx.cache.Extraction` to the pipeline: an
+    image is cached only when every tap has it, each shard written is split
+    by columns into each tap's own shard (rows a tap already holds are not
+    written again), and the locks are taken in a fixed order.
+    """
+
+    def __init__(self, parts: list[Extraction]):
+        self.parts = parts
+        self.widths: list[int] | None = None
+        self._held: dict[str, set] = {}
+
+    @property
+    def name(self) -> str:
+        return "+".join(p.name for p in self.parts)
+
+    @property
+    def unsaved(self) -> bool:
+        return all(p.unsaved for p in self.parts)
+
+    def index(self) -> dict:
+        indexes = [p.index() for p in self.parts]
+        self._held = {p.name: set(ix) for p, ix in zip(self.parts, indexes)}
+        common = set(indexes[0]).intersection(*indexes[1:])
+        return {sha: indexes[0].get(sha) for sha in common}
+
+    @contextlib.contextmanager
+    def lock(self, on_wait=None):
+        with contextlib.ExitStack() as stack:
+            for part in sorted(self.parts, key=lambda p: p.name):
+                stack.enter_context(part.lock(on_wait=on_wait))
+            yield
+
+    def write_shard(self, features, shas, paths, labels):
+        bounds = np.cumsum([0, *self.widths])
+        written = []
+        for part, lo, hi in zip(self.parts, bounds[:-1], bounds[1:]):
+            held = self._held.setdefault(part.name, set())
+            rows = [i for i, sha in enumerate(shas) if sha not in held]
+            if not rows:
+                continue
+            written.append(part.write_shard(features[rows, lo:hi], [shas[i] for i in rows],
+                                            [paths[i] for i in rows], [labels[i] for i in rows]))
+            held.update(shas[i] for i in rows)
+        return written
+
+    def shards(self) -> list:
+        return max((p.shards() for p in self.parts), key=len)
+
+    def compact(self, min_shards: int = 2, only=None) -> int:
+        mine = None if only is None else {str(x) for group in only for x in (group if isinstance(group, list) else [group])}
+        merged = 0
+        for part in self.parts:
+            subset = None if mine is None else [s for s in part.shards() if str(s) in mine]
+            merged += part.compact(min_shards=min_shards, only=subset)
+        return merged
 
 
 def _persist_jax_compilations(folder) -> None:

@@ -127,3 +127,34 @@ def test_moved_weights_file(tmp_path):
                                  "--weights", str(moved), str(new[0])])
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[1].startswith(str(new[0]))
+
+
+def test_several_taps_from_one_pass_equal_separate_extractions(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "d", per_class=5)
+    calls = []
+    real = featx.backbones.build_feature_model
+
+    def counting(*a, **k):
+        model = real(*a, **k)
+        predict = model.predict_on_batch
+        model.predict_on_batch = lambda x: calls.append(len(x)) or predict(x)
+        return model
+
+    monkeypatch.setattr(featx.backbones, "build_feature_model", counting)
+    multi = featx.extract(data, "vgg16", taps=[0, 1, 2], batch_size=16, cache_dir=tmp_path / "multi", **TINY)
+    assert calls == [16] and multi.computed == 10  # one forward pass over the 10 images, all taps at once
+    assert [s.tap for s in multi.specs] == ["output", "block4_pool", "block3_pool"]
+    assert len(Cache(tmp_path / "multi").extractions()) == 3
+    for k, ext in zip((0, 1, 2), multi.extractions):
+        single = featx.extract(data, "vgg16", cut_blocks=k, cache_dir=tmp_path / f"single{k}", **TINY)
+        assert single.extraction.name == ext.name  # the same key
+        a = featx.load_features(cache_dir=tmp_path / "multi", extraction=ext.name)
+        b = featx.load_features(cache_dir=tmp_path / f"single{k}")
+        np.testing.assert_allclose(a.X, b.X, rtol=1e-5, atol=1e-5)
+    # the first tap is the default; a rerun computes nothing; a new tap computes only that tap
+    assert featx.load_features(cache_dir=tmp_path / "multi").extraction.name == multi.extractions[0].name
+    assert featx.extract(data, "vgg16", taps=[0, 1, 2], cache_dir=tmp_path / "multi", **TINY).computed == 0
+    more = featx.extract(data, "vgg16", taps=[0, 3], cache_dir=tmp_path / "multi", **TINY)
+    assert more.computed == 10 and more.extractions[0].rows() == 10  # tap 0's rows were not written twice
+    with pytest.raises(featx.FeatxError, match="cut_blocks or taps"):
+        featx.extract(data, "vgg16", taps=[0, 1], cut_blocks=1, cache_dir=tmp_path / "multi", **TINY)
