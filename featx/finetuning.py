@@ -58,6 +58,8 @@ def parse_augment(spec: str | Sequence[str] | None) -> dict[str, float]:
             out[name] = float(value) if value else defaults[name]
         except ValueError:
             raise FinetuneError(f"Augmentation strength must be a number: {item!r}") from None
+        if not 0 < out[name] <= 1:  # also refuses nan
+            raise FinetuneError(f"Augmentation strength must be in (0, 1]: {item!r}")
     return out
 
 
