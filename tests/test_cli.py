@@ -243,3 +243,19 @@ def test_check_input_size_keeps_native_default_and_family_minimum():
     assert backbones.check_input_size(vgg, 32) == 32 and backbones.check_input_size(vgg, 1024) == 1024
     with pytest.raises(FeatxError, match="at least 75 px"):
         backbones.check_input_size(backbones.get_backbone("inceptionv3"), 64)
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+def test_backbones_word_matches_as_substring_in_table_and_json():
+    table = invoke("backbones", "vgg")
+    assert table.exit_code == 0, table.output
+    assert [line.split()[0] for line in table.output.splitlines()[2:]] == ["vgg16", "vgg19"]
+    as_json = invoke("backbones", "vgg", "--json")
+    assert [b["name"] for b in json.loads(as_json.output)] == ["vgg16", "vgg19"]
+    assert [b.name for b in backbones.list_backbones("Efficient-Net-V2")][:2] == ["efficientnetv2b0", "efficientnetv2b1"]
+    assert [b.name for b in backbones.list_backbones("resnet?0")] == ["resnet50"]  # a pattern matches whole names
+    nothing = invoke("backbones", "alexnet")
+    assert nothing.exit_code == 1 and "alexnet" in nothing.output and "Traceback" not in nothing.output
+    assert json.loads(invoke("backbones", "alexnet", "--json").output) == []
