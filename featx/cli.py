@@ -7,16 +7,19 @@ and exit status 1; no traceback for user mistakes.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
 import os
 import sys
 import time
+import warnings
+from collections import defaultdict
 
 import click
 
-from .errors import FeatxError
+from .errors import FeatxError, FeatxWarning
 from .runtime import quiet_frameworks
 
 # Kept in step with backbones.IMAGE_SIZE_RANGE (tested), without importing numpy for `--help`.
@@ -33,6 +36,41 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("\nInterrupted. Features already written stay cached; run the command again to resume.", err=True)
             ctx.exit(130)
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """featx's own warnings as one ``warning:`` line each; others as Python prints them."""
+    python_shows = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if issubclass(category, FeatxWarning) or text.startswith("featx: "):
+            click.echo(f"warning: {text.removeprefix('featx: ')}", err=True)
+        else:
+            python_shows(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _report_ignored(ignored: list[tuple[str, str]]) -> None:
+    """One stderr line per reason files were left out, naming the first."""
+    by_reason = defaultdict(list)
+    for path, reason in ignored:
+        by_reason[reason].append(path)
+    for reason, paths in by_reason.items():
+        n = len(paths)
+        if reason == "not an image extension":
+            what = f"{n} file{'s' * (n > 1)} that {'are' if n > 1 else 'is'} not an image"
+        elif reason.startswith("file not found"):
+            click.echo(f"missing: {n} file{'s' * (n > 1)} not found{reason[len('file not found'):]} "
+                       f"(first: {paths[0]})", err=True)
+            continue
+        else:
+            what = f"{n} item{'s' * (n > 1)}: {reason}"
+        click.echo(f"ignored {what} (first: {paths[0]})", err=True)
 
 
 def _human_bytes(n: int) -> str:
@@ -244,6 +282,7 @@ def cli(ctx, cache_dir, home):
     Run `featx COMMAND --help` for each command's options.
     """
     ctx.obj = {"cache_dir": cache_dir, "home": _home_path(home)}
+    ctx.with_resource(_one_line_warnings())
     quiet_frameworks()
 
 
@@ -319,8 +358,7 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, batch
     )
     for path, reason in result.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
-    if result.ignored:
-        click.echo(f"ignored {len(result.ignored)} files that are not images (first: {result.ignored[0][0]})", err=True)
+    _report_ignored(result.ignored)
     click.echo(result.summary())
 
 

@@ -38,3 +38,10 @@ class CacheError(FeatxError):
 
 class HeadError(FeatxError):
     """A head that cannot be fitted, loaded or applied to the given features."""
+
+
+class FeatxWarning(UserWarning):
+    """Something featx went on with but the user should know (a CSV without a label column...).
+
+    The CLI prints these as one ``warning:`` line each.
+    """

@@ -259,3 +259,99 @@ def test_backbones_word_matches_as_substring_in_table_and_json():
     nothing = invoke("backbones", "alexnet")
     assert nothing.exit_code == 1 and "alexnet" in nothing.output and "Traceback" not in nothing.output
     assert json.loads(invoke("backbones", "alexnet", "--json").output) == []
+
+
+# --------------------------------------------------------------------------- what extract reports
+
+BOMB_RUN = """
+import sys
+import PIL.Image
+PIL.Image.MAX_IMAGE_PIXELS = 1000  # 40 x 40 images are "bombs": Pillow warns below twice its limit
+import featx.data
+featx.data.MAX_PIXELS = 1000
+from featx.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_extract_names_missing_files_and_stderr_has_no_warnings(tmp_path):
+    """In a real process: a bomb is one skip line (no DecompressionBombWarning), missing
+    files and broken links are named missing, a misspelt label column is one warning line."""
+    from PIL import Image
+
+    d = tmp_path / "d"
+    d.mkdir()
+    Image.new("RGB", (40, 40), (200, 0, 0)).save(d / "bomb.png")
+    os.symlink(d / "gone.png", d / "link.png")
+    (d / "notes.txt").write_text("x")
+    (tmp_path / "labels.csv").write_text("path,lable\nd/bomb.png,a\nd/nope.png,b\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(featx.__file__)),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    base = [sys.executable, "-c", BOMB_RUN, "--cache-dir", str(tmp_path / "c"), "extract", "-q", "-b", "vgg16",
+            "--weights", "none", "--image-size", "32"]
+    import subprocess
+
+    folder = subprocess.run([*base, str(d)], capture_output=True, text=True, env=env, timeout=120)
+    assert folder.returncode == 0, folder.stderr
+    lines = folder.stderr.strip().splitlines()
+    assert f"skipped {d / 'bomb.png'}: decompression bomb (40 x 40 pixels)" in lines
+    assert f"missing: 1 file not found (broken symbolic link) (first: {d / 'link.png'})" in lines
+    assert f"ignored 1 file that is not an image (first: {d / 'notes.txt'})" in lines
+    assert "Warning" not in folder.stderr and len(lines) == 3, folder.stderr
+
+    csv = subprocess.run([*base, str(tmp_path / "labels.csv")], capture_output=True, text=True, env=env, timeout=120)
+    assert csv.returncode == 0, csv.stderr
+    lines = csv.stderr.strip().splitlines()
+    assert lines[0].startswith("warning: CSV ") and "columns found: 'path', 'lable'" in lines[0]
+    assert f"missing: 1 file not found (first: {d / 'nope.png'})" in lines
+    assert "not an image" not in csv.stderr and "Warning" not in csv.stderr and len(lines) == 3, csv.stderr
+
+
+def test_plots_keep_matplotlib_warnings_to_themselves(tmp_path):
+    import warnings
+
+    import numpy as np
+
+    from featx.metrics import plot_confusion, plot_curves
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_confusion(np.eye(3, dtype=int), ["猫", "dogs", "\N{HONEYBEE}"], tmp_path / "c.png", "glyphs: 猫")
+        plot_curves({"loss": [1.0, 0.5]}, tmp_path / "k.png", "猫")
+        warnings.warn("still shown", UserWarning)  # the filter ends with the plot
+    assert [str(w.message) for w in caught] == ["still shown"]
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- --head and --model
+
+
+def _folder(path, kind):
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"kind": kind, "classes": ["a", "b"]}))
+    (path / "model.keras").write_bytes(b"")
+    return path
+
+
+def test_predict_model_and_head_options_refuse_the_other_kind(isolated):
+    head = _folder(isolated / "heads" / "vgg16-dense-1", "dense")
+    model = _folder(isolated / "models" / "vgg16-finetune-1", "end-to-end")
+    make_image(isolated / "img.png")
+    r = invoke("predict", "--model", head, "img.png")
+    assert r.exit_code == 2 and "is a dense head (from `featx fit-head`), not a fine-tuned model" in r.output
+    assert f"use --head {head}" in r.output
+    r = invoke("predict", "--model", head / "model.keras", "img.png")
+    assert r.exit_code == 2 and "not a fine-tuned model" in r.output
+    r = invoke("predict", "--head", model, "img.png")
+    assert r.exit_code == 2 and "is a fine-tuned model (from `featx finetune`), not a head" in r.output
+    assert f"use --model {model}" in r.output
+    r = invoke("finetune", "--head", model)
+    assert r.exit_code == 2 and "not a head" in r.output
+
+
+def test_predict_images_api_refuses_a_head_folder(tmp_path):
+    from featx.finetuning import FinetuneError, predict_images
+
+    head = _folder(tmp_path / "h", "logreg")
+    with pytest.raises(FinetuneError, match=r"is a logreg head \(from `featx fit-head`\), not a fine-tuned model"):
+        predict_images(head, tmp_path)
