@@ -355,3 +355,46 @@ def test_predict_images_api_refuses_a_head_folder(tmp_path):
     head = _folder(tmp_path / "h", "logreg")
     with pytest.raises(FinetuneError, match=r"is a logreg head \(from `featx fit-head`\), not a fine-tuned model"):
         predict_images(head, tmp_path)
+
+
+# --------------------------------------------------------------------------- end to end (slow)
+
+
+@pytest.fixture(scope="module")
+def partial_splits(tmp_path_factory):
+    """Extracted once: train holds three classes, val two of them, test one."""
+    root = tmp_path_factory.mktemp("partial")
+    data = make_dataset(root / "data", classes=("birds", "cats", "dogs"), per_class=6, splits=["train"])
+    make_dataset(root / "data", classes=("cats", "dogs"), per_class=3, splits=["val"])
+    make_dataset(root / "data", classes=("cats",), per_class=3, splits=["test"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        r = invoke("extract", "-q", "-b", "vgg16", "--weights", "none", "--image-size", "32", data,
+                   "--cache-dir", root / "cache")
+    return root, data, r
+
+
+@pytest.mark.slow
+def test_splits_with_some_classes_extract_and_fit(partial_splits, monkeypatch):
+    root, data, r = partial_splits
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.output.lower() and "27 images" in r.output
+    monkeypatch.chdir(root)
+    r = invoke("fit-head", "--head", "logreg", "--cache-dir", root / "cache")
+    assert r.exit_code == 0, r.output
+    assert "3 classes" in r.output and "test: accuracy" in r.output
+    latest = root / (root / "heads" / "latest").read_text().strip()
+    assert json.loads((latest / "manifest.json").read_text())["classes"] == ["birds", "cats", "dogs"]
+
+
+@pytest.mark.slow
+def test_predict_model_with_a_real_head_says_what_model_expects(partial_splits, monkeypatch):
+    root, data, _ = partial_splits
+    monkeypatch.chdir(root)
+    out = root / "h-logreg"
+    if not out.exists():
+        assert invoke("fit-head", "--head", "logreg", "--out", out, "--cache-dir", root / "cache").exit_code == 0
+    r = invoke("predict", "--model", out, data / "test", "--cache-dir", root / "cache")
+    assert r.exit_code == 2 and "is a logreg head" in r.output and "Traceback" not in r.output, r.output
+    r = invoke("predict", "--head", out, data / "test", "--cache-dir", root / "cache")
+    assert r.exit_code == 0 and r.output.splitlines()[0] == "path,label_1,prob_1", r.output
