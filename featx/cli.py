@@ -22,7 +22,8 @@ import click
 from .errors import FeatxError, FeatxWarning
 from .runtime import quiet_frameworks
 
-# Kept in step with backbones.IMAGE_SIZE_RANGE (tested), without importing numpy for `--help`.
+# Kept in step with backbones.IMAGE_SIZE_RANGE and heads.HEADS (tested), so
+# that parsing options imports neither.
 IMAGE_SIZES = (32, 1024)
 HEAD_KINDS = ("dense", "logreg", "lightgbm")
 

@@ -216,8 +216,12 @@ def test_good_values_reach_the_api(isolated, monkeypatch):
     assert tune.calls[-1]["unfreeze"] == 60
 
 
-def test_image_size_range_is_one_range():
+def test_cli_ranges_are_the_library_ranges():
+    from featx.cli import HEAD_KINDS
+    from featx.heads import HEADS
+
     assert IMAGE_SIZES == backbones.IMAGE_SIZE_RANGE
+    assert sorted(HEAD_KINDS) == sorted(HEADS)
 
 
 @pytest.mark.parametrize("size", [0, -5, 31, 1025, 10000, 64.0, "64", True])
