@@ -20,6 +20,7 @@ import contextlib
 import difflib
 import fnmatch
 import io
+import numbers
 import os
 import re
 import sys
@@ -30,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import FeatxError, UnknownBackbone, WeightsError
+from .errors import FeatxError, FeatxValueError, UnknownBackbone, WeightsError
 
 # Per-channel constants of the three preprocessing conventions Keras uses
 # (keras/src/applications/imagenet_utils.py).
@@ -38,6 +39,7 @@ CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
+IMAGE_SIZE_RANGE = (32, 1024)  # px, inclusive: the --image-size values featx accepts
 
 
 @dataclass(frozen=True)
@@ -187,11 +189,16 @@ def _normalise(name: str) -> str:
 
 
 def list_backbones(pattern: str | None = None) -> list[Backbone]:
-    """Registry records whose name matches a shell-style ``pattern`` (all by default)."""
+    """Registry records whose name matches ``pattern`` (all by default).
+
+    A shell-style pattern (``efficientnet*``, ``resnet?0``) matches whole
+    names; a plain word matches anywhere in the name, as ``*word*`` would
+    (``vgg`` finds vgg16 and vgg19; case, ``-`` and ``_`` do not matter).
+    """
     if not pattern:
         return list(REGISTRY.values())
-    pat = _normalise(pattern) if not any(c in pattern for c in "*?[") else pattern.lower()
-    return [b for b in REGISTRY.values() if fnmatch.fnmatch(b.name, pat) or b.name == pat]
+    pat = pattern.lower() if any(c in pattern for c in "*?[") else f"*{_normalise(pattern)}*"
+    return [b for b in REGISTRY.values() if fnmatch.fnmatchcase(b.name, pat)]
 
 
 def get_backbone(name: str | Backbone) -> Backbone:
@@ -382,8 +389,20 @@ def _weights_error(
 
 
 def check_input_size(backbone: Backbone, input_size: int | None, weights: Weights | None = None) -> int:
-    """The square input size to use, validated against the family's limits."""
-    size = int(input_size or backbone.input_size)
+    """The square input size to use, validated against the family's limits.
+
+    ``None`` means the backbone's native size; anything else must be an int in
+    ``IMAGE_SIZE_RANGE`` (a 10,000 px input needs tens of GB per batch).
+    """
+    if input_size is None:
+        return backbone.input_size
+    lo, hi = IMAGE_SIZE_RANGE
+    if isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral) or not lo <= input_size <= hi:
+        raise FeatxValueError(
+            f"image_size must be an integer from {lo} to {hi} px, or None for the backbone's native size. "
+            f"Received: image_size={input_size!r}"
+        )
+    size = int(input_size)
     if size < backbone.min_input_size:
         raise FeatxError(
             f"{backbone.name} needs inputs of at least {backbone.min_input_size} px. "

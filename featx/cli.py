@@ -7,15 +7,24 @@ and exit status 1; no traceback for user mistakes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import sys
 import time
+import warnings
+from collections import defaultdict
 
 import click
 
-from .errors import FeatxError
+from .errors import FeatxError, FeatxWarning
 from .runtime import quiet_frameworks
+
+# Kept in step with backbones.IMAGE_SIZE_RANGE and heads.HEADS (tested), so
+# that parsing options imports neither.
+IMAGE_SIZES = (32, 1024)
+HEAD_KINDS = ("dense", "logreg", "lightgbm")
 
 
 class _Group(click.Group):
@@ -27,6 +36,41 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("\nInterrupted. Features already written stay cached; run the command again to resume.", err=True)
             ctx.exit(130)
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """featx's own warnings as one ``warning:`` line each; others as Python prints them."""
+    python_shows = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if issubclass(category, FeatxWarning) or text.startswith("featx: "):
+            click.echo(f"warning: {text.removeprefix('featx: ')}", err=True)
+        else:
+            python_shows(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _report_ignored(ignored: list[tuple[str, str]]) -> None:
+    """One stderr line per reason files were left out, naming the first."""
+    by_reason = defaultdict(list)
+    for path, reason in ignored:
+        by_reason[reason].append(path)
+    for reason, paths in by_reason.items():
+        n = len(paths)
+        if reason == "not an image extension":
+            what = f"{n} file{'s' * (n > 1)} that {'are' if n > 1 else 'is'} not an image"
+        elif reason.startswith("file not found"):
+            click.echo(f"missing: {n} file{'s' * (n > 1)} not found{reason[len('file not found'):]} "
+                       f"(first: {paths[0]})", err=True)
+            continue
+        else:
+            what = f"{n} item{'s' * (n > 1)}: {reason}"
+        click.echo(f"ignored {what} (first: {paths[0]})", err=True)
 
 
 def _human_bytes(n: int) -> str:
@@ -45,6 +89,164 @@ def _table(rows: list[list], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- option types
+# Every value is checked where it enters: a bad one is click's usage error
+# (exit 2) before anything is read, built or trained.
+
+
+class _FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (nan passes any comparison)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+POSITIVE_INT = click.IntRange(min=1)
+COUNT = click.IntRange(min=0)
+SEED = click.IntRange(0, 2**32 - 1)
+IMAGE_SIZE = click.IntRange(*IMAGE_SIZES)
+FRACTION = _FiniteFloat(0, 1, min_open=True, max_open=True)  # val split: both ends excluded
+DROPOUT = _FiniteFloat(0, 1, max_open=True)
+POSITIVE_FLOAT = _FiniteFloat(0, min_open=True)
+
+
+class Widths(click.ParamType):
+    """``--hidden 256`` or ``512,128``: positive hidden-layer widths -> a tuple of ints."""
+
+    name = "W[,W...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            widths = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"expected widths like 256 or 512,128; got {value!r}", param, ctx)
+        if not widths or min(widths) < 1:
+            self.fail(f"expected positive widths like 256 or 512,128; got {value!r}", param, ctx)
+        return widths
+
+
+class LayersOrAll(click.ParamType):
+    """``--unfreeze 60`` or ``all`` -> a positive int or "all"."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        text = str(value).strip().lower()
+        if text == "all":
+            return "all"
+        try:
+            n = int(text)
+        except ValueError:
+            self.fail(f"expected a number of layers or 'all'; got {value!r}", param, ctx)
+        if n < 1:
+            self.fail(f"expected at least 1 layer (or 'all'); got {value!r}", param, ctx)
+        return n
+
+
+class Augmentations(click.ParamType):
+    """``--augment flip,zoom=0.1``, checked with featx.finetuning.parse_augment.
+
+    Returns the canonical spec ("flip=1.0,zoom=0.1"), which parse_augment
+    reads back to the same settings.
+    """
+
+    name = "SPEC"
+
+    def convert(self, value, param, ctx):
+        from .finetuning import parse_augment
+
+        try:
+            parsed = parse_augment(value)
+        except FeatxError as exc:
+            self.fail(str(exc), param, ctx)
+        if not parsed:
+            self.fail(f"expected augmentations like flip,rotate=0.1; got {value!r}", param, ctx)
+        return ",".join(f"{k}={v!r}" for k, v in parsed.items())
+
+
+class HeadKinds(click.ParamType):
+    """``--heads dense,logreg`` -> a list of head kinds."""
+
+    name = "KIND[,KIND...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        kinds = [h.strip() for h in str(value).split(",") if h.strip()]
+        unknown = [h for h in kinds if h not in HEAD_KINDS]
+        if not kinds or unknown:
+            self.fail(f"expected head kinds among {', '.join(HEAD_KINDS)}; got {value!r}", param, ctx)
+        return kinds
+
+
+class FeatxFolder(click.Path):
+    """A folder written by featx: a head (`fit-head`) or a fine-tuned model (`finetune`).
+
+    Reads the folder's manifest.json only to refuse the other kind with a
+    message saying which option takes it.
+    """
+
+    def __init__(self, want: str):
+        super().__init__(path_type=str)
+        self.want = want
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        folder = value if os.path.isdir(value) else os.path.dirname(value) or "."
+        try:
+            with open(os.path.join(folder, "manifest.json")) as fh:
+                kind = json.load(fh).get("kind")
+        except (OSError, ValueError, AttributeError):
+            return value  # missing or unreadable: the command's own error says so
+        if self.want == "head" and kind == "end-to-end":
+            self.fail(f"{value} is a fine-tuned model (from `featx finetune`), not a head: "
+                      f"use --model {value}.", param, ctx)
+        if self.want == "model" and kind in HEAD_KINDS:
+            self.fail(f"{value} is a {kind} head (from `featx fit-head`), not a fine-tuned model: "
+                      f"use --head {value}, or `featx finetune --head {value}` to make a model from it.",
+                      param, ctx)
+        return value
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _set_obj(key, transform=lambda v: v):
+    def callback(ctx, param, value):
+        if value is not None:
+            ctx.ensure_object(dict)[key] = transform(value)
+        return value
+
+    return callback
+
+
+def _home_path(value: str) -> str:
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def cache_dir_option(command):
+    """``--cache-dir`` on a subcommand: its value wins over the group's and FEATX_CACHE_DIR."""
+    return click.option(
+        "--cache-dir", type=click.Path(file_okay=False), expose_value=False, callback=_set_obj("cache_dir"),
+        help="Cache root [default: featx --cache-dir, else FEATX_CACHE_DIR, else ./cache].",
+    )(command)
+
+
+def home_option(command):
+    """``--home`` on a subcommand: its value wins over the group's and FEATX_HOME."""
+    return click.option(
+        "--home", type=click.Path(file_okay=False), expose_value=False, callback=_set_obj("home", _home_path),
+        help="Where heads/ and models/ go [default: featx --home, else FEATX_HOME, else the current folder].",
+    )(command)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--cache-dir",
@@ -54,9 +256,16 @@ def _table(rows: list[list], headers: list[str]) -> str:
     type=click.Path(file_okay=False),
     help="Cache root for features, dataset views and the hash memo (env: FEATX_CACHE_DIR).",
 )
+@click.option(
+    "--home",
+    envvar="FEATX_HOME",
+    default=".",
+    type=click.Path(file_okay=False),
+    help="Folder for heads/ and models/ (env: FEATX_HOME) [default: the current folder].",
+)
 @click.version_option(package_name="featx")
 @click.pass_context
-def cli(ctx, cache_dir):
+def cli(ctx, cache_dir, home):
     """Transfer learning on image folders, with the backbone run only once.
 
     \b
@@ -67,7 +276,8 @@ def cli(ctx, cache_dir):
 
     Run `featx COMMAND --help` for each command's options.
     """
-    ctx.obj = {"cache_dir": cache_dir}
+    ctx.obj = {"cache_dir": cache_dir, "home": _home_path(home)}
+    ctx.with_resource(_one_line_warnings())
     quiet_frameworks()
 
 
@@ -104,18 +314,20 @@ def backbones(pattern, as_json):
     "-w", "--weights", default="imagenet", show_default=True,
     help="'imagenet' (Keras download), 'none' (seeded random) or PATH to a Keras weights file.",
 )
-@click.option("--image-size", type=int, help="Square input size in px [default: the backbone's native size].")
+@click.option("--image-size", type=IMAGE_SIZE,
+              help=f"Square input size in px, {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} [default: the backbone's native size].")
 @click.option("--pooling", type=click.Choice(["avg", "max"]), default="avg", show_default=True, help="Global pooling.")
-@click.option("--cut-blocks", type=int, default=0, show_default=True, help="Tap the backbone K named blocks before its end.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
-@click.option("--workers", type=int, help="Threads reading and decoding images [default: CPU count].")
+@click.option("--cut-blocks", type=COUNT, default=0, show_default=True, help="Tap the backbone K named blocks before its end.")
+@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True, help="Images per forward pass.")
+@click.option("--workers", type=POSITIVE_INT, help="Threads reading and decoding images [default: CPU count].")
 @click.option(
     "--precision", type=click.Choice(["auto", "float32", "mixed"]), default="auto", show_default=True,
     help="auto: mixed float16 on a GPU, float32 on a CPU.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights (--weights none).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of random weights (--weights none).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@cache_dir_option
 @click.pass_obj
 def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, batch_size, workers, precision, seed, strict, quiet):
     """Run a headless backbone over DATA once and cache pooled features.
@@ -141,8 +353,7 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, batch
     )
     for path, reason in result.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
-    if result.ignored:
-        click.echo(f"ignored {len(result.ignored)} files that are not images (first: {result.ignored[0][0]})", err=True)
+    _report_ignored(result.ignored)
     click.echo(result.summary())
 
 
@@ -167,6 +378,7 @@ def _versions(versions: dict | None) -> str:
 
 @cache.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON records.")
+@cache_dir_option
 @click.pass_obj
 def cache_list(obj, as_json):
     """List cached extractions: backbone, settings, rows, size on disk, versions, datasets.
@@ -217,6 +429,7 @@ def cache_list(obj, as_json):
 @click.argument("names", nargs=-1)
 @click.option("--all", "remove_all", is_flag=True, help="Remove every extraction (broken ones included).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@cache_dir_option
 @click.pass_obj
 def cache_rm(obj, names, remove_all, yes):
     """Remove extractions (by name or unique prefix) and the dataset views that read them.
@@ -239,6 +452,7 @@ def cache_rm(obj, names, remove_all, yes):
 
 
 @cache.command("compact")
+@cache_dir_option
 @click.pass_obj
 def cache_compact(obj):
     """Merge each extraction's shards into one file (safe while others read).
@@ -267,16 +481,6 @@ def cache_compact(obj):
 # --------------------------------------------------------------------------- heads
 
 
-def _hidden(value: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected widths like 256 or 512,128; got {value!r}") from None
-    if not widths or min(widths) < 1:
-        raise click.BadParameter(f"expected positive widths like 256 or 512,128; got {value!r}")
-    return widths
-
-
 @cli.command("fit-head")
 @click.option("--head", "kind", type=click.Choice(["dense", "logreg", "lightgbm"]), default="dense", show_default=True,
               help="dense: Keras Dense+BN+Dropout; logreg: logistic regression; lightgbm: boosted trees.")
@@ -284,25 +488,28 @@ def _hidden(value: str) -> tuple[int, ...]:
 @click.option("-b", "--backbone", help="Use the latest extraction with this backbone.")
 @click.option("--extraction", help="An extraction name or prefix from `featx cache list`.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: heads/<backbone>-<head>-<time>].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val-split", type=float, default=0.2, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--val-split", type=FRACTION, default=0.2, show_default=True,
               help="Validation fraction of train when the data has no val split (stratified).")
 @click.option("--refit-all", is_flag=True, help="Refit the chosen configuration on train+val at the end.")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Weigh classes inversely to their frequency.")
-@click.option("--top-k", type=int, default=5, show_default=True, help="k of the reported top-k accuracy.")
-@click.option("--hidden", default="256", show_default=True, help="dense: hidden widths, e.g. 256 or 512,128.")
-@click.option("--dropout", type=float, default=0.5, show_default=True, help="dense: dropout after each hidden layer.")
+@click.option("--top-k", type=POSITIVE_INT, default=5, show_default=True, help="k of the reported top-k accuracy.")
+@click.option("--hidden", type=Widths(), default="256", show_default=True, help="dense: hidden widths, e.g. 256 or 512,128.")
+@click.option("--dropout", type=DROPOUT, default=0.5, show_default=True, help="dense: dropout after each hidden layer.")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd", "rmsprop"]), default="adam", show_default=True,
               help="dense: optimizer.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="dense: learning rate.")
-@click.option("--epochs", type=int, default=60, show_default=True,
+@click.option("--lr", type=POSITIVE_FLOAT, default=1e-3, show_default=True, help="dense: learning rate.")
+@click.option("--epochs", type=POSITIVE_INT, default=60, show_default=True,
               help="dense: maximum epochs (EarlyStopping restores the best).")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="dense: batch size.")
-@click.option("--C", "C", type=float, help="logreg: inverse regularisation [default: chosen on validation].")
-@click.option("--n-estimators", type=int, default=1000, show_default=True,
+@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True, help="dense: batch size.")
+@click.option("--C", "C", type=POSITIVE_FLOAT, help="logreg: inverse regularisation [default: chosen on validation].")
+@click.option("--n-estimators", type=POSITIVE_INT, default=1000, show_default=True,
               help="lightgbm: maximum trees (early stopping on validation).")
-@click.option("--num-leaves", type=int, default=15, show_default=True, help="lightgbm: leaves per tree.")
+@click.option("--num-leaves", type=click.IntRange(2, 131072), default=15, show_default=True,
+              help="lightgbm: leaves per tree.")
 @click.option("-v", "--verbose", is_flag=True, help="dense: show Keras' per-epoch output.")
+@cache_dir_option
+@home_option
 @click.pass_obj
 def fit_head(obj, kind, data, backbone, extraction, out, seed, val_split, refit_all, class_weight, top_k, hidden,
              dropout, optimizer, lr, epochs, batch_size, C, n_estimators, num_leaves, verbose):
@@ -324,13 +531,14 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, val_split, refit_
     from .api import fit_head as run
 
     params = {
-        "dense": dict(hidden=_hidden(hidden), dropout=dropout, optimizer=optimizer, lr=lr, epochs=epochs,
+        "dense": dict(hidden=hidden, dropout=dropout, optimizer=optimizer, lr=lr, epochs=epochs,
                       batch_size=batch_size, verbose=1 if verbose else 0),
         "logreg": dict(C=C),
         "lightgbm": dict(n_estimators=n_estimators, num_leaves=num_leaves),
     }[kind]
     result = run(kind, data=data, backbone=backbone, extraction=extraction, cache_dir=obj["cache_dir"], out=out,
-                 seed=seed, val_split=val_split, refit_all=refit_all, class_weight=class_weight, top_k=top_k, **params)
+                 seed=seed, val_split=val_split, refit_all=refit_all, class_weight=class_weight, top_k=top_k, **params,
+                 home=obj["home"])
     click.echo(f"features: {result.features}")
     click.echo(f"head: {kind}" + (" (refit on train+val)" if refit_all else ""))
     click.echo(result.report)
@@ -339,17 +547,20 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, val_split, refit_
 
 @cli.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path())
-@click.option("--head", type=click.Path(file_okay=False), help="A head folder [default: the latest fitted head].")
-@click.option("--model", type=click.Path(), help="A fine-tuned model: its folder or model.keras (from `featx finetune`).")
+@click.option("--head", type=FeatxFolder("head"), help="A head folder (from `featx fit-head`) [default: the latest].")
+@click.option("--model", type=FeatxFolder("model"),
+              help="A fine-tuned model: its folder or model.keras (from `featx finetune`).")
 @click.option("--imagenet", is_flag=True, help="ImageNet labels from the backbone's full classifier.")
 @click.option("-b", "--backbone", default="inceptionv3", show_default=True, help="With --imagenet: the backbone.")
-@click.option("-k", "--top-k", type=int, default=1, show_default=True, help="Labels and probabilities per image.")
+@click.option("-k", "--top-k", type=POSITIVE_INT, default=1, show_default=True, help="Labels and probabilities per image.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write a CSV here instead of printing it.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True)
 @click.option("-w", "--weights", type=click.Path(dir_okay=False),
               help="New place of a moved weights file (checked against the recorded sha256); "
                    "only images not cached yet need it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@cache_dir_option
+@home_option
 @click.pass_obj
 def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, weights, quiet):
     """Label images with a fitted head (or a fine-tuned model, or ImageNet).
@@ -378,7 +589,7 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
         preds = predict_images(model, source, top_k=top_k, batch_size=batch_size)
     else:
         preds = api.predict(source, head=head, cache_dir=obj["cache_dir"], batch_size=batch_size, progress=not quiet,
-                            weights=weights)
+                            weights=weights, home=obj["home"])
     if not imagenet:
         click.echo(f"{'model' if model else 'head'}: {preds.source}", err=True)
     for path, reason in preds.skipped:
@@ -392,10 +603,13 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
 
 @cli.command()
 @click.option("--data", type=click.Path(), help="The dataset [default: the one extracted most recently].")
-@click.option("--heads", default="dense,logreg,lightgbm", show_default=True, help="Comma-separated head kinds.")
+@click.option("--heads", type=HeadKinds(), default="dense,logreg,lightgbm", show_default=True,
+              help="Comma-separated head kinds.")
 @click.option("--out", type=click.Path(dir_okay=False), help="CSV path [default: heads/compare-<time>.csv].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val-split", type=float, default=0.2, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--val-split", type=FRACTION, default=0.2, show_default=True)
+@cache_dir_option
+@home_option
 @click.pass_obj
 def compare(obj, data, heads, out, seed, val_split):
     """Leaderboard: every cached extraction of a dataset x every head kind.
@@ -411,8 +625,8 @@ def compare(obj, data, heads, out, seed, val_split):
     """
     from .api import compare as run
 
-    board = run(data, cache_dir=obj["cache_dir"], heads=[h.strip() for h in heads.split(",") if h.strip()],
-                out=out, seed=seed, val_split=val_split, log=lambda m: click.echo(m, err=True))
+    board = run(data, cache_dir=obj["cache_dir"], heads=heads, out=out, seed=seed, val_split=val_split,
+                log=lambda m: click.echo(m, err=True), home=obj["home"])
     click.echo(board.table())
     click.echo(f"wrote {board.csv_path}")
 
@@ -420,31 +634,27 @@ def compare(obj, data, heads, out, seed, val_split):
 # --------------------------------------------------------------------------- finetune
 
 
-def _unfreeze(value):
-    if value is None or value == "all":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"expected a number of layers or 'all'; got {value!r}") from None
-
-
 @cli.command()
-@click.option("--head", type=click.Path(file_okay=False), help="A dense or logreg head [default: the latest fitted head].")
-@click.option("--unfreeze", help="Unfreeze the backbone's last N layers, or 'all'.")
-@click.option("--unfreeze-blocks", type=int, help="Unfreeze the backbone's last K named blocks (e.g. 1 = conv5_block3).")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-5, show_default=True, help="Learning rate (keep it low).")
+@click.option("--head", type=FeatxFolder("head"), help="A dense or logreg head [default: the latest fitted head].")
+@click.option("--unfreeze", type=LayersOrAll(), help="Unfreeze the backbone's last N layers, or 'all'.")
+@click.option("--unfreeze-blocks", type=POSITIVE_INT,
+              help="Unfreeze the backbone's last K named blocks (e.g. 1 = conv5_block3).")
+@click.option("--epochs", type=POSITIVE_INT, default=10, show_default=True)
+@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True)
+@click.option("--lr", type=POSITIVE_FLOAT, default=1e-5, show_default=True, help="Learning rate (keep it low).")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd", "rmsprop"]), default="adam", show_default=True)
-@click.option("--augment", help="Training-only augmentation: flip,rotate[=0.05],zoom[=0.1],shift[=0.1],contrast[=0.1].")
+@click.option("--augment", type=Augmentations(),
+              help="Training-only augmentation: flip,rotate[=0.05],zoom[=0.1],shift[=0.1],contrast[=0.1]; "
+                   "strengths in (0, 1].")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Weigh classes inversely to their frequency.")
-@click.option("--patience", type=int, default=3, show_default=True, help="EarlyStopping patience on validation loss.")
+@click.option("--patience", type=COUNT, default=3, show_default=True, help="EarlyStopping patience on validation loss.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: models/<backbone>-finetune-<time>].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-export", is_flag=True, help="Skip the SavedModel export for serving.")
 @click.option("-w", "--weights", type=click.Path(dir_okay=False),
               help="New place of a moved weights file (checked against the recorded sha256).")
+@cache_dir_option
+@home_option
 @click.pass_obj
 def finetune(obj, head, unfreeze, unfreeze_blocks, epochs, batch_size, lr, optimizer, augment, class_weight, patience,
              out, seed, no_export, weights):
@@ -465,10 +675,10 @@ def finetune(obj, head, unfreeze, unfreeze_blocks, epochs, batch_size, lr, optim
     """
     from .finetuning import finetune as run
 
-    res = run(head, unfreeze=_unfreeze(unfreeze), unfreeze_blocks=unfreeze_blocks, cache_dir=obj["cache_dir"], out=out,
+    res = run(head, unfreeze=unfreeze, unfreeze_blocks=unfreeze_blocks, cache_dir=obj["cache_dir"], out=out,
               epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
               class_weight=class_weight, patience=patience, seed=seed, export=not no_export, weights=weights,
-              log=lambda m: click.echo(m, err=True))
+              log=lambda m: click.echo(m, err=True), home=obj["home"])
     click.echo("backbone layers:")
     click.echo(res.layer_table)
     click.echo(f"trainable params: {res.trainable_params:,}   non-trainable params: {res.frozen_params:,}")

@@ -4,7 +4,8 @@ Layouts understood by :func:`discover`:
 
 - ``classes``: a folder of class folders;
 - ``splits``: a folder with ``train/``, ``val/`` (or ``validation/``), ``test/``
-  split folders (any case), each holding the same class folders;
+  split folders (any case), each holding class folders (a val or test split
+  may hold only some of the classes);
 - ``csv``: a CSV file with columns ``path,label[,split]`` (paths relative to it);
 - ``unlabeled``: a folder of images with no class folders;
 - ``files``: image files and folders given explicitly (unlabeled).
@@ -25,12 +26,13 @@ import io
 import operator
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BadImage, DataError, DecoderUnavailable
+from .errors import BadImage, DataError, DecoderUnavailable, FeatxWarning
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLIT_ALIASES = {
@@ -40,6 +42,14 @@ SPLIT_ALIASES = {
 }
 SPLIT_ORDER = ("train", "val", "test")
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+
+# Pillow warns (DecompressionBombWarning) on opening an image over its limit,
+# before read_image refuses that image with a reason the caller reports; the
+# warning would only repeat that on the terminal. Filtered once here, by its
+# message, because warnings.catch_warnings() around each decode is not
+# thread-safe; Pillow's DecompressionBombError and read_image's own check
+# are unaffected.
+warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", category=RuntimeWarning)
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,8 @@ class Dataset:
     items : list of ImageItem
         Sorted by split (train, val, test), then path.
     class_names : list of str
-        Sorted canonical class names; empty when unlabeled.
+        Sorted canonical class names of all splits together; empty when
+        unlabeled. ``class_splits`` says which splits hold each.
     ignored : list of (path, reason)
         Files and folders not taken, with why.
     """
@@ -91,6 +102,18 @@ class Dataset:
         """Splits present, in train, val, test order ("" last, for unlabeled items)."""
         present = {it.split for it in self.items}
         return [s for s in (*SPLIT_ORDER, "") if s in present]
+
+    @property
+    def class_splits(self) -> dict[str, list[str]]:
+        """Each class name -> the splits that hold it, in train, val, test order.
+
+        A val or test split holding only some of train's classes is normal.
+        """
+        held: dict[str, set[str]] = {name: set() for name in self.class_names}
+        for it in self.items:
+            if it.label is not None:
+                held.setdefault(it.label, set()).add(it.split)
+        return {name: [s for s in SPLIT_ORDER if s in splits] for name, splits in held.items()}
 
     def labels_index(self) -> np.ndarray:
         """Index of each item's label in ``class_names``; -1 for unlabeled items.
@@ -151,12 +174,14 @@ def _list_dir(folder: str, ignored: list, follow_symlinks: bool) -> tuple[list[s
             continue
         if not follow_symlinks and e.is_symlink():
             ignored.append((e.path, "symbolic link not followed"))
+        elif e.is_symlink() and not os.path.exists(e.path):
+            ignored.append((e.path, _missing(e.path)))
         elif e.is_dir():
             dirs.append(e.path)
         elif e.is_file():
             files.append(e.path)
         else:
-            # Broken links, FIFOs, sockets: opening a FIFO would block forever.
+            # FIFOs, sockets, devices: opening a FIFO would block forever.
             ignored.append((e.path, "not a regular file"))
     return dirs, files
 
@@ -261,7 +286,7 @@ def _from_folder(root: str, follow_symlinks: bool) -> Dataset:
             per_split[split] = classes
         elif loose:
             raise DataError(
-                f"{folder} holds images but no class folders; every split needs the same class folders."
+                f"{folder} holds images but no class folders; every split needs class folders."
             )
         else:
             ignored.append((folder, "empty split folder"))
@@ -274,27 +299,27 @@ def _assemble(source: str, layout: str, per_split: dict[str, dict[str, list[str]
     """Match class names across splits (case-insensitively) and build the items.
 
     ``per_split`` maps split -> class name -> paths, with case variants
-    already merged within each split.
+    already merged within each split. The classes are those of all splits
+    together. A val or test split holding only some of train's classes is
+    normal; one holding a class train lacks gets a warning, not an error:
+    features do not depend on labels (a head fitted on train cannot predict
+    that class, which is for fit-head to judge).
     """
     order = [s for s in SPLIT_ORDER if s in per_split]
     canonical: dict[str, str] = {}
     for split in order:
         for name in per_split[split]:
             canonical.setdefault(name.casefold(), name)
-    reference = {n.casefold() for n in per_split[order[0]]}
-    problems = []
-    for split in order[1:]:
-        have = {n.casefold() for n in per_split[split]}
-        lacks = sorted(canonical[n] for n in reference - have)
-        extra = sorted(canonical[n] for n in have - reference)
-        if lacks:
-            problems.append(f"{split} lacks {', '.join(map(repr, lacks))}")
-        if extra:
-            problems.append(f"{split} has extra {', '.join(map(repr, extra))}")
-    if problems:
-        raise DataError(
-            f"Class sets differ between splits in {source}: {'; '.join(problems)} (compared with {order[0]})."
-        )
+    if "train" in per_split:
+        train = {n.casefold() for n in per_split["train"]}
+        for split in order[1:]:
+            extra = sorted(canonical[n] for n in {n.casefold() for n in per_split[split]} - train)
+            if extra:
+                warnings.warn(
+                    f"{split} of {source} holds classes that train lacks: {', '.join(map(repr, extra))} "
+                    "(a head fitted on train cannot predict them).",
+                    FeatxWarning, stacklevel=4,
+                )
     items = [
         ImageItem(p, canonical[name.casefold()], split)
         for split in order
@@ -302,6 +327,10 @@ def _assemble(source: str, layout: str, per_split: dict[str, dict[str, list[str]
         for p in paths
     ]
     return Dataset(source, layout, _sorted_items(items), sorted(set(canonical.values())), ignored)
+
+
+def _missing(path: str) -> str:
+    return "file not found (broken symbolic link)" if os.path.islink(path) else "file not found"
 
 
 # --------------------------------------------------------------------------- lists and CSV files
@@ -351,6 +380,13 @@ def _from_csv(path: str) -> Dataset:
         found = ", ".join(repr(c) for c in columns) or "nothing"
         raise DataError(f"CSV {path} needs a 'path' column (header path,label[,split]); found {found}.")
     col = {name: columns.index(name) for name in ("path", "label", "split") if name in columns}
+    if "label" not in col and len(columns) > 1:
+        # "lable" or "class" would otherwise make a silently unlabeled dataset.
+        warnings.warn(
+            f"CSV {path} has no 'label' column, so its images are unlabeled; columns found: "
+            f"{', '.join(repr(c) for c in columns)} (header path,label[,split]).",
+            FeatxWarning, stacklevel=3,
+        )
 
     def cell(row: list[str], name: str) -> str:
         i = col.get(name)
@@ -378,7 +414,7 @@ def _from_csv(path: str) -> Dataset:
             continue
         seen.add(p)
         if not os.path.isfile(p):
-            ignored.append((p, "file not found" if not os.path.exists(p) else "not a file"))
+            ignored.append((p, _missing(p) if not os.path.exists(p) else "not a file"))
             continue
         if not labelled:
             items.append(ImageItem(p, None, ""))
@@ -408,8 +444,8 @@ def discover(source: str | os.PathLike | Sequence[str | os.PathLike], *, follow_
     ----------
     source : path or list of paths
         A folder of class folders; a folder of split folders (``train``,
-        ``val``/``validation``, ``test``, any case) each holding the same
-        class folders; a CSV file with header ``path,label[,split]`` (paths
+        ``val``/``validation``, ``test``, any case) each holding class
+        folders; a CSV file with header ``path,label[,split]`` (paths
         relative to its folder); a folder of loose images; an image file; or
         a list of image files and folders (unlabeled, scanned recursively).
     follow_symlinks : bool, default True
@@ -424,8 +460,10 @@ def discover(source: str | os.PathLike | Sequence[str | os.PathLike], *, follow_
     Raises
     ------
     DataError
-        When the source does not exist or holds no images, a CSV is
-        unreadable or malformed, or class sets differ between splits.
+        When the source does not exist or holds no images, or a CSV is
+        unreadable or malformed. Class sets that differ between splits are
+        not an error: a val or test split holding a class that train lacks
+        gets a :class:`~featx.errors.FeatxWarning`.
 
     Examples
     --------

@@ -9,6 +9,10 @@ class FeatxError(Exception):
     """Base class of every error featx raises for a user mistake or bad input."""
 
 
+class FeatxValueError(FeatxError, ValueError):
+    """A parameter value out of its documented range (``image_size=0``, ``batch_size=-1``...)."""
+
+
 class BadImage(FeatxError):
     """An image file that cannot be decoded (empty, truncated, not an image...)."""
 
@@ -48,3 +52,10 @@ class ExtractionRemoved(CacheError):
 
 class HeadError(FeatxError):
     """A head that cannot be fitted, loaded or applied to the given features."""
+
+
+class FeatxWarning(UserWarning):
+    """Something featx went on with but the user should know (a CSV without a label column...).
+
+    The CLI prints these as one ``warning:`` line each.
+    """

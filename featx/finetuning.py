@@ -59,6 +59,8 @@ def parse_augment(spec: str | Sequence[str] | None) -> dict[str, float]:
             out[name] = float(value) if value else defaults[name]
         except ValueError:
             raise FinetuneError(f"Augmentation strength must be a number: {item!r}") from None
+        if not 0 < out[name] <= 1:  # also refuses nan
+            raise FinetuneError(f"Augmentation strength must be in (0, 1]: {item!r}")
     return out
 
 
@@ -644,10 +646,16 @@ def _strategy(keras):
 
 def predict_images(model_path: str | os.PathLike, data, *, top_k: int = 5, batch_size: int = 32) -> Predictions:
     """Label images with a fine-tuned end-to-end model (a ``.keras`` file or its folder)."""
-    keras = import_keras()
     path = Path(model_path)
     if path.is_dir():
         path = path / "model.keras"
+    try:
+        kind = json.loads((path.parent / "manifest.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None  # reported below
+    if kind in ("dense", "logreg", "lightgbm"):
+        raise FinetuneError(f"{path.parent} is a {kind} head (from `featx fit-head`), not a fine-tuned model: "
+                            "predict with it as a head, or fine-tune it first (`featx finetune --head`).")
     if not path.exists():
         raise FinetuneError(f"No model at {path}. `featx finetune` writes models/<name>/model.keras.")
     man_path = path.parent / "manifest.json"
@@ -655,6 +663,7 @@ def predict_images(model_path: str | os.PathLike, data, *, top_k: int = 5, batch
         classes = json.loads(man_path.read_text())["classes"]
     except (OSError, ValueError, KeyError):
         raise FinetuneError(f"{man_path} (the class names of {path.name}) is missing or unreadable.") from None
+    keras = import_keras()
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:

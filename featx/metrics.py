@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -71,6 +73,22 @@ def _pyplot():
     return plt
 
 
+def _quiet_plot(plot):
+    """Matplotlib's UserWarnings (a class name's glyph missing from the font,
+    a layout it cannot tighten) describe a cosmetic flaw of a PNG, not a
+    problem of the run: they stay out of the terminal. Plots are drawn on
+    the main thread after training, so swapping the filters here is safe."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return plot(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet_plot
 def plot_confusion(confusion, class_names: Sequence[str], path: str | os.PathLike, title: str) -> Path:
     plt = _pyplot()
     cm = np.asarray(confusion)
@@ -94,6 +112,7 @@ def plot_confusion(confusion, class_names: Sequence[str], path: str | os.PathLik
     return Path(path)
 
 
+@_quiet_plot
 def plot_curves(history: dict, path: str | os.PathLike, title: str) -> Path:
     """Loss and accuracy per epoch, train and validation, side by side."""
     plt = _pyplot()

@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import backbones as B
-from .errors import CacheError, FeatxError, WeightsError
+from .errors import CacheError, FeatxError, FeatxValueError, WeightsError
 from .runtime import backend_name, resolve_precision
 
 # Version 2: the tap layer, the backend for mixed precision and the ImageNet
@@ -39,7 +39,6 @@ FORMAT_VERSION = 2
 RESIZE = "squash-bilinear"
 TAP_OUTPUT = "output"  # the backbone's own pooled output (no cut)
 POOLINGS = ("avg", "max")
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 
 
 @dataclass(frozen=True)
@@ -172,18 +171,6 @@ def versions() -> tuple:
     return tuple(sorted(out.items()))
 
 
-def check_image_size(backbone: B.Backbone, image_size: int | None) -> None:
-    if image_size is None:
-        return
-    if not isinstance(image_size, (int,)) or isinstance(image_size, bool) or not (
-        MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE
-    ):
-        raise FeatxError(
-            f"image_size must be an integer from {max(MIN_IMAGE_SIZE, backbone.min_input_size)} to "
-            f"{MAX_IMAGE_SIZE} px. Received: image_size={image_size!r}"
-        )
-
-
 def resolve_spec(
     cache,
     backbone: str,
@@ -203,11 +190,10 @@ def resolve_spec(
     model once it is remembered, so a warm run imports no framework.
     """
     bb = B.get_backbone(backbone)
-    check_image_size(bb, image_size)
     if pooling not in POOLINGS:
-        raise FeatxError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
+        raise FeatxValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
     if not isinstance(cut_blocks, int) or cut_blocks < 0:
-        raise FeatxError(f"cut_blocks must be an integer >= 0. Received: cut_blocks={cut_blocks!r}")
+        raise FeatxValueError(f"cut_blocks must be an integer >= 0. Received: cut_blocks={cut_blocks!r}")
     backend = backend_name()
     memo = cache.memo()
     try:

@@ -70,8 +70,15 @@ def test_record_matches_real_model(name):
     assert len(named) >= 1
     assert len({b.name for b in named}) == len(named)
     assert [b.end for b in named] == sorted(b.end for b in named)
+    assert named[-1].end >= len(base.layers) - 3  # the last block ends at (or next to) the output
     pattern = re.compile(bb.family.block_pattern)
-    assert any(pattern.search(base.layers[b.end].name) for b in named) or bb.family.block_end_pattern is None
+    for b in named:
+        assert base.layers[b.end].name == b.layer
+        # A block is named after the nearest layer at or before its end that the family pattern recognises.
+        nearest = next(m for m in map(pattern.search, (l.name for l in reversed(base.layers[: b.end + 1]))) if m)
+        assert nearest.expand(bb.family.block_template) == b.name, (b, nearest.group(0))
+        if bb.family.block_end_pattern:
+            assert re.search(bb.family.block_end_pattern, b.layer), b
     keras.backend.clear_session()
 
 
@@ -152,14 +159,28 @@ def test_random_weights_are_reproducible_and_keyed_by_seed():
 
 
 def test_offline_imagenet_message_names_the_file(tmp_path, monkeypatch):
-    """The real download path: with no network it must say where the file goes."""
-    try:
+    """The real download path, made to fail: whatever the network or ~/.keras hold,
+    the message says which file Keras looks for and where."""
+    import urllib.error
+
+    import keras  # noqa: F401  (Keras reads its home folder at import)
+    from keras.src.backend import config
+    from keras.src.utils import file_utils
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path))
+    fetched = []
+
+    def offline(url, *args, **kwargs):
+        fetched.append(url)
+        raise urllib.error.URLError("network disabled by the test")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    with pytest.raises(WeightsError) as info:
         B.build_backbone("resnet50", B.resolve_weights("imagenet"), 32)
-    except WeightsError as exc:
-        msg = str(exc)
-        assert "\n" not in msg
-        assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
-        assert ".keras/models" in msg or "models" in msg
-        assert "--weights PATH" in msg
-    else:
-        pytest.skip("ImageNet weights are available on this machine (network or local copy)")
+    msg = str(info.value)
+    fname = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert len(fetched) == 1 and fetched[0].endswith(fname)
+    assert "\n" not in msg
+    assert f"Keras looks for {tmp_path / 'models' / fname}: download {fetched[0]} and put it there" in msg
+    assert "--weights PATH" in msg

@@ -148,7 +148,7 @@ def test_bad_files_are_skipped_named_and_remembered(tiny_dataset, cache_dir, mon
     forbid_model(monkeypatch)
     again = run(tiny_dataset, cache_dir)
     assert len(again.skipped) == 3 and again.reused == 12
-    assert good  # untouched
+    assert (tiny_dataset / "dogs" / "dogs_0.png").read_bytes() == good  # untouched
 
 
 def test_strict_makes_bad_files_fatal_and_keeps_the_cache(tiny_dataset, cache_dir):

@@ -180,7 +180,7 @@ def test_finetune_errors(project, tmp_path, monkeypatch):
     r = run("--head", heads["vgg16"], "--unfreeze", "999", "--epochs", "1")
     assert r.exit_code == 1 and "cannot unfreeze the last 999" in r.output
     r = run("--head", heads["vgg16"], "--augment", "blur")
-    assert r.exit_code == 1 and "Unknown augmentation 'blur'" in r.output
+    assert r.exit_code == 2 and "Unknown augmentation 'blur'" in r.output  # a usage error, before any work
     # a head whose manifest says another backbone's width
     bad = tmp_path / "bad"
     bad.mkdir()
