@@ -390,4 +390,4 @@ def test_predict_model_with_a_real_head_says_what_model_expects(partial_splits, 
     r = invoke("predict", "--model", out, data / "test", "--cache-dir", root / "cache")
     assert r.exit_code == 2 and "is a logreg head" in r.output and "Traceback" not in r.output, r.output
     r = invoke("predict", "--head", out, data / "test", "--cache-dir", root / "cache")
-    assert r.exit_code == 0 and r.output.splitlines()[0] == "path,label_1,prob_1", r.output
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "path,label_1,prob_1", r.output
