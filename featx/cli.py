@@ -130,6 +130,23 @@ class Widths(click.ParamType):
         return widths
 
 
+class Taps(click.ParamType):
+    """``--taps 0,1,2``: distinct block counts before the end -> a tuple of ints."""
+
+    name = "K[,K...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            taps = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"expected block counts like 0,1,2; got {value!r}", param, ctx)
+        if not taps or min(taps) < 0 or len(set(taps)) != len(taps):
+            self.fail(f"expected distinct block counts >= 0 like 0,1,2; got {value!r}", param, ctx)
+        return taps
+
+
 class LayersOrAll(click.ParamType):
     """``--unfreeze 60`` or ``all`` -> a positive int or "all"."""
 
@@ -318,6 +335,9 @@ def backbones(pattern, as_json):
               help=f"Square input size in px, {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} [default: the backbone's native size].")
 @click.option("--pooling", type=click.Choice(["avg", "max"]), default="avg", show_default=True, help="Global pooling.")
 @click.option("--cut-blocks", type=COUNT, default=0, show_default=True, help="Tap the backbone K named blocks before its end.")
+@click.option("--taps", type=Taps(),
+              help="Several taps from one forward pass, e.g. 0,1,2 (the output and the ends of the 1 and 2 blocks "
+                   "before it), each cached as its own extraction; `fit-head --head auto` searches them all.")
 @click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--workers", type=POSITIVE_INT, help="Threads reading and decoding images [default: CPU count].")
 @click.option(
@@ -329,7 +349,8 @@ def backbones(pattern, as_json):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @cache_dir_option
 @click.pass_obj
-def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, batch_size, workers, precision, seed, strict, quiet):
+def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps, batch_size, workers, precision, seed,
+            strict, quiet):
     """Run a headless backbone over DATA once and cache pooled features.
 
     DATA is a folder of class folders, a folder with train/ val/ test/ split
@@ -342,13 +363,14 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, batch
       featx extract --backbone resnet50 data/
       featx extract -b vgg16 --weights vgg16_notop.weights.h5 --image-size 128 data/
       featx extract -b efficientnetb0 --cut-blocks 3 labels.csv
+      featx extract -b vgg16 --taps 0,1,2 data/ && featx fit-head --head auto
     """
     from .extract import extract as run
 
     source = data[0] if len(data) == 1 else list(data)
     result = run(
         source, backbone, weights=weights, image_size=image_size, pooling=pooling, cut_blocks=cut_blocks,
-        batch_size=batch_size, cache_dir=obj["cache_dir"], strict=strict, workers=workers,
+        taps=taps, batch_size=batch_size, cache_dir=obj["cache_dir"], strict=strict, workers=workers,
         precision=precision, seed=seed, progress=not quiet,
     )
     for path, reason in result.skipped:
