@@ -34,3 +34,11 @@ class CacheError(FeatxError):
 
 class HeadError(FeatxError):
     """A head that cannot be fitted, loaded or applied to the given features."""
+
+
+class InspectError(FeatxError, ValueError):
+    """Data that a check of `featx inspect` cannot run on (one class, too few images per class)."""
+
+
+class CalibrationError(FeatxError, ValueError):
+    """Probabilities and labels that cannot be calibrated (bad shapes, empty input)."""
