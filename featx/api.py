@@ -56,6 +56,7 @@ def fit_head(
     refit_all: bool = False,
     class_weight: str | None = None,
     top_k: int = 5,
+    calibrate: bool = False,
     **params,
 ) -> FitResult:
     """Fit a head on cached features and save it with its metrics.
@@ -77,6 +78,10 @@ def fit_head(
     class_weight : None or "balanced"
     top_k : int
         k of the top-k accuracy.
+    calibrate : bool
+        Fit a temperature on the validation split (temperature scaling),
+        store it in the manifest for ``predict``, and report the validation
+        ECE before and after in metrics.json.
     **params
         The head's own parameters (``hidden``, ``dropout``, ``lr``, ``C``...).
 
@@ -95,6 +100,7 @@ def fit_head(
     est.fit(sp.train.X, _names(sp.train, names), eval_set=(sp.val.X, _names(sp.val, names)))
     fit_s = time.perf_counter() - t
     by_split = {"train": _score(est, sp.train, names, top_k), "val": _score(est, sp.val, names, top_k)}
+    calibration = _calibrate(est, sp.val, names) if calibrate else None
     if refit_all:
         final = make_head(cls.kind, **{**params, **_chosen(est)})
         X = np.concatenate([sp.train.X, sp.val.X])
@@ -118,11 +124,15 @@ def fit_head(
         "refit_all": refit_all,
         "val_from": "stratified split of train" if sp.made_val else "val split",
     }
+    if calibration:
+        manifest["temperature"] = calibration["temperature"]
     est.save(directory, manifest)
     metrics = {
         "head": cls.kind, "extraction": ext.name, "source": feats.view.source, "fit_seconds": fit_s,
         "refit_all": refit_all, "classes": names, "splits": by_split,
     }
+    if calibration:
+        metrics["calibration"] = calibration
     if hasattr(est, "C_"):
         metrics["C"] = est.C_
     if hasattr(est, "best_iteration_"):
@@ -147,6 +157,16 @@ def _names(f: Features, names: Sequence[str]) -> np.ndarray:
 def _score(est, f: Features, names: Sequence[str], top_k: int) -> dict:
     proba = align_proba(est, est.predict_proba(f.X), names)
     return classification_metrics(f.y, proba, names, top_k)
+
+
+def _calibrate(est, val: Features, names: Sequence[str]) -> dict:
+    """Temperature scaling fitted on the validation split, with its ECE before and after."""
+    from .calibration import apply_temperature, expected_calibration_error, fit_temperature
+
+    proba = align_proba(est, est.predict_proba(val.X), names)
+    T = fit_temperature(proba, val.y)
+    return {"temperature": T, "fitted_on": "val", "val_ece_before": expected_calibration_error(proba, val.y),
+            "val_ece_after": expected_calibration_error(apply_temperature(proba, T), val.y)}
 
 
 def _chosen(est) -> dict:
@@ -204,6 +224,10 @@ def predict(
     if X.shape[1] != int(man["feature_width"]):
         raise HeadError(f"Head {head_dir} expects {man['feature_width']} features; the extraction gives {X.shape[1]}.")
     proba = est.predict_proba(X)
+    if man.get("temperature"):
+        from .calibration import apply_temperature
+
+        proba = apply_temperature(proba, man["temperature"])
     return Predictions(list(cols["path"]), proba, [str(c) for c in man["classes"]], res.skipped, str(head_dir))
 
 
