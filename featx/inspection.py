@@ -274,8 +274,10 @@ def _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, br
 
     if directory is not None:
         with timer("files"):
-            report.files = _write_files(report, feats, directory, coords, chosen, oof,
+            report.files = _write_files(report, feats, directory, coords, chosen,
                                         cal_plot if labeled.any() else None)
+        report.files.append(directory / "report.json")
+        (directory / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
     return report
 
 
@@ -716,7 +718,7 @@ def _embed(Z: np.ndarray, method: str, seed: int, notes: list):
 # --------------------------------------------------------------------------- files
 
 
-def _write_files(report: InspectReport, f: Features, d: Path, coords, chosen, oof, cal) -> list[Path]:
+def _write_files(report: InspectReport, f: Features, d: Path, coords, chosen, cal) -> list[Path]:
     from . import inspect_plots as P
 
     files = []
@@ -746,9 +748,6 @@ def _write_files(report: InspectReport, f: Features, d: Path, coords, chosen, oo
         files.append(P.reliability_plot(*cal, report.calibration, d / "reliability.png"))
     files.append(P.map_plot(coords, f, chosen, np.array(sorted(flagged), int), report.embedding["method"],
                             d / "embedding.png"))
-    files.append(d / "report.json")
-    report.files = files
-    (d / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
     return files
 
 
