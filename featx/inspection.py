@@ -111,8 +111,8 @@ class InspectReport:
                 tag = "LEAKAGE " if kind in LEAKY else ""
                 lines.append(f"  {tag}{kind}: {c['exact']} exact, {c['near']} near, "
                              f"{c['conflicting_labels']} with conflicting labels")
-        crossing = [p for p in d["exact_pairs"] + d["near_pairs"] if p["cross_split"]]
-        for p in sorted(crossing, key=lambda p: -p["similarity"])[:shown]:
+        pairs = d["exact_pairs"] + d["near_pairs"]
+        for p in sorted(pairs, key=lambda p: (p["cross_split"] not in LEAKY, -p["similarity"]))[:shown]:
             same = "==" if p["kind"] == "exact" else f"~{p['similarity']:.3f}"
             lines.append(f"    {p['kind']:<5}  {p['rel_a']} [{p['label_a']}] {same} {p['rel_b']} [{p['label_b']}]")
         li = self.label_issues

@@ -432,10 +432,10 @@ def test_cli_end_to_end_on_hymenoptera(tmp_path, monkeypatch):
     r = invoke("inspect", "--out", tmp_path / "out", cache_dir=cache)
     assert r.exit_code == 0, r.output
     report, tables = _check_files(tmp_path / "out")
-    assert report["splits"] == {"train": 244, "val": 153}  # the GIF placeholder is skipped at extraction
+    assert report["splits"] == {"train": 245, "val": 153}
     assert report["budget"]["evaluated_on"] == "val"
-    assert report["label_issues"]["n_labeled"] == 397
-    for line in ("duplicates:", "label issues:", "label budget (val):", "calibration (", "map: pca of 397 images"):
+    assert report["label_issues"]["n_labeled"] == 398
+    for line in ("duplicates:", "label issues:", "label budget (val):", "calibration (", "map: pca of 398 images"):
         assert line in r.output
 
 
