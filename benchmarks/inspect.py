@@ -91,11 +91,12 @@ def scale_run(seeds: int):
         t = time.perf_counter()
         rep = featx.inspect(f, out=Path(tmp) / "out", head=False, seeds=seeds)
         total = time.perf_counter() - t
-    print(f"\n10,000 x 2,048 synthetic features, 10 classes, {os.cpu_count()} CPUs\n")
-    print("| section | seconds |\n|---|---|")
+    print(f"\n10,000 x 2,048 synthetic features, 10 classes, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| section | wall seconds | CPU seconds |\n|---|---|---|")
     for k, v in rep.timings.items():
-        print(f"| {k} | {v:.1f} |")
-    print(f"| **total** | **{total:.1f}** |")
+        print(f"| {k} | {v:.1f} | {rep.cpu_seconds[k]:.1f} |")
+    print(f"| **total** | **{total:.1f}** | **{sum(rep.cpu_seconds.values()):.1f}** |")
     d = rep.duplicates
     k = len(flipped)
     top = set(rep.suspect_ranking[:k].tolist())
