@@ -56,7 +56,7 @@ def write_features(root, X, y, splits, class_names, paths=None, shas=None, sourc
 
 
 def blobs(per_class=(30, 10, 10), k=3, d=64, noise=1.5, seed=0):
-    """Gaussian class clusters in train/val/test; within a class, centred cosines are about 0.3."""
+    """Gaussian class clusters in train/val/test; within a class, cosines are about 0.3."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 1, (k, d))
     y, splits = [], []
