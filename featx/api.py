@@ -81,7 +81,8 @@ def fit_head(
     calibrate : bool
         Fit a temperature on the validation split (temperature scaling),
         store it in the manifest for ``predict``, and report the validation
-        ECE before and after in metrics.json.
+        ECE before and after in metrics.json. With ``refit_all`` the
+        temperature is the one of the model validated before the refit.
     **params
         The head's own parameters (``hidden``, ``dropout``, ``lr``, ``C``...).
 

@@ -19,13 +19,15 @@ Keras model is built: nothing here imports Keras or TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -256,13 +258,13 @@ def _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, br
         directory, feats.describe(), len(feats), list(feats.class_names),
         {s or "unlabeled": int((feats.split == s).sum()) for s in feats.splits}, {}, notes=notes,
     )
-    timer = _Timer(report.timings, report.cpu_seconds, log)
+    timer = functools.partial(_timed, report=report, log=log)
 
     with timer("duplicates"):
         report.duplicates = find_duplicates(feats, near_threshold, brute_force_limit=brute_force_limit, notes=notes)
     with timer("reduce"):
         Z = _reduce(feats.X, seed)
-    oof = None
+    cal_plot = None
     if labeled.any():
         with timer("label issues"):
             report.label_issues, oof, ranking = find_label_issues(feats, Z, folds=folds, seed=seed, notes=notes)
@@ -277,8 +279,7 @@ def _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, br
 
     if directory is not None:
         with timer("files"):
-            report.files = _write_files(report, feats, directory, coords, chosen,
-                                        cal_plot if labeled.any() else None)
+            report.files = _write_files(report, feats, directory, coords, chosen, cal_plot)
         report.files.append(directory / "report.json")
         (directory / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
     return report
@@ -300,23 +301,15 @@ def _check_labels(f: Features, labeled: np.ndarray) -> None:
         )
 
 
-class _Timer:
-    def __init__(self, wall: dict, cpu: dict, log):
-        self.wall, self.cpu, self.log = wall, cpu, log
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _Section:
-            def __enter__(self):
-                timer.log(f"inspect: {name}...")
-                self.t, self.c = time.perf_counter(), time.process_time()
-
-            def __exit__(self, *exc):
-                timer.wall[name] = round(time.perf_counter() - self.t, 3)
-                timer.cpu[name] = round(time.process_time() - self.c, 3)
-
-        return _Section()
+@contextlib.contextmanager
+def _timed(name: str, report: InspectReport, log) -> Iterator[None]:
+    log(f"inspect: {name}...")
+    t, c = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        report.timings[name] = round(time.perf_counter() - t, 3)
+        report.cpu_seconds[name] = round(time.process_time() - c, 3)
 
 
 def _default_dir(backbone: str) -> Path:
@@ -710,6 +703,21 @@ def check_calibration(f: Features, oof: np.ndarray, head=None, notes: list | Non
 # --------------------------------------------------------------------------- 5. map
 
 
+def _import_umap():
+    """umap-learn without its ParametricUMAP, whose import would load TensorFlow."""
+    import sys
+
+    blocked = "umap" not in sys.modules and "umap.parametric_umap" not in sys.modules
+    if blocked:
+        sys.modules["umap.parametric_umap"] = None  # umap's __init__ catches the ImportError
+    try:
+        import umap
+    finally:
+        if blocked and sys.modules.get("umap.parametric_umap", False) is None:
+            del sys.modules["umap.parametric_umap"]
+    return umap
+
+
 def _embed(Z: np.ndarray, method: str, seed: int, notes: list):
     rng = np.random.default_rng(seed)
     chosen = np.arange(len(Z)) if len(Z) <= MAP_MAX_POINTS else np.sort(rng.choice(len(Z), MAP_MAX_POINTS, replace=False))
@@ -718,8 +726,7 @@ def _embed(Z: np.ndarray, method: str, seed: int, notes: list):
     sub = Z[chosen]
     if method == "umap":
         try:
-            import umap
-
+            umap = _import_umap()
             coords = umap.UMAP(n_components=2, random_state=seed, n_jobs=1).fit_transform(sub)
             return coords, chosen, "umap"
         except ImportError:
