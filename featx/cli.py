@@ -382,7 +382,7 @@ def compare(obj, data, heads, out, seed, val_split):
 @click.option("--head", type=click.Path(file_okay=False),
               help="Head whose calibration to check [default: the latest head, if fitted on these features].")
 @click.option("--near-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
-              help="Cosine similarity (centred, L2-normalised features) for near duplicates.")
+              help="Cosine similarity (standardised, L2-normalised features) for near duplicates.")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True,
               help="K of the stratified K-fold behind the label checks.")
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
