@@ -43,14 +43,15 @@ from _common import parser  # noqa: E402
 
 def write_features(root: Path, X, y, splits, paths, class_names, shas=None, source="/synthetic/data"):
     """Rows written into a cache at ``root`` through the cache API; returns them as Features."""
-    from featx.cache import Cache, ExtractionSettings
+    from featx.cache import Cache
     from featx.features import load_features
+    from featx.spec import ExtractionSpec
 
     shas = list(shas) if shas is not None else [hashlib.sha256(p.encode()).hexdigest() for p in paths]
-    settings = ExtractionSettings(backbone="resnet50", weights="synthetic", input_size=224, preprocessing="caffe",
-                                  pooling="avg", cut_blocks=0, precision="float32")
+    spec = ExtractionSpec(backbone="resnet50", weights="synthetic", input_size=224, preprocessing="caffe",
+                                  pooling="avg", tap="output", cut_blocks=0, precision="float32")
     cache = Cache(root)
-    ext = cache.extraction(settings, X.shape[1], create=True)
+    ext = cache.extraction(spec, X.shape[1], create=True)
     first = {}
     for i, s in enumerate(shas):
         first.setdefault(s, i)

@@ -19,11 +19,12 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .cache import Cache, ExtractionSettings
+from .cache import Cache
 from .errors import FeatxError, HeadError, WeightsError
 from .features import Features, find_view, load_features, make_splits
 from .heads import HEADS, align_proba, head_class, load_head, make_head, read_manifest
-from .outputs import DEFAULT_HEADS_DIR, Predictions, default_dir, latest_head, set_latest
+from .outputs import Predictions, default_dir, latest_head, results_dir, set_latest
+from .spec import ExtractionSpec
 from .metrics import classification_metrics, format_report, plot_confusion, plot_curves
 
 
@@ -56,6 +57,7 @@ def fit_head(
     refit_all: bool = False,
     class_weight: str | None = None,
     top_k: int = 5,
+    home: str | os.PathLike | None = None,
     calibrate: bool = False,
     **params,
 ) -> FitResult:
@@ -68,7 +70,7 @@ def fit_head(
         Which cached extraction to use; the most recent one by default.
     cache_dir : path, optional
     out : path, optional
-        Output directory; ``heads/<backbone>-<head>-<time>/`` by default.
+        Output directory; ``<home>/heads/<backbone>-<head>-<time>/`` by default.
     seed : int
         Seeds the validation split and the head.
     val_split : float
@@ -78,6 +80,9 @@ def fit_head(
     class_weight : None or "balanced"
     top_k : int
         k of the top-k accuracy.
+    home : path, optional
+        The featx home (``$FEATX_HOME`` or the current directory): where
+        ``heads/`` and its ``latest`` pointer live.
     calibrate : bool
         Fit a temperature on the validation split (temperature scaling),
         store it in the manifest for ``predict``, and report the validation
@@ -113,13 +118,11 @@ def fit_head(
     if sp.test is not None and len(sp.test):
         by_split["test"] = _score(est, sp.test, names, top_k)
 
-    directory = Path(out) if out else default_dir(DEFAULT_HEADS_DIR, feats.settings.backbone, cls.kind)
+    directory = Path(out) if out else default_dir(results_dir("head", home), feats.spec.backbone, cls.kind)
     ext = feats.extraction
     manifest = {
         "extraction": ext.name,
-        "settings": ext.meta["settings"],
-        "weights_source": ext.meta.get("weights_source"),
-        "seed": ext.meta.get("seed", 0),
+        **feats.spec.record(),
         "source": feats.view.source,
         "featx_version": __version__,
         "refit_all": refit_all,
@@ -143,10 +146,10 @@ def fit_head(
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
     shown = "test" if "test" in by_split else "val"
     plot_confusion(by_split[shown]["confusion"], names, directory / "confusion.png",
-                   f"{ext.settings.backbone} + {cls.kind}: {shown} confusion")
+                   f"{feats.spec.backbone} + {cls.kind}: {shown} confusion")
     if cls.kind == "dense":
-        plot_curves(est.history_, directory / "curves.png", f"{ext.settings.backbone} + dense head")
-    set_latest(DEFAULT_HEADS_DIR if not out else Path(out).parent, directory)
+        plot_curves(est.history_, directory / "curves.png", f"{feats.spec.backbone} + dense head")
+    set_latest("head", directory, home, kind=cls.kind)
     return FitResult(directory, est, metrics, fit_s, f"{feats.describe()} [extraction {ext.name}]",
                      format_report(by_split, names, fit_s))
 
@@ -189,39 +192,36 @@ def predict(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    weights: str | os.PathLike | None = None,
+    home: str | os.PathLike | None = None,
 ) -> Predictions:
     """Apply a saved head to images, extracting (through the cache) what is missing.
 
     The images go through exactly the extraction the head was trained on
-    (backbone, weights, size, pooling, cut); features already cached are reused.
+    (its recorded :class:`~featx.spec.ExtractionSpec`); features already
+    cached are reused and need no weights at all. ``weights`` names the new
+    place of a moved weights file (checked against the recorded hash). No
+    dataset view is written, so predicting never changes what ``fit-head``
+    uses next.
     """
     from .extract import extract
 
-    head_dir = Path(head) if head else latest_head()
+    head_dir = Path(head) if head else latest_head(home)
     man = read_manifest(head_dir)
     est = load_head(head_dir)
-    s = man.get("settings") or {}
     try:
-        settings = ExtractionSettings(**s)
-    except TypeError:
-        raise HeadError(f"{head_dir}/manifest.json has no usable extraction settings.") from None
+        spec = ExtractionSpec.from_record(man, where=f"Head {head_dir}")
+    except FeatxError as exc:
+        raise HeadError(str(exc)) from None
     try:
-        res = extract(
-            data, settings.backbone, weights=man.get("weights_source") or "imagenet", image_size=settings.input_size,
-            pooling=settings.pooling, cut_blocks=settings.cut_blocks, precision=settings.precision,
-            seed=man.get("seed", 0), batch_size=batch_size, cache_dir=cache_dir, progress=progress, set_latest=False,
-        )
+        res = extract(data, spec=spec, weights=weights, batch_size=batch_size, cache_dir=cache_dir,
+                      progress=progress, record=False)
     except WeightsError as exc:
-        raise HeadError(f"Cannot rebuild the backbone of head {head_dir}: {exc}") from None
-    got = res.extraction.settings
-    if got != settings:
-        raise HeadError(
-            f"Head {head_dir} was trained on {man.get('extraction')} but these images were extracted as "
-            f"{res.extraction.name} (weights file changed?). Refit the head or restore the weights."
-        )
-    cache = Cache(cache_dir)
-    cols = cache.read_view(res.view)
-    X = res.extraction.read(list(cols["sha256"]))
+        raise HeadError(f"Cannot rebuild the backbone of head {head_dir} for the images not cached yet: {exc}") from None
+    if not res.sha256:
+        return Predictions([], np.zeros((0, len(man["classes"]))), [str(c) for c in man["classes"]], res.skipped,
+                           str(head_dir))
+    X = res.extraction.read(res.sha256)
     if X.shape[1] != int(man["feature_width"]):
         raise HeadError(f"Head {head_dir} expects {man['feature_width']} features; the extraction gives {X.shape[1]}.")
     proba = est.predict_proba(X)
@@ -229,7 +229,7 @@ def predict(
         from .calibration import apply_temperature
 
         proba = apply_temperature(proba, man["temperature"])
-    return Predictions(list(cols["path"]), proba, [str(c) for c in man["classes"]], res.skipped, str(head_dir))
+    return Predictions(list(res.paths), proba, [str(c) for c in man["classes"]], res.skipped, str(head_dir))
 
 
 def predict_imagenet(
@@ -323,6 +323,7 @@ def compare(
     seed: int = 0,
     val_split: float = 0.2,
     log=None,
+    home: str | os.PathLike | None = None,
 ) -> Leaderboard:
     """Fit every head kind on every cached extraction of a dataset; rank by validation accuracy.
 
@@ -354,7 +355,7 @@ def compare(
             if log:
                 log(f"{s.backbone} {s.input_size}px cut{s.cut_blocks} {kind}: val {row['val_acc']:.4f} ({fit_s:.1f}s)")
     rows.sort(key=lambda r: -r["val_acc"])
-    path = Path(out) if out else Path(DEFAULT_HEADS_DIR) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    path = Path(out) if out else results_dir("head", home) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -439,6 +439,74 @@ def build_backbone(
     return model
 
 
+@contextlib.contextmanager
+def _capture_downloads(found: list):
+    """Record the files ``keras.utils.get_file`` hands to the applications."""
+    from keras.src.utils import file_utils
+
+    original = file_utils.get_file
+
+    def get_file(*args, **kwargs):
+        path = original(*args, **kwargs)
+        found.append(str(path))
+        return path
+
+    file_utils.get_file = get_file
+    try:
+        yield found
+    finally:
+        file_utils.get_file = original
+
+
+def imagenet_weights_file(backbone: Backbone | str) -> str:
+    """The ImageNet weights file Keras loads for the headless backbone.
+
+    Downloads it the first time, as Keras does (offline: a one-line
+    :class:`WeightsError` naming the file and where to put it). Its sha256
+    is what keys ImageNet extractions.
+    """
+    bb = get_backbone(backbone)
+    with _capture_downloads([]) as found:
+        build_backbone(bb, Weights("imagenet", None, "imagenet"), bb.input_size)
+    if not found:
+        raise WeightsError(f"Keras loaded ImageNet weights for {bb.name} without naming a file; cannot key them.")
+    return found[-1]
+
+
+def build_feature_model(spec, weights: Weights | None = None, include_preprocessing: bool = True):
+    """The Keras feature model of an :class:`~featx.spec.ExtractionSpec` (or of
+    several specs that differ only in their tap: one pass, their features side
+    by side).
+
+    Mixed precision when the spec says so; the tapped layer must be the one
+    the spec names (a Keras upgrade that renamed it is an error, not other
+    features under the same key).
+    """
+    from .runtime import import_keras
+
+    keras = import_keras()
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    spec = specs[0]
+    weights = weights or spec.load_weights()
+    previous = keras.config.dtype_policy()
+    if spec.precision == "mixed":
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        cuts = [s.cut_blocks for s in specs]
+        model = feature_model(spec.backbone, weights, spec.input_size, spec.pooling, cuts if len(cuts) > 1 else cuts[0],
+                              include_preprocessing=include_preprocessing)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    tapped = getattr(model, "_featx_tap", "output")
+    for s, t in zip(specs, [tapped] if isinstance(tapped, str) else tapped):
+        if t != s.tap:
+            raise FeatxError(
+                f"{s.backbone}'s block {s.cut_blocks} before the end is now layer {t!r}, but the "
+                f"extraction tapped {s.tap!r} (a different Keras version?). Extract again."
+            )
+    return model
+
+
 @dataclass(frozen=True)
 class Block:
     """A named block of a built model: its output layer and the index after it."""
@@ -504,7 +572,7 @@ def feature_model(
     weights: Weights,
     input_size: int | None = None,
     pooling: str = "avg",
-    cut_blocks: int = 0,
+    cut_blocks: int | Sequence[int] = 0,
     include_preprocessing: bool = True,
 ):
     """A Keras model from images to pooled feature vectors.
@@ -514,7 +582,10 @@ def feature_model(
     already-preprocessed float input. With ``cut_blocks=0`` the backbone is
     ``keras.applications.<X>(include_top=False, pooling=pooling)`` unchanged;
     with ``cut_blocks=K`` it is tapped at the output of the block K blocks
-    before the end, then pooled.
+    before the end, then pooled. A list of cuts (``[0, 1, 2]``) taps them
+    all in one forward pass: the output is their pooled features side by
+    side, in that order (``model._featx_widths`` gives each one's width), and
+    the layers after the deepest tap are not in the model at all.
     """
     from .runtime import import_keras
 
@@ -522,24 +593,43 @@ def feature_model(
     bb = get_backbone(backbone)
     if pooling not in ("avg", "max"):
         raise FeatxError(f"pooling must be 'avg' or 'max'. Received: pooling={pooling!r}")
-    if cut_blocks < 0:
-        raise FeatxError(f"cut_blocks must be >= 0. Received: cut_blocks={cut_blocks}")
-    if cut_blocks == 0:
+    cuts = [cut_blocks] if isinstance(cut_blocks, (int, np.integer)) else [int(c) for c in cut_blocks]
+    if not cuts or min(cuts) < 0 or len(set(cuts)) != len(cuts):
+        raise FeatxError(f"cut_blocks must be distinct integers >= 0. Received: cut_blocks={cut_blocks!r}")
+    if cuts == [0]:
         base = build_backbone(bb, weights, input_size, pooling=pooling)
+        names = ["output"]
     else:
-        full = build_backbone(bb, weights, input_size, pooling=None)
+        full = build_backbone(bb, weights, input_size, pooling=pooling if 0 in cuts else None)
         named = blocks(full, bb)
-        if cut_blocks >= len(named):
+        if max(cuts) >= len(named):
             raise FeatxError(
                 f"{bb.name} has {len(named)} named blocks, so at most {len(named) - 1} can be cut. "
-                f"Received: cut_blocks={cut_blocks}"
+                f"Received: cut_blocks={max(cuts)}"
             )
-        tap = named[-(cut_blocks + 1)]
         pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
-        out = pool(name=f"featx_{pooling}_pool")(full.get_layer(tap.layer).output)
-        base = keras.Model(full.input, out, name=f"{bb.name}_cut{cut_blocks}")
-    if not include_preprocessing:
-        return base
-    size = int(base.input.shape[1])
-    inp, x = pixels_input(size, bb.preprocessing)
-    return keras.Model(inp, base(x), name=f"featx_{base.name}")
+        outs, names = [], []
+        for k in cuts:
+            if k == 0:
+                outs.append(full.output)
+                names.append("output")
+            else:
+                tap = named[-(k + 1)]
+                outs.append(pool(name=f"featx_{pooling}_pool_cut{k}")(full.get_layer(tap.layer).output))
+                names.append(tap.layer)
+        if len(outs) == 1:
+            out = outs[0]
+        else:
+            outs = [keras.layers.Activation("linear", dtype="float32", name=f"featx_tap{i}")(o)
+                    for i, o in enumerate(outs)]
+            out = keras.layers.Concatenate(name="featx_taps", dtype="float32")(outs)
+        label = "-".join(f"cut{k}" for k in cuts)
+        base = keras.Model(full.input, out, name=f"{bb.name}_{label}")
+        widths = [int(o.shape[-1]) for o in outs]
+    if include_preprocessing:
+        size = int(base.input.shape[1])
+        inp, x = pixels_input(size, bb.preprocessing)
+        base = keras.Model(inp, base(x), name=f"featx_{base.name}")
+    base._featx_tap = names[0] if len(names) == 1 else names
+    base._featx_widths = [int(base.output.shape[-1])] if len(names) == 1 else widths
+    return base

@@ -4,7 +4,7 @@ Layout under the cache root (``./cache`` by default, ``FEATX_CACHE_DIR``)::
 
     memo.sqlite                      (path, size, mtime) -> sha256; images known to be bad
     extractions/<name>/meta.json     the settings that make up the key
-    extractions/<name>/shards/*.h5   immutable feature shards
+    extractions/<name>/shards/*.h5   immutable feature shards (.quarantine-* ones are unreadable, set aside)
     extractions/<name>/.lock         held by the one process computing into it
     datasets/<id>.h5                 one dataset seen through one extraction
     latest.json                      the most recent dataset view
@@ -20,6 +20,7 @@ run loses only what it had not flushed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -29,16 +30,16 @@ import sqlite3
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .data import sha256_file
-from .errors import CacheError
+from .errors import BrokenExtraction, CacheError, ExtractionRemoved, FeatxError
+from .spec import FORMAT_VERSION, ExtractionSpec
 
-FORMAT_VERSION = 1
 CACHE_ENV = "FEATX_CACHE_DIR"
 DEFAULT_CACHE_DIR = "cache"
 _STR = None  # h5py string dtype, made on first use so importing featx stays light
@@ -73,35 +74,18 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class ExtractionSettings:
-    """Everything besides the image bytes that changes a feature vector."""
-
-    backbone: str
-    weights: str  # fingerprint: "imagenet", "sha256:...", "random:seed=0:tensorflow"
-    input_size: int
-    preprocessing: str
-    pooling: str
-    cut_blocks: int
-    precision: str
-    resize: str = "squash-bilinear"
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-    @property
-    def dirname(self) -> str:
-        cut = f"-cut{self.cut_blocks}" if self.cut_blocks else ""
-        return f"{self.backbone}-{self.input_size}px-{self.pooling}{cut}-{self.key}"
-
-
 # --------------------------------------------------------------------------- memo
+
+
+def decoder_version() -> str:
+    """What decides whether bytes decode: Pillow's version and featx's format.
+
+    A file is remembered as bad under this string only; when Pillow is
+    upgraded (a plugin added, a decoder bug fixed) the file is tried again.
+    """
+    import PIL
+
+    return f"Pillow {PIL.__version__}; featx format {FORMAT_VERSION}"
 
 
 class Memo:
@@ -110,19 +94,53 @@ class Memo:
     sqlite does its own locking, so several featx processes may share it.
     The (path, size, mtime_ns) triple keeps an unchanged tree from being
     re-read; an edited file changes its size or mtime and is hashed again.
+    The triple must be taken *before* the bytes are read: a file edited in
+    between then fails the next lookup instead of keeping the old hash.
+
+    A memo in a folder without write permission is opened read-only: lookups
+    work and nothing is remembered (it only saves work, never changes a result).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
+        self.decoder = decoder_version()
+        if readonly:
+            self._db = _connect_readonly(self.path)
+            self._bad_has_decoder = self._db is not None and "decoder" in self._columns("bad")
+            return
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
         )
-        self._db.execute("CREATE TABLE IF NOT EXISTS bad (sha256 TEXT PRIMARY KEY, reason TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS bad (sha256 TEXT PRIMARY KEY, reason TEXT, decoder TEXT)")
+        if "decoder" not in self._columns("bad"):
+            # A memo from before bad marks carried the decoder: its marks
+            # (decoder NULL) are stale and every such file is tried again.
+            with contextlib.suppress(sqlite3.OperationalError):  # another process migrated it first
+                self._db.execute("ALTER TABLE bad ADD COLUMN decoder TEXT")
+        self._bad_has_decoder = True
+
+    def _columns(self, table: str) -> set[str]:
+        try:
+            return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        except sqlite3.DatabaseError:
+            return set()
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+
+    def _select(self, sql: str, args=()) -> list[tuple]:
+        if self._db is None:
+            return []
+        try:
+            return list(self._db.execute(sql, args))
+        except sqlite3.OperationalError:
+            if self.readonly:  # an empty read-only memo may lack the table
+                return []
+            raise
 
     def lookup(self, stats: dict[str, tuple[int, int]]) -> dict[str, str]:
         """sha256 of each path whose (size, mtime_ns) still matches the memo."""
@@ -130,7 +148,7 @@ class Memo:
         paths = list(stats)
         for i in range(0, len(paths), 500):
             chunk = paths[i : i + 500]
-            rows = self._db.execute(
+            rows = self._select(
                 f"SELECT path, size, mtime_ns, sha256 FROM files WHERE path IN ({','.join('?' * len(chunk))})",
                 chunk,
             )
@@ -141,18 +159,22 @@ class Memo:
 
     def remember(self, rows: Iterable[tuple[str, int, int, str]]) -> None:
         rows = list(rows)
-        if rows:
+        if rows and not self.readonly:
             with self._transaction():
                 self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
 
     def bad(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT sha256, reason FROM bad"))
+        """sha256 -> reason of the files that failed to decode with this decoder."""
+        if not self._bad_has_decoder:
+            return {}
+        return dict(self._select("SELECT sha256, reason FROM bad WHERE decoder = ?", (self.decoder,)))
 
     def remember_bad(self, rows: Iterable[tuple[str, str]]) -> None:
-        rows = list(rows)
-        if rows:
+        """Remember files whose *content* does not decode (never a missing plugin)."""
+        rows = [(sha, reason, self.decoder) for sha, reason in rows]
+        if rows and not self.readonly:
             with self._transaction():
-                self._db.executemany("INSERT OR REPLACE INTO bad VALUES (?, ?)", rows)
+                self._db.executemany("INSERT OR REPLACE INTO bad (sha256, reason, decoder) VALUES (?, ?, ?)", rows)
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -177,15 +199,45 @@ class Memo:
         return digest
 
 
+def _connect_readonly(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection, or None when there is no memo yet.
+
+    A WAL database normally needs its -shm file, which a reader without
+    write permission cannot create; ``immutable=1`` reads it without one.
+    """
+    if not path.exists():
+        return None
+    uri = path.resolve().as_uri()
+    for flags in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            db = sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            continue
+    return None
+
+
 # --------------------------------------------------------------------------- extractions
 
 
 @dataclass
 class Extraction:
-    """One extraction directory: the shards of one set of settings."""
+    """One extraction directory: the shards of one set of settings.
+
+    ``error`` is set (and ``meta`` empty) for a broken extraction, one whose
+    meta.json cannot be read; such an entry can only be listed and removed.
+    An extraction made by ``Cache.extraction(create=True)`` has its
+    meta.json written with its first shard (or view), so a run that fails
+    before computing anything leaves no empty entry behind.
+    """
 
     root: Path
     meta: dict
+    error: str | None = None
+    unsaved: bool = field(default=False, repr=False, compare=False)
+    _locked: bool = field(default=False, init=False, repr=False, compare=False)
+    _unreadable: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -196,9 +248,11 @@ class Extraction:
         return self.root / "shards"
 
     @property
-    def settings(self) -> ExtractionSettings:
-        fields = ExtractionSettings.__dataclass_fields__
-        return ExtractionSettings(**{k: v for k, v in self.meta["settings"].items() if k in fields})
+    def spec(self) -> ExtractionSpec:
+        """The extraction's :class:`~featx.spec.ExtractionSpec`, read from its ``meta.json``."""
+        return ExtractionSpec.from_record(self.meta, where=f"Extraction {self.name}")
+
+    settings = spec  # the fields used to be called settings
 
     def shards(self) -> list[Path]:
         try:
@@ -206,37 +260,116 @@ class Extraction:
         except FileNotFoundError:
             return []
 
+    def quarantined(self) -> list[Path]:
+        try:
+            return sorted(self.shard_dir.glob(".quarantine-*"))
+        except FileNotFoundError:
+            return []
+
+    def save_meta(self) -> None:
+        """Write meta.json if this extraction has none yet (first shard or view)."""
+        meta_path = self.root / "meta.json"
+        if not self.unsaved or meta_path.exists():
+            self.unsaved = False
+            return
+        _writable_or_raise(self.root.parent, f"write extraction {self.name}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _write_errors(self.root):
+            atomic_write_json(meta_path, self.meta)
+        self.unsaved = False
+
     @contextlib.contextmanager
     def lock(self, on_wait=None) -> Iterator[None]:
-        """Exclusive right to add shards; released by the kernel if we die."""
-        fh = open(self.root / ".lock", "a+")
-        try:
+        """Exclusive right to add, merge or remove shards; released by the kernel if we die.
+
+        Shards found unreadable while the lock is held are moved aside
+        (``shards/.quarantine-*``) when the holder finishes without error:
+        by then a run has recomputed the rows its data needed.
+        """
+        _writable_or_raise(self.root if self.root.exists() else self.root.parent, f"write to extraction {self.name}")
+        if self.unsaved:
+            self.root.mkdir(parents=True, exist_ok=True)
+        while True:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                fcntl.flock(fh, fcntl.LOCK_EX)
+                with _write_errors(self.root):
+                    fh = open(self.root / ".lock", "a+")
+            except FileNotFoundError:
+                raise ExtractionRemoved(f"Extraction {self.name} was removed (`featx cache rm`).") from None
+            try:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if on_wait:
+                        on_wait()
+                    fcntl.flock(fh, fcntl.LOCK_EX)
+            except BaseException:
+                fh.close()
+                raise
+            if self._same_file(fh):
+                break
+            # The folder was removed while we waited: our lock guards nothing.
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+            if not self.unsaved:
+                raise ExtractionRemoved(f"Extraction {self.name} was removed (`featx cache rm`) while this run waited for it.")
+            self.root.mkdir(parents=True, exist_ok=True)
+        self._locked = True
+        try:
             # Holding the lock, no one else is writing: temporary files left
             # here belong to a writer that was killed mid-shard.
             for tmp in self.shard_dir.glob(".tmp-*"):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
             yield
+            self._quarantine_unreadable()
         finally:
+            self._locked = False
+            self._unreadable.clear()
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
 
+    def _same_file(self, fh) -> bool:
+        try:
+            st = os.stat(self.root / ".lock")
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fh.fileno())
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _quarantine_unreadable(self) -> None:
+        for shard, reason in list(self._unreadable.items()):
+            if not shard.exists() or _readable(shard):
+                continue  # gone, or readable after all (a passing error such as too many open files)
+            aside = shard.with_name(f".quarantine-{shard.name}")
+            try:
+                os.replace(shard, aside)
+            except OSError as exc:
+                warnings.warn(f"featx: could not move unreadable shard {shard} aside: {exc}")
+                continue
+            warnings.warn(
+                f"featx: moved unreadable shard {shard.name} of {self.name} aside to shards/{aside.name} "
+                f"({reason}); its rows are recomputed when needed"
+            )
+
+    def _note_unreadable(self, shard: Path, exc: Exception) -> None:
+        if self._locked:
+            self._unreadable[shard] = " ".join(str(exc).split())[:160]
+
     def index(self) -> dict[str, tuple[Path, int]]:
         """sha256 -> (shard, row) over all readable shards; the first copy wins."""
+        return self._index()[0]
+
+    def _index(self) -> tuple[dict[str, tuple[Path, int]], list[Path]]:
+        """The index and the shard listing it was built from."""
         out: dict[str, tuple[Path, int]] = {}
-        for shard in self.shards():
-            shas = _read_column(shard, "sha256")
+        listing = self.shards()
+        for shard in listing:
+            shas = _read_column(shard, "sha256", on_error=self._note_unreadable)
             if shas is None:
                 continue
             for row, sha in enumerate(shas):
                 out.setdefault(sha, (shard, row))
-        return out
+        return out, listing
 
     def rows(self) -> int:
         return len(self.index())
@@ -245,14 +378,28 @@ class Extraction:
         return sum(_file_size(p) for p in self.shards())
 
     def write_shard(self, features: np.ndarray, shas: Sequence[str], paths: Sequence[str], labels: Sequence[str]) -> Path:
-        """Write one immutable shard atomically and return its path."""
+        """Write one immutable shard atomically and return its path.
+
+        Refuses (:class:`ExtractionRemoved`) when the extraction's meta.json
+        is gone: a run must not resurrect an extraction removed under it.
+        """
         h5py = _h5()
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        if self.meta.get("feature_width") is None:  # known once the model has run
+            self.meta["feature_width"] = int(np.shape(features)[1])
+        self.save_meta()
+        if not (self.root / "meta.json").exists():
+            raise ExtractionRemoved(
+                f"Extraction {self.name} was removed (`featx cache rm`) while this run was writing to it; "
+                "nothing more was written. Run the command again."
+            )
+        _writable_or_raise(self.root, f"write to extraction {self.name}")
+        with _write_errors(self.root):
+            self.shard_dir.mkdir(exist_ok=True)
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.h5"
         tmp = self.shard_dir / f".tmp-{name}"
         final = self.shard_dir / name
         features = np.asarray(features, dtype=np.float32)
-        with h5py.File(tmp, "w") as f:
+        with _write_errors(self.root), h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=features, chunks=(min(len(features), 256), features.shape[1]))
             f.create_dataset("sha256", data=np.array(shas, dtype="S64"))
             f.create_dataset("path", data=list(paths), dtype=_STR)
@@ -264,14 +411,35 @@ class Extraction:
         return final
 
     def read(self, shas: Sequence[str], index: dict | None = None) -> np.ndarray:
-        """Feature rows for ``shas`` in that order; raises if any is missing."""
-        index = self.index() if index is None else index
-        missing = [s for s in shas if s not in index]
-        if missing:
-            raise CacheError(
-                f"{len(missing)} images are not in extraction {self.name} (first: {missing[0][:12]}). "
-                "Run `featx extract` again to compute them."
-            )
+        """Feature rows for ``shas`` in that order; raises if any is missing.
+
+        A compaction may merge and unlink shards between the index and the
+        read (it writes the merged shard first): a vanished shard, or rows
+        missing from an index taken mid-compaction, make the read start over
+        with a fresh index, a few times, before anything is reported missing.
+        """
+        for attempt in range(4):
+            fresh = index is None or attempt > 0
+            idx, listing = self._index() if fresh else (index, None)
+            missing = [s for s in shas if s not in idx]
+            if missing:
+                if attempt < 3 and (not fresh or self.shards() != listing):
+                    continue
+                raise CacheError(
+                    f"{len(missing)} images are not in extraction {self.name} (first: {missing[0][:12]}). "
+                    "Run `featx extract` again to compute them."
+                )
+            try:
+                return self._read_rows(shas, idx)
+            except FileNotFoundError:
+                if attempt == 3:
+                    raise CacheError(
+                        f"Shards of extraction {self.name} keep vanishing while being read "
+                        "(a compaction or removal is running?). Try again."
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _read_rows(self, shas: Sequence[str], index: dict) -> np.ndarray:
         width = int(self.meta["feature_width"])
         out = np.empty((len(shas), width), dtype=np.float32)
         by_shard: dict[Path, list[tuple[int, int]]] = {}
@@ -295,9 +463,14 @@ class Extraction:
         """Merge shards into one (call while holding :meth:`lock`); returns shards merged.
 
         The merged shard is renamed into place before the parts are removed,
-        so a concurrent reader sees every row at least once.
+        so a concurrent reader sees every row at least once, and a reader
+        whose index names a removed part reads again with a fresh index.
+        Unreadable shards are moved aside when the lock is released.
         """
         shards = list(only) if only is not None else self.shards()
+        if self._locked and only is None:
+            self.index()  # notes the unreadable shards, moved aside when the lock is released
+            shards = [p for p in shards if p not in self._unreadable]
         if len(shards) < min_shards:
             return 0
         h5py = _h5()
@@ -315,7 +488,10 @@ class Extraction:
                     paths += [p[i] for i in keep]
                     labels += [lab[i] for i in keep]
             except (OSError, KeyError) as exc:
-                warnings.warn(f"featx: skipping unreadable shard {shard.name} while compacting: {exc}")
+                if not isinstance(exc, FileNotFoundError):
+                    self._note_unreadable(shard, exc)
+                    if not self._locked:
+                        warnings.warn(f"featx: skipping unreadable shard {shard.name} while compacting: {exc}")
                 shards = [x for x in shards if x != shard]
         if not shas:
             return 0
@@ -324,6 +500,31 @@ class Extraction:
             with contextlib.suppress(FileNotFoundError):
                 shard.unlink()
         return len(shards)
+
+
+def _broken_message(e: Extraction) -> str:
+    return f"Extraction {e.name} is broken: {e.error}. Remove it with `featx cache rm {e.name}`."
+
+
+def _writable_or_raise(folder: Path, action: str) -> None:
+    """A one-line :class:`CacheError` instead of a PermissionError deep inside h5py or sqlite."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CacheError(f"Cannot {action}: the cache folder {probe} is read-only (no write permission).")
+
+
+@contextlib.contextmanager
+def _write_errors(folder: Path):
+    try:
+        yield
+    except PermissionError:
+        raise CacheError(f"Cannot write to the cache folder {folder}: permission denied.") from None
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        raise CacheError(f"Cannot write to the cache folder {folder}: read-only file system.") from None
 
 
 def _fsync(path: Path) -> None:
@@ -341,7 +542,16 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def _read_column(shard: Path, column: str) -> list[str] | None:
+def _readable(shard: Path) -> bool:
+    try:
+        with _h5().File(shard, "r") as f:
+            f["sha256"][:1]
+        return True
+    except (OSError, KeyError):
+        return False
+
+
+def _read_column(shard: Path, column: str, on_error=None) -> list[str] | None:
     """A shard's string column, or None (with a warning) if it is unreadable."""
     try:
         with _h5().File(shard, "r") as f:
@@ -350,6 +560,8 @@ def _read_column(shard: Path, column: str) -> list[str] | None:
         return None  # compacted away between listing and opening
     except (OSError, KeyError) as exc:
         warnings.warn(f"featx: ignoring unreadable cache shard {shard}: {exc}")
+        if on_error:
+            on_error(shard, exc)
         return None
 
 
@@ -388,73 +600,139 @@ class Cache:
 
     # -- layout
     def ensure(self) -> "Cache":
-        for sub in ("extractions", "datasets"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        gitignore = self.root / ".gitignore"
-        if not gitignore.exists():
-            atomic_write_bytes(gitignore, b"# featx cache: generated data, never committed\n*\n!README.md\n!.gitignore\n")
+        """Create the layout; a read-only cache that already has it is left as it is."""
+        with _write_errors(self.root):
+            for sub in ("extractions", "datasets"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            gitignore = self.root / ".gitignore"
+            if not gitignore.exists():
+                atomic_write_bytes(gitignore, b"# featx cache: generated data, never committed\n*\n!README.md\n!.gitignore\n")
         return self
 
+    def writable(self) -> bool:
+        """Whether this process may write here (False for a read-only cache).
+
+        A read-only cache still serves everything already extracted.
+        """
+        folders = [self.root / "extractions", self.root / "datasets"]
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        return all(os.access(p, os.W_OK | os.X_OK) for p in [probe, *(f for f in folders if f.exists())])
+
     def memo(self) -> Memo:
+        """The memo; read-only (lookups only) where this process may not write it."""
+        path = self.root / "memo.sqlite"
+        if not self.writable() or (path.exists() and not os.access(path, os.W_OK)):
+            return Memo(path, readonly=True)
         self.ensure()
-        return Memo(self.root / "memo.sqlite")
+        try:
+            return Memo(path)
+        except sqlite3.DatabaseError as exc:  # not a database any more: it only saved work
+            aside = path.with_name(f"memo.sqlite.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+            warnings.warn(f"featx: the memo {path} was unreadable ({exc}); moved it aside to {aside.name} and started a new one")
+            return Memo(path)
 
     # -- extractions
-    def extraction(
-        self, settings: ExtractionSettings, feature_width: int, create: bool = False, extra: dict | None = None
-    ) -> Extraction | None:
-        root = self.root / "extractions" / settings.dirname
-        meta_path = root / "meta.json"
-        if meta_path.exists():
-            return Extraction(root, json.loads(meta_path.read_text()))
+    def extraction(self, spec: ExtractionSpec, feature_width: int | None = None, create: bool = False) -> Extraction | None:
+        """The extraction of ``spec``: None if absent, unless ``create``.
+
+        A created extraction writes its meta.json with its first shard or
+        dataset view: a run that fails before (bad weights, a crash while
+        building the model) leaves no empty entry in ``featx cache list``.
+        """
+        root = self.root / "extractions" / spec.dirname
+        found = self._load(root)
+        if found is not None:
+            if found.error:
+                raise BrokenExtraction(_broken_message(found))
+            return found
         if not create:
             return None
-        self.ensure()
-        (root / "shards").mkdir(parents=True, exist_ok=True)
         meta = {
-            "settings": asdict(settings),
-            "key": settings.key,
-            "feature_width": int(feature_width),
+            **spec.record(),
+            "key": spec.key,
+            "feature_width": None if feature_width is None else int(feature_width),
             "created": time.time(),
-            **(extra or {}),
         }
-        if not meta_path.exists():
-            atomic_write_json(meta_path, meta)
-        return Extraction(root, json.loads(meta_path.read_text()))
+        return Extraction(root, meta, unsaved=True)
 
-    def extractions(self) -> list[Extraction]:
+    @staticmethod
+    def _load(root: Path) -> Extraction | None:
+        """The extraction in ``root``; broken (``error`` set) if its meta.json is unreadable.
+
+        A folder with neither meta.json nor shards is a run that never
+        wrote anything (or is about to): not an extraction.
+        """
+        meta_path = root / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
+                raise ValueError("no settings in it")
+            ExtractionSpec.from_record(meta)
+            return Extraction(root, meta)
+        except FileNotFoundError:
+            if not Extraction(root, {}).shards():
+                return None
+            return Extraction(root, {}, error="meta.json is missing")
+        except (OSError, ValueError, TypeError, FeatxError) as exc:
+            reason = " ".join(str(exc).split())[:120]
+            return Extraction(root, {}, error=f"meta.json is unreadable ({type(exc).__name__}: {reason})")
+
+    def extractions(self, broken: bool = False) -> list[Extraction]:
+        """The cached extractions; with ``broken=True`` also those whose meta.json is unreadable."""
         out = []
         base = self.root / "extractions"
         if not base.is_dir():
             return out
         for d in sorted(base.iterdir()):
-            try:
-                out.append(Extraction(d, json.loads((d / "meta.json").read_text())))
-            except (OSError, ValueError):
+            if d.name.startswith(".") or not d.is_dir():
                 continue
+            e = self._load(d)
+            if e is not None and (broken or not e.error):
+                out.append(e)
         return out
 
-    def get_extraction(self, name: str) -> Extraction:
-        """An extraction by directory name or unique prefix of it or of its key."""
-        matches = [e for e in self.extractions() if e.name == name or e.name.startswith(name) or e.meta.get("key", "").startswith(name)]
+    def get_extraction(self, name: str, broken: bool = False) -> Extraction:
+        """An extraction by directory name or unique prefix of it or of its key.
+
+        A broken extraction is an error that says how to remove it, unless
+        ``broken=True`` (what removal needs).
+        """
+        every = self.extractions(broken=True)
+        exact = [e for e in every if e.name == name]
+        matches = exact or [e for e in every if e.name.startswith(name) or e.meta.get("key", "").startswith(name)]
         if len(matches) == 1:
+            if matches[0].error and not broken:
+                raise BrokenExtraction(_broken_message(matches[0]))
             return matches[0]
         if not matches:
             raise CacheError(f"No extraction {name!r} in {self.root}. `featx cache list` shows what is cached.")
         raise CacheError(f"{name!r} matches {len(matches)} extractions: {', '.join(e.name for e in matches)}.")
 
-    def remove_extraction(self, extraction: Extraction) -> list[DatasetView]:
-        """Delete an extraction and the dataset views that read it."""
-        views = [v for v in self.views() if v.extraction == extraction.name]
-        for v in views:
-            with contextlib.suppress(FileNotFoundError):
-                v.path.unlink()
-        latest = self.latest_view_id()
-        if latest and any(v.id == latest for v in views):
-            with contextlib.suppress(FileNotFoundError):
-                (self.root / "latest.json").unlink()
-        trash = extraction.root.with_name(f".trash-{uuid.uuid4().hex[:8]}-{extraction.name}")
-        os.replace(extraction.root, trash)  # one rename: readers see all or nothing
+    def remove_extraction(self, extraction: Extraction, on_wait=None) -> list[DatasetView]:
+        """Delete an extraction and the dataset views that read it.
+
+        Waits for the extraction's lock, so a running extraction finishes
+        first; a run that waited for it afterwards refuses to write
+        (:class:`ExtractionRemoved`) instead of recreating the folder.
+        """
+        _writable_or_raise(self.root / "extractions", f"remove {extraction.name}")
+        _writable_or_raise(self.root / "datasets", f"remove the dataset views of {extraction.name}")
+        with extraction.lock(on_wait=on_wait):
+            views = [v for v in self.views() if v.extraction == extraction.name]
+            for v in views:
+                with contextlib.suppress(FileNotFoundError):
+                    v.path.unlink()
+            latest = self.latest_view_id()
+            if latest and any(v.id == latest for v in views):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / "latest.json").unlink()
+            trash = extraction.root.with_name(f".trash-{uuid.uuid4().hex[:8]}-{extraction.name}")
+            os.replace(extraction.root, trash)  # one rename: readers see all or nothing
         shutil.rmtree(trash, ignore_errors=True)
         return views
 
@@ -472,11 +750,23 @@ class Cache:
         skipped: Sequence[tuple[str, str]] = (),
         set_latest: bool = True,
     ) -> DatasetView:
-        """Record a dataset's rows (path, sha256, label, split) for an extraction."""
+        """Record a dataset's rows (path, sha256, label, split) for an extraction.
+
+        Only ``featx extract`` writes views: they are what ``fit-head`` and
+        ``load_features`` read, so predicting never changes them. A dataset
+        none of whose images could be read records its view (with the
+        skipped files) but creates no extraction. In a read-only cache, an
+        identical view already there is returned as it is; anything else is
+        a :class:`CacheError`.
+        """
         h5py = _h5()
-        self.ensure()
         vid = hashlib.sha256(f"{source}\0{extraction.name}".encode()).hexdigest()[:16]
         final = self.root / "datasets" / f"{vid}.h5"
+        if not self.writable():
+            return self._unchanged_view(final, extraction, paths, shas, labels, splits, skipped)
+        self.ensure()
+        if extraction.meta.get("feature_width") is not None:
+            extraction.save_meta()
         tmp = final.with_name(f".tmp-{uuid.uuid4().hex}-{final.name}")
         created = time.time()
         with h5py.File(tmp, "w") as f:
@@ -497,6 +787,28 @@ class Cache:
         if set_latest:
             atomic_write_json(self.root / "latest.json", {"view": vid, "extraction": extraction.name, "source": source})
         return self._view_info(final)
+
+    def _unchanged_view(self, final: Path, extraction, paths, shas, labels, splits, skipped) -> DatasetView:
+        try:
+            if extraction.unsaved:
+                raise KeyError("no extraction")
+            view = self._view_info(final)
+            cols = self.read_view(view)
+            same = (
+                list(cols["path"]) == list(paths)
+                and list(cols["sha256"]) == list(shas)
+                and np.array_equal(cols["label"], np.asarray(labels, dtype=np.int32))
+                and list(cols["split"]) == list(splits)
+                and view.skipped == [tuple(x) for x in skipped]
+            )
+        except (OSError, KeyError, ValueError):
+            same = False
+        if not same:
+            raise CacheError(
+                f"Cannot record this dataset: the cache folder {self.root} is read-only and does not hold "
+                "these features yet. Extract into a writable --cache-dir."
+            )
+        return view
 
     def _view_info(self, path: Path) -> DatasetView:
         with _h5().File(path, "r") as f:

@@ -154,22 +154,47 @@ def cache():
     """Inspect and manage the feature cache."""
 
 
+def _versions(versions: dict | None) -> str:
+    """{"keras": "3.15.1", "tensorflow": "2.21.0", "backend": "tensorflow"} -> "keras 3.15.1, tensorflow 2.21.0"."""
+    if not versions:
+        return "-"
+    shown = [f"{k} {v}" for k, v in versions.items() if k != "backend"]
+    backend = versions.get("backend")
+    if backend and backend not in versions:
+        shown.append(f"backend {backend}")
+    return ", ".join(shown) or "-"
+
+
 @cache.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON records.")
 @click.pass_obj
 def cache_list(obj, as_json):
-    """List cached extractions: backbone, settings, rows, size on disk, datasets."""
+    """List cached extractions: backbone, settings, rows, size on disk, versions, datasets.
+
+    Broken extractions (an unreadable meta.json) are listed with the reason;
+    `featx cache rm NAME` removes them.
+    """
     from .cache import Cache
 
     c = Cache(obj["cache_dir"])
     views = c.views()
     records = []
-    for e in c.extractions():
+    for e in c.extractions(broken=True):
+        if e.error:
+            records.append({
+                "name": e.name, "backbone": None, "input_size": None, "pooling": None, "cut_blocks": None,
+                "weights": None, "precision": None, "rows": None, "shards": len(e.shards()),
+                "quarantined": len(e.quarantined()), "bytes": e.size_bytes(),
+                "versions": None, "broken": e.error, "datasets": [v.source for v in views if v.extraction == e.name],
+                "created": None,
+            })
+            continue
         s = e.settings
         records.append({
             "name": e.name, "backbone": s.backbone, "input_size": s.input_size, "pooling": s.pooling,
             "cut_blocks": s.cut_blocks, "weights": e.meta.get("weights_source", s.weights), "precision": s.precision,
-            "rows": e.rows(), "shards": len(e.shards()), "bytes": e.size_bytes(),
+            "rows": e.rows(), "shards": len(e.shards()), "quarantined": len(e.quarantined()), "bytes": e.size_bytes(),
+            "versions": e.meta.get("versions"), "broken": None,
             "datasets": [v.source for v in views if v.extraction == e.name],
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(e.meta.get("created", 0))),
         })
@@ -180,40 +205,62 @@ def cache_list(obj, as_json):
         click.echo(f"No extractions in {c.root}.")
         return
     rows = [[r["name"], r["backbone"], r["input_size"], r["pooling"] + (f" cut{r['cut_blocks']}" if r["cut_blocks"] else ""),
-             r["rows"], _human_bytes(r["bytes"]), ", ".join(r["datasets"]) or "-"] for r in records]
-    click.echo(_table(rows, ["extraction", "backbone", "size", "pooling", "rows", "disk", "datasets"]))
+             r["rows"], _human_bytes(r["bytes"]), _versions(r["versions"]), ", ".join(r["datasets"]) or "-"]
+            for r in records if not r["broken"]]
+    rows += [[r["name"], "BROKEN", "-", "-", "-", _human_bytes(r["bytes"]), "-", r["broken"]] for r in records if r["broken"]]
+    click.echo(_table(rows, ["extraction", "backbone", "size", "pooling", "rows", "disk", "versions", "datasets"]))
+    if any(r["broken"] for r in records):
+        click.echo("Broken extractions cannot be read; `featx cache rm NAME` removes them.")
 
 
 @cache.command("rm")
 @click.argument("names", nargs=-1)
-@click.option("--all", "remove_all", is_flag=True, help="Remove every extraction.")
+@click.option("--all", "remove_all", is_flag=True, help="Remove every extraction (broken ones included).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def cache_rm(obj, names, remove_all, yes):
-    """Remove extractions (by name or unique prefix) and the dataset views that read them."""
+    """Remove extractions (by name or unique prefix) and the dataset views that read them.
+
+    Waits for a run that is extracting into one of them to finish first.
+    """
     from .cache import Cache
 
     c = Cache(obj["cache_dir"])
-    targets = c.extractions() if remove_all else [c.get_extraction(n) for n in names]
+    targets = c.extractions(broken=True) if remove_all else [c.get_extraction(n, broken=True) for n in names]
     if not targets:
         raise FeatxError("Name the extractions to remove (see `featx cache list`) or pass --all.")
     if not yes and sys.stdin.isatty():
         click.confirm(f"Remove {len(targets)} extraction(s) from {c.root}?", abort=True)
     for e in targets:
-        views = c.remove_extraction(e)
+        views = c.remove_extraction(
+            e, on_wait=lambda: click.echo(f"waiting for the process extracting into {e.name}...", err=True)
+        )
         click.echo(f"removed {e.name} ({len(views)} dataset view(s))")
 
 
 @cache.command("compact")
 @click.pass_obj
 def cache_compact(obj):
-    """Merge each extraction's shards into one file (safe while others read)."""
+    """Merge each extraction's shards into one file (safe while others read).
+
+    Unreadable shards are moved aside (shards/.quarantine-*); broken
+    extractions are skipped with a warning.
+    """
+    import warnings
+
     from .cache import Cache
 
     c = Cache(obj["cache_dir"])
-    for e in c.extractions():
-        with e.lock(on_wait=lambda: click.echo(f"waiting for the process extracting into {e.name}...", err=True)):
-            merged = e.compact()
+    for e in c.extractions(broken=True):
+        if e.error:
+            click.echo(f"warning: skipping broken extraction {e.name}: {e.error}", err=True)
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with e.lock(on_wait=lambda: click.echo(f"waiting for the process extracting into {e.name}...", err=True)):
+                merged = e.compact()
+        for w in caught:
+            click.echo(f"warning: {str(w.message).removeprefix('featx: ')}", err=True)
         click.echo(f"{e.name}: merged {merged} shards" if merged else f"{e.name}: already compact")
 
 
@@ -306,9 +353,12 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, val_split, refit_
 @click.option("-k", "--top-k", type=int, default=1, show_default=True, help="Labels and probabilities per image.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write a CSV here instead of printing it.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("-w", "--weights", type=click.Path(dir_okay=False),
+              help="New place of a moved weights file (checked against the recorded sha256); "
+                   "only images not cached yet need it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
-def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, quiet):
+def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, weights, quiet):
     """Label images with a fitted head (or a fine-tuned model, or ImageNet).
 
     DATA is image files, folders or a CSV. Images are extracted through the
@@ -334,7 +384,10 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
 
         preds = predict_images(model, source, top_k=top_k, batch_size=batch_size)
     else:
-        preds = api.predict(source, head=head, cache_dir=obj["cache_dir"], batch_size=batch_size, progress=not quiet)
+        preds = api.predict(source, head=head, cache_dir=obj["cache_dir"], batch_size=batch_size, progress=not quiet,
+                            weights=weights)
+    if not imagenet:
+        click.echo(f"{'model' if model else 'head'}: {preds.source}", err=True)
     for path, reason in preds.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     if out:
@@ -440,9 +493,11 @@ def _unfreeze(value):
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: models/<backbone>-finetune-<time>].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-export", is_flag=True, help="Skip the SavedModel export for serving.")
+@click.option("-w", "--weights", type=click.Path(dir_okay=False),
+              help="New place of a moved weights file (checked against the recorded sha256).")
 @click.pass_obj
 def finetune(obj, head, unfreeze, unfreeze_blocks, epochs, batch_size, lr, optimizer, augment, class_weight, patience,
-             out, seed, no_export):
+             out, seed, no_export, weights):
     """Fine-tune backbone + trained head end to end (phase two).
 
     Rebuilds the extraction's exact backbone with the head on top, checks
@@ -462,7 +517,7 @@ def finetune(obj, head, unfreeze, unfreeze_blocks, epochs, batch_size, lr, optim
 
     res = run(head, unfreeze=_unfreeze(unfreeze), unfreeze_blocks=unfreeze_blocks, cache_dir=obj["cache_dir"], out=out,
               epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
-              class_weight=class_weight, patience=patience, seed=seed, export=not no_export,
+              class_weight=class_weight, patience=patience, seed=seed, export=not no_export, weights=weights,
               log=lambda m: click.echo(m, err=True))
     click.echo("backbone layers:")
     click.echo(res.layer_table)

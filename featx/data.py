@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BadImage, DataError
+from .errors import BadImage, DataError, DecoderUnavailable
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLIT_ALIASES = {
@@ -568,6 +568,9 @@ def read_image(
     BadImage
         With a short reason: "empty file", "not an image", "truncated image",
         "unreadable: ...", "decompression bomb (W x H pixels)", "cannot decode: ...".
+        :class:`~featx.errors.DecoderUnavailable` (a BadImage) when the fault is
+        this process's, not the file's: a codec Pillow was built without, an
+        ImportError, a MemoryError ("cannot decode here: ...").
 
     Examples
     --------
@@ -612,8 +615,12 @@ def read_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # The warning arrives as an exception only where warnings are errors.
         raise BadImage(_bomb_pixels(exc)) from None
+    except (ImportError, MemoryError) as exc:
+        raise DecoderUnavailable(f"cannot decode here: {type(exc).__name__}: {exc}"[:200]) from None
     except Exception as exc:  # a decoder bug must not end an extraction of millions of files
         msg = " ".join(str(exc).split())
+        if isinstance(exc, OSError) and msg.endswith("not available"):  # Pillow built without this codec
+            raise DecoderUnavailable(f"cannot decode here: {msg[:160]}") from None
         if isinstance(exc, EOFError) or "truncated" in msg.lower() or "broken data stream" in msg.lower():
             raise BadImage("truncated image") from None
         raise BadImage(f"cannot decode: {type(exc).__name__}: {msg[:160]}") from None

@@ -13,6 +13,12 @@ class BadImage(FeatxError):
     """An image file that cannot be decoded (empty, truncated, not an image...)."""
 
 
+class DecoderUnavailable(BadImage):
+    """An image this process cannot decode for a reason of its own (a missing
+    Pillow plugin or library, no memory): skipped for this run, never
+    remembered as a bad file."""
+
+
 class UnknownBackbone(FeatxError, KeyError):
     """A backbone name that is not in the registry."""
 
@@ -30,6 +36,14 @@ class DataError(FeatxError):
 
 class CacheError(FeatxError):
     """A cache request that cannot be served (nothing extracted yet, ambiguous pick)."""
+
+
+class BrokenExtraction(CacheError):
+    """An extraction folder whose meta.json cannot be read (``featx cache rm`` removes it)."""
+
+
+class ExtractionRemoved(CacheError):
+    """An extraction removed (``featx cache rm``) while a run was using it."""
 
 
 class HeadError(FeatxError):

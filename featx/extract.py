@@ -10,6 +10,7 @@ nothing is missing, the model is never built and no framework is imported.
 from __future__ import annotations
 
 import collections
+import contextlib
 import concurrent.futures as cf
 import hashlib
 import os
@@ -21,10 +22,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import backbones as B
-from .cache import Cache, DatasetView, Extraction, ExtractionSettings
+from .cache import Cache, DatasetView, Extraction
 from .data import Dataset, ImageItem, discover, read_image
-from .errors import BadImage, DataError
-from .runtime import backend_name, gpu_available, import_keras, resolve_precision
+from .errors import BadImage, DataError, DecoderUnavailable
+from .runtime import backend_name, gpu_available
+from .spec import ExtractionSpec, resolve_spec
 
 # A shard is flushed every FLUSH_SECONDS of computing (or FLUSH_ROWS rows):
 # that bounds what a killed run loses. FEATX_FLUSH_SECONDS overrides it.
@@ -36,8 +38,9 @@ FLUSH_ROWS = 2048
 class ExtractResult:
     """What an extraction did: counts, skipped files, where the rows are."""
 
-    view: DatasetView
-    extraction: Extraction
+    view: DatasetView | None
+    extraction: Extraction | None  # None when no image could be computed (all bad)
+    spec: ExtractionSpec
     total: int
     computed: int
     reused: int
@@ -45,18 +48,24 @@ class ExtractResult:
     ignored: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     compute_seconds: float = 0.0
+    paths: list[str] = field(default_factory=list)  # the rows, in dataset order
+    sha256: list[str] = field(default_factory=list)
+    views: list[DatasetView] = field(default_factory=list)  # one per tap, the first tap's first
+    extractions: list[Extraction | None] = field(default_factory=list)
+    specs: list[ExtractionSpec] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
         return self.computed / self.compute_seconds if self.compute_seconds else 0.0
 
     def summary(self) -> str:
-        s = self.extraction.settings
         rate = f", {self.images_per_second:.1f} img/s" if self.computed else ""
+        where = self.extraction.root if self.extraction else "nothing cached (no image could be read)"
+        taps = f" + {len(self.specs) - 1} more tap(s)" if len(self.specs) > 1 else ""
         return (
-            f"{s.backbone} {s.input_size}px {s.pooling}{f' cut{s.cut_blocks}' if s.cut_blocks else ''}: "
+            f"{self.spec.describe()}{taps}: "
             f"{self.total} images, {self.computed} computed, {self.reused} reused, "
-            f"{len(self.skipped)} skipped in {self.seconds:.1f}s{rate} -> {self.extraction.root}"
+            f"{len(self.skipped)} skipped in {self.seconds:.1f}s{rate} -> {where}"
         )
 
 
@@ -71,36 +80,35 @@ class _Prepared:
 
 
 class _Settings:
-    """Resolved options of one extraction, shared by extract() and predict."""
+    """Resolved options of one extraction run: its specs (one per tap) and the weights to load."""
 
-    def __init__(self, cache, backbone, weights, image_size, pooling, cut_blocks, precision, seed):
-        self.cache = cache
-        self.backbone = B.get_backbone(backbone)
-        memo = cache.memo()
-        try:
-            self.weights = B.resolve_weights(weights, seed, file_hasher=memo.hash_file, backend=backend_name())
-        finally:
-            memo.close()
-        self.size = B.check_input_size(self.backbone, image_size, self.weights)
-        self.pooling = pooling
-        self.cut_blocks = int(cut_blocks)
-        self.precision = resolve_precision(precision)
-        self.settings = ExtractionSettings(
-            backbone=self.backbone.name,
-            weights=self.weights.fingerprint,
-            input_size=self.size,
-            preprocessing=self.backbone.preprocessing,
-            pooling=pooling,
-            cut_blocks=self.cut_blocks,
-            precision=self.precision,
-        )
+    def __init__(self, cache, backbone, weights, image_size, pooling, cuts, precision, seed):
+        resolved = [resolve_spec(cache, backbone, weights, image_size, pooling, k, precision, seed) for k in cuts]
+        self.specs = [s for s, _ in resolved]
+        self.spec, self._weights = resolved[0]
+        self._override = None
+        self.backbone = B.get_backbone(self.spec.backbone)
+        self.size = self.spec.input_size
 
-    def meta(self) -> dict:
-        """What a later rebuild of this model needs beyond the settings."""
-        return {"weights_source": self.weights.source, "seed": self.weights.seed, "backend": backend_name()}
+    @classmethod
+    def from_spec(cls, spec: ExtractionSpec, weights: B.Weights | None, override=None) -> "_Settings":
+        """Options of a recorded extraction; its weights are loaded only if needed."""
+        self = cls.__new__(cls)
+        self.spec, self._weights, self._override = spec, weights, override
+        self.specs = [spec]
+        self.backbone = B.get_backbone(spec.backbone)
+        self.size = spec.input_size
+        return self
 
 
-def settings_for(
+    @property
+    def weights(self) -> B.Weights:
+        if self._weights is None:
+            self._weights = self.spec.load_weights(self._override)
+        return self._weights
+
+
+def spec_for(
     backbone: str = "resnet50",
     *,
     weights: str | os.PathLike | None = "imagenet",
@@ -110,23 +118,9 @@ def settings_for(
     precision: str = "auto",
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
-) -> ExtractionSettings:
-    """The cache settings (and so the key) an extraction with these options uses."""
-    return _Settings(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed).settings
-
-
-def build_feature_model(settings: ExtractionSettings, weights: B.Weights, include_preprocessing: bool = True):
-    """Build the Keras feature model for cached settings (mixed precision if they say so)."""
-    keras = import_keras()
-    bb = B.get_backbone(settings.backbone)
-    previous = keras.config.dtype_policy()
-    if settings.precision == "mixed":
-        keras.config.set_dtype_policy("mixed_float16")
-    try:
-        return B.feature_model(bb, weights, settings.input_size, settings.pooling, settings.cut_blocks,
-                               include_preprocessing=include_preprocessing)
-    finally:
-        keras.config.set_dtype_policy(previous)
+) -> ExtractionSpec:
+    """The :class:`~featx.spec.ExtractionSpec` (and so the cache key) these options resolve to."""
+    return resolve_spec(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed)[0]
 
 
 def extract(
@@ -137,6 +131,7 @@ def extract(
     image_size: int | None = None,
     pooling: str = "avg",
     cut_blocks: int = 0,
+    taps: Sequence[int] | None = None,
     batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     strict: bool = False,
@@ -145,7 +140,8 @@ def extract(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-    set_latest: bool = True,
+    record: bool = True,
+    spec: ExtractionSpec | None = None,
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
@@ -165,6 +161,12 @@ def extract(
         Global pooling of the last feature map.
     cut_blocks : int
         Tap the backbone this many named blocks before its end.
+    taps : list of int, optional
+        Several taps from one forward pass (``[0, 1, 2]``: the output and
+        the ends of the one and two blocks before it), each cached as its own
+        extraction; the first is the one ``fit-head`` uses by default and
+        ``fit-head --head auto`` searches them all. ``cut_blocks=K`` is the
+        same as ``taps=[K]``.
     batch_size : int
         Images per forward pass.
     cache_dir : path, optional
@@ -181,9 +183,16 @@ def extract(
         Show a progress bar (images/s, ETA) on stderr.
     log : callable, optional
         Receives one-line notes (waiting for a lock, skipped files).
-    set_latest : bool
-        Make this the extraction that ``fit-head`` and ``load_features()``
-        use by default (prediction runs pass False).
+    record : bool
+        Write the dataset view (its paths, labels, splits) and make it the
+        one ``fit-head`` and ``load_features()`` use by default. Prediction
+        runs pass False: they read the rows from the result instead, so
+        predicting never changes what a later ``fit-head`` trains on.
+    spec : ExtractionSpec, optional
+        Extract exactly this recorded extraction (a head's) instead of
+        resolving the options above; ``weights`` may then name the new place
+        of a moved weights file, checked against the recorded hash, and is
+        only needed when some image is not cached yet.
 
     Returns
     -------
@@ -191,10 +200,17 @@ def extract(
     """
     t0 = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    if batch_size < 1:
-        raise DataError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
-    cache = Cache(cache_dir).ensure()
-    opts = _Settings(cache, backbone, weights, image_size, pooling, cut_blocks, precision, seed)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise DataError(f"workers must be an integer >= 1. Received: workers={workers!r}")
+    cache = Cache(cache_dir)
+    cuts = _cuts(cut_blocks, taps)
+    if spec is None:
+        opts = _Settings(cache, backbone, weights, image_size, pooling, cuts, precision, seed)
+    else:
+        override = None if weights in (None, "imagenet", "none") else weights
+        opts = _Settings.from_spec(spec, None, override)
     ds = data if isinstance(data, Dataset) else discover(data)
     if not ds.items:
         raise DataError(f"No images found in {ds.source}.")
@@ -203,21 +219,31 @@ def extract(
     run.execute()
     labels = ds.labels_index()
     keep = [i for i, it in enumerate(ds.items) if run.sha.get(it.path)]
-    view = cache.write_view(
-        run.extraction,
-        source=ds.source,
-        layout=ds.layout,
-        class_names=ds.class_names,
-        paths=[ds.items[i].path for i in keep],
-        shas=[run.sha[ds.items[i].path] for i in keep],
-        labels=labels[keep],
-        splits=[ds.items[i].split for i in keep],
-        skipped=run.skipped,
-        set_latest=set_latest,
-    )
+    paths = [ds.items[i].path for i in keep]
+    shas = [run.sha[ds.items[i].path] for i in keep]
+    views = []
+    if record:
+        # The first tap's view last, so that it is the latest one.
+        for ext in reversed(run.extractions()):
+            views.insert(0, cache.write_view(
+                ext,
+                source=_view_source(ds),
+                layout=ds.layout,
+                class_names=ds.class_names,
+                paths=paths,
+                shas=shas,
+                labels=labels[keep],
+                splits=[ds.items[i].split for i in keep],
+                skipped=run.skipped,
+            ))
+    saved = [e if not e.unsaved else None for e in run.extractions()]
     return ExtractResult(
-        view=view,
-        extraction=run.extraction,
+        view=views[0] if views else None,
+        extraction=saved[0],
+        spec=opts.spec,
+        views=views,
+        extractions=saved,
+        specs=list(opts.specs),
         total=len(ds.items),
         computed=run.computed,
         reused=len(keep) - run.computed,
@@ -225,7 +251,29 @@ def extract(
         ignored=list(ds.ignored),
         seconds=time.perf_counter() - t0,
         compute_seconds=run.compute_seconds,
+        paths=paths,
+        sha256=shas,
     )
+
+
+def _cuts(cut_blocks: int, taps: Sequence[int] | None) -> list[int]:
+    if taps is None:
+        return [cut_blocks]
+    if cut_blocks:
+        raise DataError("Pass cut_blocks or taps, not both (--cut-blocks K is --taps K).")
+    cuts = [int(t) for t in taps]
+    if not cuts or min(cuts) < 0 or len(set(cuts)) != len(cuts):
+        raise DataError(f"taps must be distinct block counts >= 0, e.g. 0,1,2. Received: taps={list(taps)!r}")
+    return cuts
+
+
+def _view_source(ds: Dataset) -> str:
+    """What names a dataset's view: its folder or CSV, or for a list of files
+    a hash of the list, so two lists never share (and overwrite) a view."""
+    if ds.layout != "files":
+        return ds.source
+    digest = hashlib.sha256("\0".join(sorted(it.path for it in ds.items)).encode()).hexdigest()[:16]
+    return f"<files:{digest}>"
 
 
 class _Run:
@@ -241,7 +289,16 @@ class _Run:
         self.computed = 0
         self.compute_seconds = 0.0
         self.model = None
-        self.extraction: Extraction | None = cache.extraction(opts.settings, opts.backbone.feature_width)
+        found = [cache.extraction(s) for s in opts.specs]
+        self.extraction: Extraction | _TapSet | None = (
+            found[0] if len(found) == 1 else _TapSet(found) if all(found) else None
+        )
+
+    def extractions(self) -> list[Extraction]:
+        """One extraction per tap (unsaved where nothing was computed)."""
+        if isinstance(self.extraction, _TapSet):
+            return self.extraction.parts
+        return [self.extraction or self.cache.extraction(s, create=True) for s in self.opts.specs]
 
     # -- planning: what the memo and the index already answer
     def execute(self) -> None:
@@ -262,13 +319,8 @@ class _Run:
                     self._skip(item.path, bad[sha])
                 else:
                     todo.append(item)
-            if not todo:
-                if self.extraction is None:  # every image was bad: still record the dataset
-                    self.extraction = self.cache.extraction(
-                        self.opts.settings, self.opts.backbone.feature_width, create=True, extra=self.opts.meta()
-                    )
-                return
-            self._compute(todo, stats, memo, bad)
+            if todo:
+                self._compute(todo, stats, memo, bad)
         finally:
             memo.close()
 
@@ -289,32 +341,33 @@ class _Run:
 
     # -- computing what is missing
     def _compute(self, todo: list[ImageItem], stats, memo, bad: dict[str, str]) -> None:
-        self.extraction = self.extraction or self.cache.extraction(
-            self.opts.settings, self._feature_width(), create=True, extra=self.opts.meta()
-        )
+        # Not on disk until its first shard (with the model's real width):
+        # a run that fails before that leaves nothing behind.
+        if self.extraction is None:
+            parts = [self.cache.extraction(s, create=True) for s in self.opts.specs]
+            self.extraction = parts[0] if len(parts) == 1 else _TapSet(parts)
         ext = self.extraction
         with ext.lock(on_wait=lambda: self.log(f"featx: waiting for another process extracting into {ext.name}...")):
             cached = set(ext.index())  # another process may have filled it while we waited
             self._pipeline(todo, stats, memo, bad, cached)
 
-    def _feature_width(self) -> int:
-        if self.opts.cut_blocks == 0:
-            return self.opts.backbone.feature_width
-        return int(self._model().output.shape[-1])
-
     def _model(self):
         if self.model is None:
             _persist_jax_compilations(self.cache.root / "jax-compilation")
-            self.model = build_feature_model(self.opts.settings, self.opts.weights)
+            specs = self.opts.specs
+            self.model = B.build_feature_model(specs if len(specs) > 1 else specs[0], self.opts.weights)
+            if isinstance(self.extraction, _TapSet):
+                self.extraction.widths = list(self.model._featx_widths)
         return self.model
 
     def _prepare(self, item: ImageItem, known_sha: str | None, cached: set, bad: dict) -> _Prepared:
         stat = None
         try:
-            with open(item.path, "rb") as fh:
-                data = fh.read()
+            # Stat first: an edit during the read then fails the memo's next lookup.
             st = os.stat(item.path)
             stat = (st.st_size, st.st_mtime_ns)
+            with open(item.path, "rb") as fh:
+                data = fh.read()
         except OSError as exc:
             reason = "file not found" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc.strerror}"
             return _Prepared(item, None, None, None, "bad", reason)
@@ -325,13 +378,14 @@ class _Run:
             return _Prepared(item, stat, sha, None, "bad", bad[sha])
         try:
             pixels = read_image(data, self.opts.size)
+        except DecoderUnavailable as exc:  # this process's fault, not the file's: no sha, so not remembered
+            return _Prepared(item, stat, None, None, "bad", str(exc))
         except BadImage as exc:
             return _Prepared(item, stat, sha, None, "bad", str(exc))
         return _Prepared(item, stat, sha, pixels, "compute")
 
     def _pipeline(self, todo, stats, memo, bad, cached: set) -> None:
         bar = _progress(len(todo), self.progress, f"extract {self.opts.backbone.name}")
-        ext = self.extraction
         known = memo.lookup(stats)
         batch: list[_Prepared] = []
         pending = _Pending()
@@ -342,7 +396,7 @@ class _Run:
         def flush():
             nonlocal last_flush
             if pending.rows:
-                run_shards.append(ext.write_shard(*pending.take()))
+                run_shards.append(self.extraction.write_shard(*pending.take()))
             memo.remember(memo_rows)
             memo.remember_bad(bad_rows)
             memo_rows.clear()
@@ -397,10 +451,71 @@ class _Run:
         finally:
             flush()
             bar.close()
+        ext = self.extraction
         if len(run_shards) > 1:
             ext.compact(only=run_shards)
         if len(ext.shards()) > 32:
             ext.compact()
+
+
+class _TapSet:
+    """Several extractions filled from one forward pass (one per tap).
+
+    Looks like one :class:`~featx.cache.Extraction` to the pipeline: an
+    image is cached only when every tap has it, each shard written is split
+    by columns into each tap's own shard (rows a tap already holds are not
+    written again), and the locks are taken in a fixed order.
+    """
+
+    def __init__(self, parts: list[Extraction]):
+        self.parts = parts
+        self.widths: list[int] | None = None
+        self._held: dict[str, set] = {}
+
+    @property
+    def name(self) -> str:
+        return "+".join(p.name for p in self.parts)
+
+    @property
+    def unsaved(self) -> bool:
+        return all(p.unsaved for p in self.parts)
+
+    def index(self) -> dict:
+        indexes = [p.index() for p in self.parts]
+        self._held = {p.name: set(ix) for p, ix in zip(self.parts, indexes)}
+        common = set(indexes[0]).intersection(*indexes[1:])
+        return {sha: indexes[0].get(sha) for sha in common}
+
+    @contextlib.contextmanager
+    def lock(self, on_wait=None):
+        with contextlib.ExitStack() as stack:
+            for part in sorted(self.parts, key=lambda p: p.name):
+                stack.enter_context(part.lock(on_wait=on_wait))
+            yield
+
+    def write_shard(self, features, shas, paths, labels):
+        bounds = np.cumsum([0, *self.widths])
+        written = []
+        for part, lo, hi in zip(self.parts, bounds[:-1], bounds[1:]):
+            held = self._held.setdefault(part.name, set())
+            rows = [i for i, sha in enumerate(shas) if sha not in held]
+            if not rows:
+                continue
+            written.append(part.write_shard(features[rows, lo:hi], [shas[i] for i in rows],
+                                            [paths[i] for i in rows], [labels[i] for i in rows]))
+            held.update(shas[i] for i in rows)
+        return written
+
+    def shards(self) -> list:
+        return max((p.shards() for p in self.parts), key=len)
+
+    def compact(self, min_shards: int = 2, only=None) -> int:
+        mine = None if only is None else {str(x) for group in only for x in (group if isinstance(group, list) else [group])}
+        merged = 0
+        for part in self.parts:
+            subset = None if mine is None else [s for s in part.shards() if str(s) in mine]
+            merged += part.compact(min_shards=min_shards, only=subset)
+        return merged
 
 
 def _persist_jax_compilations(folder) -> None:

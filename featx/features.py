@@ -10,7 +10,7 @@ import numpy as np
 
 from .backbones import get_backbone
 from .cache import Cache, DatasetView, Extraction
-from .errors import CacheError, HeadError
+from .errors import BrokenExtraction, CacheError, HeadError
 
 
 @dataclass
@@ -42,8 +42,11 @@ class Features:
         return len(self.y)
 
     @property
-    def settings(self):
-        return self.extraction.settings
+    def spec(self):
+        """The :class:`~featx.spec.ExtractionSpec` these features were extracted with."""
+        return self.extraction.spec
+
+    settings = spec
 
     @property
     def splits(self) -> list[str]:
@@ -150,6 +153,8 @@ def load_features(
     view = find_view(cache, data, backbone, extraction)
     try:
         ext = cache.get_extraction(view.extraction)
+    except BrokenExtraction:
+        raise
     except CacheError:
         raise CacheError(
             f"The extraction {view.extraction} behind {view.source} was removed. Run `featx extract` again."
@@ -192,12 +197,22 @@ def make_splits(f: Features, val_split: float = 0.2, seed: int = 0) -> Splits:
         raise HeadError(f"val_split must be between 0 and 1. Received: val_split={val_split}")
     counts = np.bincount(train.y, minlength=len(f.class_names))
     n_val = int(round(val_split * len(train)))
-    if counts.min() < 2 or n_val < len(f.class_names) or len(train) - n_val < len(f.class_names):
-        small = [f.class_names[i] for i in np.flatnonzero(counts < 2)]
+    k = len(f.class_names)
+    if counts.min() < 2:
+        small = [f"{f.class_names[i]} ({counts[i]})" for i in np.flatnonzero(counts < 2)]
         raise HeadError(
-            f"Too little data for a stratified validation split of {len(train)} images "
-            f"({', '.join(small) + ' has' if small else 'each class needs'} fewer than 2 images). "
-            "Add images, lower --val-split, or provide a val/ split."
+            f"Too little data for a stratified validation split: every class needs at least 2 train images, "
+            f"and {', '.join(small)} {'has' if len(small) == 1 else 'have'} fewer. Add images, or provide a val/ split."
+        )
+    if n_val < k:
+        raise HeadError(
+            f"Too little data for a validation split: {val_split:g} of {len(train)} train images is {n_val}, "
+            f"fewer than the {k} classes. Raise --val-split, add images, or provide a val/ split."
+        )
+    if len(train) - n_val < k:
+        raise HeadError(
+            f"Too little data left to train on: {val_split:g} of {len(train)} train images go to validation, "
+            f"leaving {len(train) - n_val} for {k} classes. Lower --val-split, add images, or provide a val/ split."
         )
     idx = np.arange(len(train))
     tr, va = train_test_split(idx, test_size=val_split, random_state=seed, stratify=train.y)

@@ -15,6 +15,7 @@ preprocessing as stock Keras layers, so it loads in safe mode without featx.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import time
@@ -25,12 +26,12 @@ from typing import Sequence
 import numpy as np
 
 from . import backbones as B
-from .cache import ExtractionSettings
 from .data import discover, read_image
 from .errors import BadImage, FeatxError, HeadError
 from .heads import load_head, read_manifest
-from .outputs import DEFAULT_MODELS_DIR, Predictions
+from .outputs import Predictions
 from .runtime import import_keras
+from .spec import ExtractionSpec
 
 AUGMENTATIONS = ("flip", "rotate", "zoom", "shift", "contrast")
 
@@ -102,8 +103,20 @@ def _head_model(keras, head_dir: Path, man: dict):
                         "Run `featx fit-head --head dense` first.")
 
 
-def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | None = None, seed: int = 0):
+def head_spec(head_dir: Path, man: dict) -> ExtractionSpec:
+    """The extraction a head was fitted on, from its manifest."""
+    try:
+        return ExtractionSpec.from_record(man, where=f"Head {head_dir}")
+    except FeatxError as exc:
+        raise HeadError(f"{exc} Refit the head.") from None
+
+
+def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | None = None, seed: int = 0,
+                     weights: str | os.PathLike | None = None):
     """Backbone + trained head as one Keras model on RGB uint8 pixels.
+
+    ``weights`` names the new place of a moved weights file (its sha256 must
+    be the recorded one).
 
     Returns
     -------
@@ -112,17 +125,11 @@ def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | No
         The backbone inside it (to choose what to unfreeze).
     manifest : dict
     """
-    from .extract import build_feature_model
-
     keras = import_keras()
     head_dir = Path(head_dir)
     man = read_manifest(head_dir)
-    try:
-        settings = ExtractionSettings(**man["settings"])
-    except (KeyError, TypeError):
-        raise HeadError(f"{head_dir}/manifest.json lacks the extraction settings; refit the head.") from None
-    weights = B.resolve_weights(man.get("weights_source") or "imagenet", man.get("seed", 0))
-    base = build_feature_model(settings, weights, include_preprocessing=False)
+    settings = head_spec(head_dir, man)
+    base = B.build_feature_model(settings, settings.load_weights(weights), include_preprocessing=False)
     head = _head_model(keras, head_dir, man)
     if int(base.output.shape[-1]) != int(man["feature_width"]):
         raise HeadError(f"Head {head_dir} expects {man['feature_width']} features; {settings.backbone} at "
@@ -154,10 +161,15 @@ def set_trainable(model, base, backbone: str, unfreeze: int | str | None = None,
     if unfreeze == "all":
         start = 0
     elif unfreeze is not None:
+        # Counted in layers that have weights to train (BatchNorm excluded,
+        # it stays frozen): pooling, activation or padding layers would
+        # otherwise make "--unfreeze 2" on VGG16 train nothing.
         n = int(unfreeze)
-        if n < 0 or n > n_layers:
-            raise FinetuneError(f"The {backbone} backbone has {n_layers} layers; cannot unfreeze the last {n}.")
-        start = n_layers - n
+        weighted = [i for i, layer in enumerate(base.layers) if layer.weights and not _is_bn(layer)]
+        if n < 1 or n > len(weighted):
+            raise FinetuneError(f"The {backbone} backbone has {len(weighted)} layers with trainable weights "
+                                f"(BatchNorm excluded); cannot unfreeze the last {n}.")
+        start = weighted[-n]
     elif unfreeze_blocks is not None:
         named = B.blocks(base, backbone)
         k = int(unfreeze_blocks)
@@ -176,7 +188,10 @@ def set_trainable(model, base, backbone: str, unfreeze: int | str | None = None,
             layer.trainable = False
         for sub in getattr(layer, "layers", []):  # the head model
             sub.trainable = not _is_bn(sub)
-    return sum(1 for layer in base.layers if layer.trainable and layer.weights)
+    n_unfrozen = sum(1 for layer in base.layers if layer.trainable and layer.weights)
+    if (unfreeze is not None or unfreeze_blocks is not None) and n_unfrozen == 0:
+        raise FinetuneError(f"That setting unfreezes no layer with weights in {backbone}; unfreeze more.")
+    return n_unfrozen
 
 
 def layer_table(base, max_rows: int = 60) -> str:
@@ -302,50 +317,103 @@ class FinetuneResult:
 
 
 def _split_rows(man: dict, cache_dir, seed: int | None = None):
-    """Paths and label indices per split, as the head saw them.
+    """Train and validation rows for fine-tuning, as the head saw them.
 
-    Without a val split in the data, validation is the head's own stratified
-    split of train (its seed, and its fraction when the manifest records it):
-    with another split, images the head trained on would be scored as
-    validation and the before/after comparison would flatter the head.
+    A head validated on held-out rows (the data's val split, or its own
+    stratified split of train) records them, and fine-tuning validates on
+    exactly those rows: with any other split, images the head trained on
+    would be scored as validation and the before/after comparison would
+    flatter the head. A head that has no held-out rows (refit on train+val,
+    or chosen by cross-validation and refit on all of train) gets a
+    stratified split of train with the head's seed, and says so.
+
+    Returns ``(features, splits, note)``.
     """
-    from .features import load_features, make_splits
+    from .features import Splits, load_features, make_splits
 
-    feats = load_features(man.get("source"), cache_dir=cache_dir, extraction=man["extraction"])
+    try:
+        feats = load_features(man.get("source"), cache_dir=cache_dir, extraction=man["extraction"])
+    except FeatxError as exc:
+        raise FinetuneError(f"The features the head was fitted on are not in the cache: {exc}") from None
     classes = list(man["classes"])
     if feats.class_names != classes:
         raise HeadError(f"The cached dataset's classes {feats.class_names} differ from the head's {classes}.")
+    selection = man.get("selection") or {}
+    params = man.get("params") or {}
     if seed is None:
-        seed = int((man.get("params") or {}).get("seed") or 0)
-    val_split = float(man.get("val_split", 0.2))
+        seed = int(selection.get("seed", params.get("seed")) or 0)
+    val_split = float(selection.get("val_split") or man.get("val_split") or 0.2)
+    val_sha = selection.get("val_sha256")
+    held_out = not man.get("refit_all") and selection.get("protocol", "val") != "cv"
+    if val_sha and held_out:
+        is_val = np.isin(feats.sha256, np.asarray(val_sha, dtype=object))
+        train_rows = (feats.split == "train") & ~is_val
+        test = feats.only("test") if "test" in feats.splits else None
+        return feats, Splits(feats.subset(train_rows), feats.subset(is_val), test, made_val=False), ""
     try:
         sp = make_splits(feats, val_split, seed)
     except HeadError as exc:
         raise FinetuneError(f"Too little data to fine-tune with a validation split: {exc}") from None
-    return feats, sp
+    note = ""
+    if not held_out:
+        why = "was refit on train+val" if man.get("refit_all") else "was chosen by cross-validation and refit on all of train"
+        note = (f"the head {why}, so it has no held-out rows: validating on a stratified {val_split:g} of train "
+                f"(seed {seed}, listed in validation.csv); the head has seen these images, so its 'before' "
+                "figures are optimistic")
+    return feats, sp, note
 
 
-def parity_check(model, head_dir: Path, feats, sp, size: int, precision: str, sample: int = 32) -> float:
-    """Max |p_rebuilt - p_cached_head| on up to ``sample`` validation images.
+def _backbone_features(model, base, pixels: np.ndarray) -> np.ndarray:
+    """The pooled features the end-to-end model computes before its head (inference mode)."""
+    keras = import_keras()
+    x = keras.ops.cast(pixels, "float32")  # the Input layer's own cast
+    for layer in model.layers:
+        if layer is base:
+            break
+        if not isinstance(layer, keras.layers.InputLayer):
+            x = layer(x, training=False)
+    return np.asarray(base.predict(keras.ops.convert_to_numpy(x), batch_size=32, verbose=0), dtype=np.float64)
 
-    Raises FinetuneError when it exceeds the tolerance (1e-3 in float32,
-    2e-2 in mixed precision): the rebuilt model would not start where the
-    head is, so fine-tuning would start from scratch instead.
+
+def _parity_sample(y: np.ndarray, sample: int) -> np.ndarray:
+    """Up to ``sample`` row indices, taken round-robin from every class."""
+    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
+    picked: list[int] = []
+    for i in range(max((len(r) for r in by_class), default=0)):
+        for rows in by_class:
+            if i < len(rows) and len(picked) < sample:
+                picked.append(int(rows[i]))
+    return np.sort(np.asarray(picked, dtype=int))
+
+
+def parity_check(model, base, head_dir: Path, sp, size: int, precision: str, sample: int = 32) -> float:
+    """Compare the rebuilt model with the cache on up to ``sample`` validation images of every class.
+
+    Two checks, both before any training: the rebuilt backbone's pooled
+    features must equal the cached ones (relative to their scale: 1e-3 in
+    float32, 2e-2 in mixed precision), since a saturated softmax can hide a
+    wrong backbone; and the end-to-end probabilities must equal the cached
+    head's. Returns the largest relative feature difference.
     """
     head = load_head(head_dir)
-    n = min(sample, len(sp.val))
-    pixels, kept, _ = load_pixels(list(sp.val.paths[:n]), size)
+    rows = _parity_sample(sp.val.y, sample)
+    pixels, kept, _ = load_pixels(list(sp.val.paths[rows]), size)
     if not kept:
         raise FinetuneError("No validation image could be decoded for the parity check.")
-    rebuilt = np.asarray(model.predict(pixels, batch_size=32, verbose=0), dtype=np.float64)
-    cached = head.predict_proba(sp.val.X[:n][kept])
-    diff = float(np.abs(rebuilt - cached).max())
+    rows = rows[kept]
+    rebuilt_f = _backbone_features(model, base, pixels)
+    cached_f = sp.val.X[rows].astype(np.float64)
+    scale = max(float(np.abs(cached_f).max()), 1e-6)
+    diff = float(np.abs(rebuilt_f - cached_f).max()) / scale
     tol = 2e-2 if precision == "mixed" else 1e-3
-    if not np.isfinite(diff) or diff > tol:
+    p_diff = float(np.abs(np.asarray(model.predict(pixels, batch_size=32, verbose=0), dtype=np.float64)
+                          - head.predict_proba(sp.val.X[rows])).max())
+    if not np.isfinite(diff) or diff > tol or not np.isfinite(p_diff) or p_diff > max(tol, 1e-3):
         raise FinetuneError(
-            f"Parity check failed: the rebuilt model's probabilities differ from the cached head's by up to "
-            f"{diff:.4g} (tolerance {tol}) on {len(kept)} validation images. The backbone, weights, preprocessing "
-            "or resizing do not match the extraction (or BatchNorm is not in inference mode); fine-tuning would "
+            f"Parity check failed on {len(rows)} validation images of {len(np.unique(sp.val.y[rows]))} classes: "
+            f"the rebuilt backbone's features differ from the cached ones by up to {diff:.3g} of their scale "
+            f"(tolerance {tol}) and the probabilities by {p_diff:.3g}. The backbone, weights, preprocessing or "
+            "resizing do not match the extraction (or BatchNorm is not in inference mode); fine-tuning would "
             "not start from the head."
         )
     return diff
@@ -368,6 +436,8 @@ def finetune(
     seed: int = 0,
     export: bool = True,
     workers: int | None = None,
+    weights: str | os.PathLike | None = None,
+    home: str | os.PathLike | None = None,
     log=print,
 ) -> FinetuneResult:
     """Fine-tune backbone + head end to end, starting from a fitted head.
@@ -392,44 +462,44 @@ def finetune(
         split, or the same stratified split of train the head was fitted with.
     export : bool
         Also write a SavedModel for serving (``model.export``).
+    weights : path, optional
+        The new place of a moved weights file (its sha256 must match).
+    home : path, optional
+        The featx home: where ``heads/latest`` is read and ``models/`` written.
 
     Returns
     -------
     FinetuneResult
     """
     from .heads import _class_weights
-    from .outputs import default_dir, latest_head, set_latest
+    from .outputs import default_dir, results_dir, set_latest
     from .metrics import classification_metrics, plot_curves
 
-    keras = import_keras()
-    head_dir = Path(head) if head else latest_head()
-    man = read_manifest(head_dir)
-    if man.get("kind") not in ("dense", "logreg"):
-        raise FinetuneError(f"Fine-tuning starts from a dense or logreg head; {head_dir} is a {man.get('kind')} head. "
-                            "Run `featx fit-head --head dense` first.")
-    opts = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
-    if optimizer not in opts:
-        raise FinetuneError(f"optimizer must be one of {sorted(opts)}. Received: optimizer={optimizer!r}")
+    # Every argument is checked before the backbone is built or an image read.
+    _check_args(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, unfreeze=unfreeze,
+                unfreeze_blocks=unfreeze_blocks, optimizer=optimizer, class_weight=class_weight)
     aug = parse_augment(augment)
-    feats, sp = _split_rows(man, cache_dir)
-    settings = ExtractionSettings(**man["settings"])
+    head_dir = Path(head) if head else seed_head(home)
+    man = read_manifest(head_dir)
+    if man.get("kind") not in SEED_KINDS:
+        raise FinetuneError(f"Fine-tuning starts from a dense or logreg head; {head_dir} is a {man.get('kind')} head. "
+                            "Run `featx fit-head --head dense` (or logreg) first, or pass --head DIR.")
+    log(f"head: {head_dir}")
+    feats, sp, split_note = _split_rows(man, cache_dir)
+    settings = head_spec(head_dir, man)
     size = settings.input_size
+    keras = import_keras()
 
     strategy = _strategy(keras)
-    with strategy.scope() if strategy else _nullcontext():
-        model, base, man = build_end_to_end(head_dir, aug, seed)
-        log(f"parity check on {min(32, len(sp.val))} validation images...")
-        diff = parity_check(model, head_dir, feats, sp, size, settings.precision)
-        log(f"parity ok: max |p_rebuilt - p_head| = {diff:.2e}")
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model, base, man = build_end_to_end(head_dir, aug, seed, weights=weights)
+        log(f"parity check on {min(32, len(sp.val))} validation images of every class...")
+        diff = parity_check(model, base, head_dir, sp, size, settings.precision)
+        log(f"parity ok: features match the cache to {diff:.2e} of their scale")
         n_unfrozen = set_trainable(model, base, settings.backbone, unfreeze, unfreeze_blocks)
         table = layer_table(base)
         trainable, frozen = param_counts(model)
-        opt = opts[optimizer](learning_rate=lr)
-        if settings.precision == "mixed":
-            # The outer model is built under the float32 policy, so compile()
-            # would not add loss scaling for the float16 backbone by itself;
-            # without it small gradients underflow at fine-tuning rates.
-            opt = keras.optimizers.LossScaleOptimizer(opt)
+        opt = make_optimizer(keras, optimizer, lr, settings.precision)
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     classes = list(man["classes"])
@@ -438,8 +508,11 @@ def finetune(
     train_ds = _Batches(list(sp.train.paths), sp.train.y, size, batch_size, True, seed, workers)
     before = {"val": classification_metrics(y_val, model.predict(val_pixels, batch_size=batch_size, verbose=0), classes)}
     start_weights = model.get_weights()
-    directory = Path(out) if out else default_dir(DEFAULT_MODELS_DIR, settings.backbone, "finetune")
+    directory = Path(out) if out else default_dir(results_dir("model", home), settings.backbone, "finetune")
     directory.mkdir(parents=True, exist_ok=True)
+    if split_note:
+        log(f"note: {split_note}")
+        _write_rows(directory / "validation.csv", sp.val, classes)
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, patience // 2),
@@ -454,9 +527,7 @@ def finetune(
         train_ds.close()
     train_s = time.perf_counter() - t
     after_val = classification_metrics(y_val, model.predict(val_pixels, batch_size=batch_size, verbose=0), classes)
-    notes = []
-    if man.get("refit_all"):
-        notes.append("the head was refit on train+val, so its 'before' validation figures are not held out")
+    notes = [split_note] if split_note else []
     if after_val["accuracy"] < before["val"]["accuracy"]:
         model.set_weights(start_weights)
         after_val = before["val"]
@@ -487,8 +558,69 @@ def finetune(
     manifest = {**man, "kind": "end-to-end", "head": str(head_dir.resolve()), "input_size": size,
                 "input": "RGB uint8 pixels, squashed to input_size x input_size (bilinear)"}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    set_latest(DEFAULT_MODELS_DIR if not out else Path(out).parent, directory)
+    set_latest("model", directory, home)
     return FinetuneResult(directory, model, metrics, table, trainable, frozen, diff, notes)
+
+
+def make_optimizer(keras, name: str, lr: float, precision: str):
+    """The training optimizer; with loss scaling when the backbone runs in float16.
+
+    The outer model is built under the float32 policy, so ``compile()`` does
+    not add loss scaling for the mixed-precision backbone by itself; without
+    it small gradients underflow to zero at fine-tuning learning rates.
+    """
+    opts = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    opt = opts[name](learning_rate=lr)
+    return keras.optimizers.LossScaleOptimizer(opt) if precision == "mixed" else opt
+
+
+SEED_KINDS = ("dense", "logreg")
+
+
+def seed_head(home=None) -> Path:
+    """The newest dense or logreg head under the featx home (``heads/latest-dense``, ``-logreg``)."""
+    from .outputs import latest_head, read_latest
+
+    found = [p for p in (read_latest("head", home, kind) for kind in SEED_KINDS)
+             if p is not None and (p / "manifest.json").exists()]
+    if not found:
+        latest = latest_head(home)  # raises when no head at all
+        raise FinetuneError(f"Fine-tuning starts from a dense or logreg head; the latest head {latest} is not one. "
+                            "Run `featx fit-head --head dense` (or logreg) first, or pass --head DIR.")
+    return max(found, key=lambda p: (p / "manifest.json").stat().st_mtime)
+
+
+def _check_args(*, epochs, batch_size, lr, patience, unfreeze, unfreeze_blocks, optimizer, class_weight) -> None:
+    def bad(name, value, want):
+        raise FinetuneError(f"{name} must be {want}. Received: {name}={value!r}")
+
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            bad(name, value, "an integer >= 1")
+    if not isinstance(patience, int) or patience < 0:
+        bad("patience", patience, "an integer >= 0")
+    if not isinstance(lr, (int, float)) or not np.isfinite(lr) or lr <= 0:
+        bad("lr", lr, "a positive number")
+    if optimizer not in ("adam", "sgd", "rmsprop"):
+        bad("optimizer", optimizer, "one of adam, sgd, rmsprop")
+    if class_weight not in (None, "balanced"):
+        bad("class_weight", class_weight, "None or 'balanced'")
+    if unfreeze is not None and unfreeze_blocks is not None:
+        raise FinetuneError("Pass --unfreeze or --unfreeze-blocks, not both.")
+    if unfreeze is not None and unfreeze != "all" and (not isinstance(unfreeze, int) or unfreeze < 1):
+        bad("unfreeze", unfreeze, "a number of layers >= 1 or 'all'")
+    if unfreeze_blocks is not None and (not isinstance(unfreeze_blocks, int) or unfreeze_blocks < 1):
+        bad("unfreeze_blocks", unfreeze_blocks, "an integer >= 1")
+
+
+def _write_rows(path: Path, rows, classes) -> None:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["path", "label"])
+        for p, y in zip(rows.paths, rows.y):
+            w.writerow([p, classes[int(y)]])
 
 
 def _proba_in_order(est, X, classes):
@@ -505,14 +637,6 @@ def _strategy(keras):
 
     gpus = tf.config.list_logical_devices("GPU")
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------- predict

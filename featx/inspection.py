@@ -193,8 +193,9 @@ def inspect(
         ``extract`` (the latest extraction when None, narrowed by ``backbone``
         or ``extraction``).
     out : path, False or None
-        Output folder; ``inspect/<backbone>-<time>/`` by default; False
-        writes nothing.
+        Output folder; ``<featx home>/inspect/<backbone>-<time>/`` by
+        default (the home is ``$FEATX_HOME`` or the current directory);
+        False writes nothing.
     head : path, optional
         A head folder to check the calibration of; the latest head
         (``heads/latest``) by default, used only if it was fitted on the
@@ -313,11 +314,14 @@ def _timed(name: str, report: InspectReport, log) -> Iterator[None]:
 
 
 def _default_dir(backbone: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    d, i = Path(DEFAULT_INSPECT_DIR) / f"{backbone}-{stamp}", 1
+    """``<featx home>/inspect/<backbone>-<time>``, beside heads/ and models/."""
+    from .outputs import home_dir
+
+    root, stamp = home_dir() / DEFAULT_INSPECT_DIR, time.strftime("%Y%m%d-%H%M%S")
+    d, i = root / f"{backbone}-{stamp}", 1
     while d.exists():
         i += 1
-        d = Path(DEFAULT_INSPECT_DIR) / f"{backbone}-{stamp}-{i}"
+        d = root / f"{backbone}-{stamp}-{i}"
     return d
 
 

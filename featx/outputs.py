@@ -15,9 +15,21 @@ from .errors import HeadError
 
 DEFAULT_HEADS_DIR = "heads"
 DEFAULT_MODELS_DIR = "models"
+HOME_ENV = "FEATX_HOME"
+_WHAT = {"head": DEFAULT_HEADS_DIR, "model": DEFAULT_MODELS_DIR}
 
 
-def default_dir(root: str, backbone: str, kind: str) -> Path:
+def home_dir(home: str | os.PathLike | None = None) -> Path:
+    """Where heads/ and models/ go: ``home``, else ``$FEATX_HOME``, else the current directory."""
+    return Path(home if home is not None else (os.environ.get(HOME_ENV) or "."))
+
+
+def results_dir(what: str, home: str | os.PathLike | None = None) -> Path:
+    """``<home>/heads`` or ``<home>/models``."""
+    return home_dir(home) / _WHAT[what]
+
+
+def default_dir(root: str | os.PathLike, backbone: str, kind: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     d = Path(root) / f"{backbone}-{kind}-{stamp}"
     i = 1
@@ -27,25 +39,49 @@ def default_dir(root: str, backbone: str, kind: str) -> Path:
     return d
 
 
-def set_latest(root, directory: Path) -> None:
-    Path(root).mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(Path(root) / "latest", str(Path(directory).resolve()).encode() + b"\n")
+def set_latest(what: str, directory: str | os.PathLike, home: str | os.PathLike | None = None,
+               kind: str | None = None) -> None:
+    """Point ``<home>/heads/latest`` (or ``models/latest``) at ``directory``.
+
+    One pointer per kind of result, under the featx home wherever the result
+    was written (``--out`` included), holding a path relative to the
+    pointer's folder so a moved or copied project keeps working. Heads also
+    get ``latest-<kind>`` (``latest-dense``...), which ``finetune`` reads.
+    """
+    root = results_dir(what, home)
+    root.mkdir(parents=True, exist_ok=True)
+    target = os.path.relpath(Path(directory).resolve(), root.resolve()).encode() + b"\n"
+    atomic_write_bytes(root / "latest", target)
+    if kind:
+        atomic_write_bytes(root / f"latest-{kind}", target)
 
 
-def latest_dir(root: str | os.PathLike = DEFAULT_HEADS_DIR, what: str = "head") -> Path:
-    """The folder written most recently under ``root`` (``root/latest`` names it)."""
+def read_latest(what: str, home: str | os.PathLike | None = None, kind: str | None = None) -> Path | None:
+    """The folder a ``latest`` pointer names (None when there is no pointer)."""
+    root = results_dir(what, home)
     try:
-        path = Path(Path(root, "latest").read_text().strip())
-    except FileNotFoundError:
-        raise HeadError(f"No {what} has been fitted yet (no {Path(root, 'latest')}). Run `featx fit-head` first.") from None
+        text = (root / (f"latest-{kind}" if kind else "latest")).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return Path(os.path.normpath(root / text))
+
+
+def latest_dir(what: str = "head", home: str | os.PathLike | None = None) -> Path:
+    """The head (or model) folder written most recently under the featx home."""
+    path = read_latest(what, home)
+    root = results_dir(what, home)
+    if path is None:
+        cmd = "featx fit-head" if what == "head" else "featx finetune"
+        raise HeadError(f"No {what} has been saved under {root.parent.resolve()} yet (no {root / 'latest'}). "
+                        f"Run `{cmd}` first, or pass --{what} DIR.")
     if not (path / "manifest.json").exists():
-        raise HeadError(f"The latest {what} {path} no longer exists. Run the command again or pass --head DIR.")
+        raise HeadError(f"The latest {what} {path} no longer exists. Run the command again or pass --{what} DIR.")
     return path
 
 
-def latest_head(root: str | os.PathLike = DEFAULT_HEADS_DIR) -> Path:
-    """The head folder written most recently by ``fit_head``."""
-    return latest_dir(root, "head")
+def latest_head(home: str | os.PathLike | None = None) -> Path:
+    """The head folder written most recently by ``fit_head`` under the featx home."""
+    return latest_dir("head", home)
 
 
 @dataclass

@@ -33,7 +33,8 @@ def forbid_model(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the model was built although everything is cached")
 
-    monkeypatch.setattr(extract_mod, "build_feature_model", boom)
+    monkeypatch.setattr(featx.backbones, "build_feature_model", boom)
+    monkeypatch.setattr(featx.backbones, "build_backbone", boom)
 
 
 def test_features_equal_keras_applications_on_same_pixels(tiny_dataset, cache_dir, tmp_path):

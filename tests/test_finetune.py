@@ -34,13 +34,13 @@ def project(tmp_path_factory):
 def _setup(project, bb, **kw):
     root, _, heads = project
     model, base, man = ft.build_end_to_end(heads[bb])
-    feats, sp = ft._split_rows(man, root / "cache", 0)
+    feats, sp, _ = ft._split_rows(man, root / "cache", 0)
     return model, base, man, feats, sp
 
 
 def test_rebuild_reproduces_the_head(project):
     model, base, man, feats, sp = _setup(project, "resnet50")
-    diff = ft.parity_check(model, project[2]["resnet50"], feats, sp, 32, "float32")
+    diff = ft.parity_check(model, base, project[2]["resnet50"], sp, 32, "float32")
     assert diff < 1e-4
 
 
@@ -48,24 +48,24 @@ def test_parity_fails_with_wrong_preprocessing(project, monkeypatch):
     monkeypatch.setattr(B, "preprocess_affine", lambda mode: (np.eye(3, dtype="float32"), np.zeros(3, "float32")))
     model, base, man, feats, sp = _setup(project, "vgg16")  # vgg16 is 'caffe': identity is wrong
     with pytest.raises(ft.FinetuneError, match="Parity check failed"):
-        ft.parity_check(model, project[2]["vgg16"], feats, sp, 32, "float32")
+        ft.parity_check(model, base, project[2]["vgg16"], sp, 32, "float32")
 
 
 def test_logreg_head_seeds_the_output_layer(project, tmp_path):
     root, data, _ = project
     d = api.fit_head("logreg", cache_dir=root / "cache", backbone="vgg16", out=tmp_path / "lr").directory
     model, base, man = ft.build_end_to_end(d)
-    feats, sp = ft._split_rows(man, root / "cache", 0)
-    assert ft.parity_check(model, d, feats, sp, 32, "float32") < 1e-4
+    feats, sp, _ = ft._split_rows(man, root / "cache", 0)
+    assert ft.parity_check(model, base, d, sp, 32, "float32") < 1e-4
 
 
 def test_only_requested_layers_train_and_bn_stays_frozen(project):
     model, base, man, _, _ = _setup(project, "resnet50")
     n = ft.set_trainable(model, base, "resnet50", unfreeze=10)
-    last10 = base.layers[-10:]
-    assert all(l.trainable == (not ft._is_bn(l)) for l in last10)
-    assert not any(l.trainable for l in base.layers[:-10] if l.weights)
-    assert n == sum(1 for l in last10 if l.weights and not ft._is_bn(l))
+    assert n == 10  # counted in layers with weights to train, BatchNorm excluded
+    weighted = [l for l in base.layers if l.weights and not ft._is_bn(l)]
+    assert all(l.trainable for l in weighted[-10:]) and not any(l.trainable for l in weighted[:-10])
+    assert not any(l.trainable for l in base.layers if ft._is_bn(l))
     ft.set_trainable(model, base, "resnet50", unfreeze_blocks=1)
     trainable = [l.name for l in base.layers if l.trainable and l.weights]
     assert trainable and all(name.startswith("conv5_block3") for name in trainable)
@@ -77,7 +77,7 @@ def test_only_requested_layers_train_and_bn_stays_frozen(project):
     assert not model.get_layer("featx_preprocess").trainable
     ft.set_trainable(model, base, "resnet50")  # head only
     assert not any(l.trainable for l in base.layers if l.weights)
-    with pytest.raises(ft.FinetuneError, match="has 176 layers; cannot unfreeze the last 500"):
+    with pytest.raises(ft.FinetuneError, match="has 53 layers with trainable weights .BatchNorm excluded.; cannot unfreeze the last 500"):
         ft.set_trainable(model, base, "resnet50", unfreeze=500)
     with pytest.raises(ft.FinetuneError, match="16 named blocks"):
         ft.set_trainable(model, base, "resnet50", unfreeze_blocks=17)
@@ -116,7 +116,11 @@ def test_finetune_saves_a_self_contained_model(project, tmp_path):
     res = ft.finetune(heads["vgg16"], unfreeze_blocks=1, cache_dir=root / "cache", out=tmp_path / "m", epochs=1,
                       batch_size=8, log=lambda m: None)
     m = json.loads((tmp_path / "m" / "metrics.json").read_text())
-    assert m["after"]["val"]["accuracy"] >= m["before"]["val"]["accuracy"]
+    head_metrics = json.loads((heads["vgg16"] / "metrics.json").read_text())
+    # the rebuilt model starts exactly where the cached head is, on the same validation rows
+    assert m["before"]["val"]["n"] == head_metrics["splits"]["val"]["n"] == 16
+    assert m["before"]["val"]["accuracy"] == pytest.approx(head_metrics["splits"]["val"]["accuracy"])
+    assert m["epochs_run"] == 1 and len(m["history"]["val_loss"]) == 1
     assert {"model.keras", "metrics.json", "curves.png", "manifest.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
     assert (tmp_path / "m" / "saved_model" / "saved_model.pb").exists()
     # safe-mode reload in a fresh interpreter that never imports featx
@@ -155,7 +159,9 @@ def test_cli_finetune_then_predict_with_model(project, tmp_path, monkeypatch):
                                  "--no-export"])
     assert r.exit_code == 0, r.output
     assert "trainable params:" in r.output and "(head) ->" in r.output and "block5_conv3" in r.output
-    model_dir = (tmp_path / "models" / "latest").read_text().strip()
+    from featx.outputs import latest_dir
+
+    model_dir = str(latest_dir("model", tmp_path))
     r = CliRunner().invoke(cli, ["predict", "--model", model_dir, "-k", "2", str(data / "test")])
     assert r.exit_code == 0, r.output
     lines = r.output.strip().splitlines()
@@ -167,7 +173,7 @@ def test_finetune_errors(project, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = lambda *a: CliRunner().invoke(cli, ["--cache-dir", str(root / "cache"), "finetune", *map(str, a)])
     r = run("--unfreeze", "3")
-    assert r.exit_code == 1 and "No head has been fitted yet" in r.output
+    assert r.exit_code == 1 and "No head has been saved under" in r.output
     lgb = api.fit_head("lightgbm", cache_dir=root / "cache", backbone="vgg16", out=tmp_path / "lgb").directory
     r = run("--head", lgb)
     assert r.exit_code == 1 and "dense or logreg head" in r.output
@@ -203,8 +209,69 @@ def test_validation_is_the_heads_own_split(tmp_path):
     featx.extract(data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
     d = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", seed=3, C=1.0).directory
     man = json.loads((d / "manifest.json").read_text())
-    _, sp = ft._split_rows(man, tmp_path / "c")
+    _, sp, note = ft._split_rows(man, tmp_path / "c")
+    assert note == ""
     feats = load_features(cache_dir=tmp_path / "c")
     held_out = make_splits(feats, 0.2, 3).val.paths
     assert sorted(sp.val.paths) == sorted(held_out)
     assert sorted(make_splits(feats, 0.2, 0).val.paths) != sorted(held_out)  # the seed matters here
+
+
+def test_arguments_are_checked_before_anything_is_built(project, monkeypatch):
+    root, data, heads = project
+
+    def boom(*a, **k):
+        raise AssertionError("built the model before checking the arguments")
+
+    monkeypatch.setattr(ft, "build_end_to_end", boom)
+    for kw, msg in ((dict(batch_size=0), "batch_size must be an integer >= 1"), (dict(lr=-1.0), "lr must be"),
+                    (dict(epochs=0), "epochs must be"), (dict(unfreeze=0), "unfreeze must be"),
+                    (dict(unfreeze=3, unfreeze_blocks=1), "not both")):
+        with pytest.raises(ft.FinetuneError, match=msg):
+            ft.finetune(heads["vgg16"], cache_dir=root / "cache", log=lambda m: None, **kw)
+
+
+def test_unfreeze_counts_layers_with_weights(project):
+    model, base, *_ = _setup(project, "vgg16")
+    assert ft.set_trainable(model, base, "vgg16", unfreeze=2) == 2
+    assert [l.name for l in base.layers if l.trainable and l.weights] == ["block5_conv2", "block5_conv3"]
+
+
+def test_finetune_seeds_from_the_newest_dense_or_logreg_head(project, tmp_path):
+    root, data, heads = project
+    home = tmp_path / "home"
+    dense = api.fit_head("dense", cache_dir=root / "cache", backbone="vgg16", home=home, epochs=2).directory
+    api.fit_head("lightgbm", cache_dir=root / "cache", backbone="vgg16", home=home)
+    assert featx.latest_head(home).name.startswith("vgg16-lightgbm")
+    assert ft.seed_head(home).resolve() == dense.resolve()
+    only_lgb = tmp_path / "only"
+    api.fit_head("lightgbm", cache_dir=root / "cache", backbone="vgg16", home=only_lgb)
+    with pytest.raises(ft.FinetuneError, match="dense or logreg head; the latest head .* is not one"):
+        ft.seed_head(only_lgb)
+
+
+def test_refit_head_validates_on_a_visible_split(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=10)
+    featx.extract(data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
+    d = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", refit_all=True, C=1.0).directory
+    man = json.loads((d / "manifest.json").read_text())
+    _, sp, note = ft._split_rows(man, tmp_path / "c")
+    assert "no held-out rows" in note and len(sp.val) == 4
+
+
+def test_parity_compares_features_from_every_class(project, monkeypatch):
+    model, base, man, feats, sp = _setup(project, "vgg16")
+    rows = ft._parity_sample(sp.val.y, 4)
+    assert sorted(sp.val.y[rows].tolist()) == [0, 0, 1, 1]  # not the first 4 by path (one class)
+    # features off by 5%: a confident head's probabilities barely move, the feature check fails
+    sp.val.X = sp.val.X * 1.05
+    with pytest.raises(ft.FinetuneError, match="features differ from the cached ones"):
+        ft.parity_check(model, base, project[2]["vgg16"], sp, 32, "float32")
+
+
+def test_mixed_precision_fine_tuning_scales_the_loss():
+    import keras
+
+    opt = ft.make_optimizer(keras, "adam", 1e-5, "mixed")
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
+    assert not isinstance(ft.make_optimizer(keras, "sgd", 1e-5, "float32"), keras.optimizers.LossScaleOptimizer)

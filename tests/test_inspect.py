@@ -17,10 +17,11 @@ from click.testing import CliRunner
 import featx
 from featx import inspection
 from featx.calibration import apply_temperature, expected_calibration_error, fit_temperature
-from featx.cache import Cache, ExtractionSettings
+from featx.cache import Cache
 from featx.cli import cli
 from featx.errors import InspectError
 from featx.features import load_features
+from featx.spec import ExtractionSpec
 
 from conftest import HYMENOPTERA, make_dataset
 
@@ -41,10 +42,10 @@ def write_features(root, X, y, splits, class_names, paths=None, shas=None, sourc
     n = len(X)
     paths = list(paths) if paths is not None else [f"{source}/{splits[i]}/{i}.jpg" for i in range(n)]
     shas = list(shas) if shas is not None else [hashlib.sha256(p.encode()).hexdigest() for p in paths]
-    settings = ExtractionSettings(backbone="resnet50", weights="synthetic", input_size=224, preprocessing="caffe",
-                                  pooling="avg", cut_blocks=0, precision="float32")
+    spec = ExtractionSpec(backbone="resnet50", weights="synthetic", input_size=224, preprocessing="caffe",
+                                  pooling="avg", tap="output", cut_blocks=0, precision="float32")
     cache = Cache(root)
-    ext = cache.extraction(settings, X.shape[1], create=True)
+    ext = cache.extraction(spec, X.shape[1], create=True)
     first = {}
     for i, s in enumerate(shas):
         first.setdefault(s, i)
@@ -376,10 +377,10 @@ def test_fit_head_calibrate_stores_temperature_and_predict_applies_it(tiny_extra
     assert man["temperature"] == c["temperature"] > 0 and c["fitted_on"] == "val"
     assert c["val_ece_after"] <= c["val_ece_before"] + 1e-9
     preds = featx.predict(data / "test", head=res.directory, cache_dir=root / "cache", progress=False)
-    f = featx.load_features(data / "test", cache_dir=root / "cache")
+    f = featx.load_features(data, cache_dir=root / "cache")
     raw = featx.load_head(res.directory).predict_proba(f.X)
     order = [list(f.paths).index(p) for p in preds.paths]
-    assert np.allclose(preds.probabilities, apply_temperature(raw[order], c["temperature"]))
+    assert len(order) == 16 and np.allclose(preds.probabilities, apply_temperature(raw[order], c["temperature"]))
     # inspect checks that head (not a Keras one), on test, with its temperature applied
     rep = featx.inspect(cache_dir=root / "cache", data=data, out=False, head=res.directory)
     assert rep.calibration["source"].startswith("head cal (its temperature")
