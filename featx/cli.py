@@ -431,7 +431,7 @@ def compare(obj, data, heads, out, seed, val_split):
 @click.option("--data", type=click.Path(), help="Dataset folder/CSV given to extract [default: the latest extraction].")
 @click.option("-b", "--backbone", help="Use the latest extraction with this backbone.")
 @click.option("--extraction", help="An extraction name or prefix from `featx cache list`.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: inspect/<backbone>-<time>].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: inspect/<backbone>-<time> in the featx home].")
 @click.option("--head", type=click.Path(file_okay=False),
               help="Head whose calibration to check [default: the latest head, if fitted on these features].")
 @click.option("--near-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,

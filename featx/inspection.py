@@ -182,6 +182,7 @@ def inspect(
     seed: int = 0,
     brute_force_limit: int = BRUTE_FORCE_LIMIT,
     n_jobs: int | None = None,
+    home: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
 ) -> InspectReport:
     """Check a cached dataset for leakage, label errors, label budget and calibration.
@@ -217,6 +218,9 @@ def inspect(
         other, and where other processes share the cores a descheduled one
         stalls the rest: on 2 shared cores the PCA of 10k x 2,048 features
         took 5 s on one thread and 44 s on two.
+    home : path, optional
+        The featx home (``$FEATX_HOME`` or the current directory): where
+        ``inspect/`` goes and the latest head is looked up.
 
     Returns
     -------
@@ -239,11 +243,11 @@ def inspect(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(n_jobs or 1):
-        return _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, brute_force_limit,
+        return _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, brute_force_limit, home,
                         log or (lambda msg: None))
 
 
-def _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, brute_force_limit, log):
+def _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, brute_force_limit, home, log):
     labeled = feats.y >= 0
     notes: list[str] = []
     if labeled.any():
@@ -253,7 +257,7 @@ def _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, br
 
     directory = None
     if out is not False:
-        directory = Path(out) if out else _default_dir(feats.settings.backbone)
+        directory = Path(out) if out else _default_dir(feats.settings.backbone, home)
         directory.mkdir(parents=True, exist_ok=True)
     report = InspectReport(
         directory, feats.describe(), len(feats), list(feats.class_names),
@@ -273,7 +277,7 @@ def _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, br
         with timer("budget"):
             report.budget = label_budget(feats, Z, seeds=seeds, seed=seed)
         with timer("calibration"):
-            report.calibration, cal_plot = check_calibration(feats, oof, head, notes)
+            report.calibration, cal_plot = check_calibration(feats, oof, head, notes, home)
     with timer("map"):
         coords, chosen, method = _embed(Z, embedding, seed, notes)
         report.embedding = {"method": method, "points": int(len(chosen))}
@@ -313,11 +317,11 @@ def _timed(name: str, report: InspectReport, log) -> Iterator[None]:
         report.cpu_seconds[name] = round(time.process_time() - c, 3)
 
 
-def _default_dir(backbone: str) -> Path:
+def _default_dir(backbone: str, home=None) -> Path:
     """``<featx home>/inspect/<backbone>-<time>``, beside heads/ and models/."""
     from .outputs import home_dir
 
-    root, stamp = home_dir() / DEFAULT_INSPECT_DIR, time.strftime("%Y%m%d-%H%M%S")
+    root, stamp = home_dir(home) / DEFAULT_INSPECT_DIR, time.strftime("%Y%m%d-%H%M%S")
     d, i = root / f"{backbone}-{stamp}", 1
     while d.exists():
         i += 1
@@ -643,7 +647,7 @@ def _eval_rows(f: Features, prefer_test: bool = True) -> tuple[np.ndarray, str]:
     return np.zeros(0, int), ""
 
 
-def _head_proba(f: Features, head, notes: list) -> tuple[np.ndarray, np.ndarray, str, str, float | None] | None:
+def _head_proba(f: Features, head, notes: list, home=None) -> tuple[np.ndarray, np.ndarray, str, str, float | None] | None:
     """The head's probabilities on test (or a real val split), if a usable head is there."""
     from .heads import align_proba, load_head, read_manifest
     from .outputs import latest_head
@@ -652,7 +656,7 @@ def _head_proba(f: Features, head, notes: list) -> tuple[np.ndarray, np.ndarray,
         return None
     if head is None:
         try:
-            head = latest_head()
+            head = latest_head(home)
         except HeadError:
             return None
     head = Path(head)
@@ -676,12 +680,12 @@ def _head_proba(f: Features, head, notes: list) -> tuple[np.ndarray, np.ndarray,
     return rows, proba, f"head {head.name}", where, man.get("temperature")
 
 
-def check_calibration(f: Features, oof: np.ndarray, head=None, notes: list | None = None):
+def check_calibration(f: Features, oof: np.ndarray, head=None, notes: list | None = None, home=None):
     """ECE of a head on held-out rows (or of the out-of-fold probabilities), and the temperature that fixes it."""
     from .calibration import apply_temperature, expected_calibration_error, fit_temperature
 
     notes = notes if notes is not None else []
-    got = _head_proba(f, head, notes)
+    got = _head_proba(f, head, notes, home)
     stored_t = None
     if got is None:
         rows = np.flatnonzero(f.y >= 0)
