@@ -36,6 +36,7 @@ _LAZY = {
     "predict": "api",
     "predict_imagenet": "api",
     "compare": "api",
+    "inspect": "inspection",
     "finetune": "finetuning",
     "build_end_to_end": "finetuning",
     "predict_images": "finetuning",

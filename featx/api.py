@@ -58,6 +58,7 @@ def fit_head(
     class_weight: str | None = None,
     top_k: int = 5,
     home: str | os.PathLike | None = None,
+    calibrate: bool = False,
     **params,
 ) -> FitResult:
     """Fit a head on cached features and save it with its metrics.
@@ -82,6 +83,11 @@ def fit_head(
     home : path, optional
         The featx home (``$FEATX_HOME`` or the current directory): where
         ``heads/`` and its ``latest`` pointer live.
+    calibrate : bool
+        Fit a temperature on the validation split (temperature scaling),
+        store it in the manifest for ``predict``, and report the validation
+        ECE before and after in metrics.json. With ``refit_all`` the
+        temperature is the one of the model validated before the refit.
     **params
         The head's own parameters (``hidden``, ``dropout``, ``lr``, ``C``...).
 
@@ -100,6 +106,7 @@ def fit_head(
     est.fit(sp.train.X, _names(sp.train, names), eval_set=(sp.val.X, _names(sp.val, names)))
     fit_s = time.perf_counter() - t
     by_split = {"train": _score(est, sp.train, names, top_k), "val": _score(est, sp.val, names, top_k)}
+    calibration = _calibrate(est, sp.val, names) if calibrate else None
     if refit_all:
         final = make_head(cls.kind, **{**params, **_chosen(est)})
         X = np.concatenate([sp.train.X, sp.val.X])
@@ -121,11 +128,15 @@ def fit_head(
         "refit_all": refit_all,
         "val_from": "stratified split of train" if sp.made_val else "val split",
     }
+    if calibration:
+        manifest["temperature"] = calibration["temperature"]
     est.save(directory, manifest)
     metrics = {
         "head": cls.kind, "extraction": ext.name, "source": feats.view.source, "fit_seconds": fit_s,
         "refit_all": refit_all, "classes": names, "splits": by_split,
     }
+    if calibration:
+        metrics["calibration"] = calibration
     if hasattr(est, "C_"):
         metrics["C"] = est.C_
     if hasattr(est, "best_iteration_"):
@@ -150,6 +161,16 @@ def _names(f: Features, names: Sequence[str]) -> np.ndarray:
 def _score(est, f: Features, names: Sequence[str], top_k: int) -> dict:
     proba = align_proba(est, est.predict_proba(f.X), names)
     return classification_metrics(f.y, proba, names, top_k)
+
+
+def _calibrate(est, val: Features, names: Sequence[str]) -> dict:
+    """Temperature scaling fitted on the validation split, with its ECE before and after."""
+    from .calibration import apply_temperature, expected_calibration_error, fit_temperature
+
+    proba = align_proba(est, est.predict_proba(val.X), names)
+    T = fit_temperature(proba, val.y)
+    return {"temperature": T, "fitted_on": "val", "val_ece_before": expected_calibration_error(proba, val.y),
+            "val_ece_after": expected_calibration_error(apply_temperature(proba, T), val.y)}
 
 
 def _chosen(est) -> dict:
@@ -204,6 +225,10 @@ def predict(
     if X.shape[1] != int(man["feature_width"]):
         raise HeadError(f"Head {head_dir} expects {man['feature_width']} features; the extraction gives {X.shape[1]}.")
     proba = est.predict_proba(X)
+    if man.get("temperature"):
+        from .calibration import apply_temperature
+
+        proba = apply_temperature(proba, man["temperature"])
     return Predictions(list(res.paths), proba, [str(c) for c in man["classes"]], res.skipped, str(head_dir))
 
 

@@ -516,6 +516,8 @@ def cache_compact(obj):
 @click.option("--refit-all", is_flag=True, help="Refit the chosen configuration on train+val at the end.")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Weigh classes inversely to their frequency.")
 @click.option("--top-k", type=POSITIVE_INT, default=5, show_default=True, help="k of the reported top-k accuracy.")
+@click.option("--calibrate", is_flag=True,
+              help="Fit a temperature on the val split; predict then applies it (ECE before/after in metrics.json).")
 @click.option("--hidden", type=Widths(), default="256", show_default=True, help="dense: hidden widths, e.g. 256 or 512,128.")
 @click.option("--dropout", type=DROPOUT, default=0.5, show_default=True, help="dense: dropout after each hidden layer.")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd", "rmsprop"]), default="adam", show_default=True,
@@ -533,8 +535,8 @@ def cache_compact(obj):
 @cache_dir_option
 @home_option
 @click.pass_obj
-def fit_head(obj, kind, data, backbone, extraction, out, seed, val_split, refit_all, class_weight, top_k, hidden,
-             dropout, optimizer, lr, epochs, batch_size, C, n_estimators, num_leaves, verbose):
+def fit_head(obj, kind, data, backbone, extraction, out, seed, val_split, refit_all, class_weight, top_k, calibrate,
+             hidden, dropout, optimizer, lr, epochs, batch_size, C, n_estimators, num_leaves, verbose):
     """Train a classifier head on cached features, in seconds.
 
     With no --data/--backbone/--extraction it uses the most recent
@@ -559,11 +561,15 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, val_split, refit_
         "lightgbm": dict(n_estimators=n_estimators, num_leaves=num_leaves),
     }[kind]
     result = run(kind, data=data, backbone=backbone, extraction=extraction, cache_dir=obj["cache_dir"], out=out,
-                 seed=seed, val_split=val_split, refit_all=refit_all, class_weight=class_weight, top_k=top_k, **params,
-                 home=obj["home"])
+                 seed=seed, val_split=val_split, refit_all=refit_all, class_weight=class_weight, top_k=top_k,
+                 calibrate=calibrate, **params, home=obj["home"])
     click.echo(f"features: {result.features}")
     click.echo(f"head: {kind}" + (" (refit on train+val)" if refit_all else ""))
     click.echo(result.report)
+    if calibrate:
+        c = result.metrics["calibration"]
+        click.echo(f"calibration: temperature {c['temperature']:.3f}, "
+                   f"val ECE {c['val_ece_before']:.4f} -> {c['val_ece_after']:.4f}")
     click.echo(f"saved to {result.directory}")
 
 
@@ -651,6 +657,51 @@ def compare(obj, data, heads, out, seed, val_split):
                 log=lambda m: click.echo(m, err=True), home=obj["home"])
     click.echo(board.table())
     click.echo(f"wrote {board.csv_path}")
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+@cli.command()
+@click.option("--data", type=click.Path(), help="Dataset folder/CSV given to extract [default: the latest extraction].")
+@click.option("-b", "--backbone", help="Use the latest extraction with this backbone.")
+@click.option("--extraction", help="An extraction name or prefix from `featx cache list`.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: inspect/<backbone>-<time> in the featx home].")
+@click.option("--head", type=click.Path(file_okay=False),
+              help="Head whose calibration to check [default: the latest head, if fitted on these features].")
+@click.option("--near-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="Cosine similarity (standardised, L2-normalised features) for near duplicates.")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True,
+              help="K of the stratified K-fold behind the label checks.")
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
+              help="Random draws per point of the label-budget curve.")
+@click.option("--map", "embedding", type=click.Choice(["pca", "umap"]), default="pca", show_default=True,
+              help="2-D map; umap needs umap-learn.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@cache_dir_option
+@home_option
+@click.pass_obj
+def inspect(obj, data, backbone, extraction, out, head, near_threshold, folds, seeds, embedding, seed):
+    """Check cached features: leakage, label errors, label budget, calibration.
+
+    Works from the feature cache alone, in seconds: exact (sha256) and near
+    (cosine) duplicates within and across splits, likely label errors from
+    out-of-fold logistic regression, accuracy against labelled images per
+    class, calibration error with the temperature that fixes it, and a 2-D
+    map. Writes report.json, PNGs and CSVs of the flagged images.
+
+    \b
+    Examples:
+      featx inspect
+      featx inspect --data data/ --near-threshold 0.98 --out checks/
+    """
+    from .inspection import inspect as run
+
+    report = run(data, backbone=backbone, extraction=extraction, cache_dir=obj["cache_dir"], out=out, head=head,
+                 near_threshold=near_threshold, folds=folds, seeds=seeds, embedding=embedding, seed=seed,
+                 log=lambda m: click.echo(m, err=True), home=obj["home"])
+    click.echo(report.summary())
+    click.echo(f"wrote {report.directory}: {', '.join(p.name for p in report.files)}")
 
 
 # --------------------------------------------------------------------------- finetune

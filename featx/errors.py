@@ -59,3 +59,11 @@ class FeatxWarning(UserWarning):
 
     The CLI prints these as one ``warning:`` line each.
     """
+
+
+class InspectError(FeatxError, ValueError):
+    """Data that a check of `featx inspect` cannot run on (one class, too few images per class)."""
+
+
+class CalibrationError(FeatxError, ValueError):
+    """Probabilities and labels that cannot be calibrated (bad shapes, empty input)."""

@@ -1,0 +1,456 @@
+"""featx inspect: duplicates and leakage, label issues, label budget, calibration, files, CLI."""
+
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import featx
+from featx import inspection
+from featx.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from featx.cache import Cache
+from featx.cli import cli
+from featx.errors import InspectError
+from featx.features import load_features
+from featx.spec import ExtractionSpec
+
+from conftest import HYMENOPTERA, make_dataset
+
+INTEL6 = HYMENOPTERA.parent / "intel6"
+EXTRACT = ["extract", "-q", "-b", "mobilenetv3small", "--weights", "none", "--image-size", "32"]
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def invoke(*args, cache_dir):
+    return CliRunner().invoke(cli, ["--cache-dir", str(cache_dir), *map(str, args)])
+
+
+def write_features(root, X, y, splits, class_names, paths=None, shas=None, source="/synthetic/data"):
+    """Rows written through the cache API (one shard, one dataset view), read back as Features."""
+    n = len(X)
+    paths = list(paths) if paths is not None else [f"{source}/{splits[i]}/{i}.jpg" for i in range(n)]
+    shas = list(shas) if shas is not None else [hashlib.sha256(p.encode()).hexdigest() for p in paths]
+    spec = ExtractionSpec(backbone="resnet50", weights="synthetic", input_size=224, preprocessing="caffe",
+                                  pooling="avg", tap="output", cut_blocks=0, precision="float32")
+    cache = Cache(root)
+    ext = cache.extraction(spec, X.shape[1], create=True)
+    first = {}
+    for i, s in enumerate(shas):
+        first.setdefault(s, i)
+    rows = list(first.values())
+    labels = [class_names[y[i]] if y[i] >= 0 else "" for i in rows]
+    ext.write_shard(X[rows], [shas[i] for i in rows], [paths[i] for i in rows], labels)
+    cache.write_view(ext, source, "splits", class_names, paths, shas, np.asarray(y), list(splits))
+    return load_features(cache_dir=root)
+
+
+def blobs(per_class=(30, 10, 10), k=3, d=64, noise=1.5, seed=0):
+    """Gaussian class clusters in train/val/test; within a class, cosines are about 0.3."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (k, d))
+    y, splits = [], []
+    for split, m in zip(("train", "val", "test"), per_class):
+        y += [c for c in range(k) for _ in range(m)]
+        splits += [split] * (k * m)
+    y = np.array(y)
+    X = (centers[y] + rng.normal(0, noise, (len(y), d))).astype(np.float32)
+    return X, y, np.array(splits, dtype=object)
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Blobs with planted exact and near duplicates across splits, and a same-sha pair at two train paths."""
+    X, y, splits = blobs()
+    paths = [f"/synthetic/data/{s}/{i}.jpg" for i, s in enumerate(splits)]
+    shas = [hashlib.sha256(p.encode()).hexdigest() for p in paths]
+    rng = np.random.default_rng(1)
+    train, test, val = (np.flatnonzero(splits == s) for s in ("train", "test", "val"))
+    a, b = train[0], test[-1]  # exact: same bytes in train and test, with another label
+    X[b], shas[b], y[b] = X[a], shas[a], (y[a] + 1) % 3
+    c, d = train[1], train[2]  # exact: one file at two paths of train
+    X[d], shas[d] = X[c], shas[c]
+    e, g = train[5], val[3]  # near: a train image, a little noise, in val (cosine ~0.99)
+    X[g] = X[e] + rng.normal(0, 0.15, X.shape[1])
+    h, j = train[8], test[4]  # similar but not a copy (cosine ~0.91)
+    X[j] = X[h] + rng.normal(0, 0.75, X.shape[1])
+    root = tmp_path_factory.mktemp("planted")
+    f = write_features(root / "cache", X, y, splits, ["a", "b", "c"], paths, shas)
+    return f, {"exact_cross": (a, b), "exact_same": (c, d), "near": (e, g), "similar": (h, j)}
+
+
+def _pairs(dups, kind):
+    return {frozenset((p["row_a"], p["row_b"])) for p in dups[f"{kind}_pairs"]}
+
+
+def test_planted_exact_and_near_duplicates_across_splits(planted):
+    f, rows = planted
+    dups = inspection.find_duplicates(f)
+    assert _pairs(dups, "exact") == {frozenset(rows["exact_cross"]), frozenset(rows["exact_same"])}
+    assert _pairs(dups, "near") == {frozenset(rows["near"])}  # unrelated images are not near
+    assert dups["cross_split"] == {"train-test": {"exact": 1, "near": 0, "conflicting_labels": 1},
+                                   "train-val": {"exact": 0, "near": 1, "conflicting_labels": 0}}
+    assert dups["leaking_pairs"] == 2
+    same = next(p for p in dups["exact_pairs"] if frozenset((p["row_a"], p["row_b"])) == frozenset(rows["exact_same"]))
+    assert same["cross_split"] == "" and same["split_a"] == same["split_b"] == "train"
+
+
+def test_near_threshold_effect(planted):
+    """0.95 finds the noisy copy only; 0.85 also finds an image that is merely similar."""
+    f, rows = planted
+    Z = inspection.unit_rows(f.X)
+    sims = {k: float(Z[a] @ Z[b]) for k, (a, b) in rows.items() if k in ("near", "similar")}
+    assert sims["near"] > 0.98 and 0.85 < sims["similar"] < 0.95
+    loose = inspection.find_duplicates(f, 0.85)
+    assert _pairs(loose, "near") == {frozenset(rows["near"]), frozenset(rows["similar"])}
+    assert loose["cross_split"]["train-test"]["near"] == 1
+
+
+def test_blockwise_search_matches_full_matrix():
+    rng = np.random.default_rng(3)
+    Z = inspection.unit_rows(rng.normal(size=(300, 8)))
+    i, j, s = inspection.near_pairs(Z, 0.9, block_bytes=4 * 300 * 64)  # 64-row blocks
+    full = Z @ Z.T
+    want = {(a, b) for a, b in zip(*np.nonzero(full >= 0.9)) if a < b}
+    assert set(zip(i.tolist(), j.tolist())) == want and len(want) > 10
+    assert np.allclose(s, full[i, j], atol=1e-5) and np.all(np.diff(s) <= 0)
+
+
+@pytest.mark.skipif(not installed("faiss"), reason="faiss-cpu not installed")
+def test_approximate_index_past_the_brute_force_limit(planted):
+    f, rows = planted
+    dups = inspection.find_duplicates(f, brute_force_limit=10)
+    assert dups["method"].startswith("approximate (faiss")
+    assert frozenset(rows["near"]) in _pairs(dups, "near")
+
+
+def test_without_faiss_past_the_limit_says_what_to_install(planted, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    notes = []
+    dups = inspection.find_duplicates(planted[0], brute_force_limit=10, notes=notes)
+    assert dups["method"] == "skipped" and dups["near_pairs"] == [] and len(dups["exact_pairs"]) == 2
+    assert "faiss-cpu" in notes[0] and "exceed the exact-search limit of 10" in notes[0]
+
+
+# --------------------------------------------------------------------------- label issues, budget
+
+
+@pytest.fixture(scope="module")
+def flipped(tmp_path_factory):
+    X, y, splits = blobs(per_class=(40, 10, 10), k=4, d=32, noise=0.8, seed=5)
+    rng = np.random.default_rng(2)
+    train = np.flatnonzero(splits == "train")
+    bad = rng.choice(train, 8, replace=False)
+    y = y.copy()
+    y[bad] = (y[bad] + rng.integers(1, 4, len(bad))) % 4
+    f = write_features(tmp_path_factory.mktemp("flipped") / "cache", X, y, splits, ["w", "x", "y", "z"])
+    return f, bad
+
+
+@pytest.mark.parametrize("with_cleanlab", [True, False])
+def test_planted_label_flips_rank_at_the_top(flipped, monkeypatch, with_cleanlab):
+    if with_cleanlab and not installed("cleanlab"):
+        pytest.skip("cleanlab not installed")
+    if not with_cleanlab:
+        monkeypatch.setitem(sys.modules, "cleanlab", None)
+    f, bad = flipped
+    section, oof, ranking = inspection.find_label_issues(f, inspection._reduce(f.X, 0))
+    assert section["method"].startswith("cleanlab") == with_cleanlab
+    assert set(ranking[:len(bad)].tolist()) == set(bad.tolist())  # precision at k = 1
+    flagged = {s["row"] for s in section["suspects"]}
+    assert len(set(bad.tolist()) & flagged) >= 6 and len(flagged) <= 2 * len(bad)
+    top = section["suspects"][0]
+    assert top["given"] != top["suggested"] and top["given"] == f.class_names[f.y[top["row"]]]
+    assert np.allclose(oof[f.y >= 0].sum(axis=1), 1)
+
+
+def test_budget_curve_rises_on_separable_data(tmp_path):
+    X, y, splits = blobs(per_class=(60, 0, 40), k=5, d=64, noise=2.5, seed=4)
+    f = write_features(tmp_path / "cache", X, y, splits, list("abcde"))
+    b = inspection.label_budget(f, inspection._reduce(f.X, 0), seeds=3)
+    pts = b["points"]
+    assert [p["per_class"] for p in pts] == [1, 2, 5, 10, 20, 50, 60] and pts[-1]["all"]
+    assert b["evaluated_on"] == "test" and b["n_eval"] == 200
+    means = [p["mean"] for p in pts]
+    assert means[-1] >= 0.85 and means[0] <= means[-1] - 0.3  # about 0.49 at 1 per class, 0.93 at 60
+    assert all(b >= a - 0.02 for a, b in zip(means, means[1:]))
+    assert pts[0]["min"] <= pts[0]["mean"] <= pts[0]["max"] and pts[-1]["std"] == 0
+    assert len(b["runs"]) == 6 * 3 + 1
+
+
+def test_budget_holds_out_a_quarter_without_val_or_test(tmp_path):
+    X, y, splits = blobs(per_class=(40, 0, 0), k=2, d=16, seed=6)
+    f = write_features(tmp_path / "cache", X, y, splits, ["a", "b"])
+    b = inspection.label_budget(f, inspection._reduce(f.X, 0), seeds=2)
+    assert b["evaluated_on"].startswith("a stratified 25%") and b["n_eval"] == 20
+    assert b["points"][-1]["per_class"] == 30
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _overconfident(n=3000, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, (n, k))
+    true_p = apply_temperature(logits, 1.0)
+    y = (rng.random((n, 1)) > true_p.cumsum(axis=1)).sum(axis=1)
+    return apply_temperature(logits, 0.4), y  # logits / 0.4: far too sure
+
+
+def test_temperature_scaling_lowers_ece_of_an_overconfident_head():
+    proba, y = _overconfident()
+    fit, held = slice(0, 1500), slice(1500, None)
+    T = fit_temperature(proba[fit], y[fit])
+    assert 2.0 < T < 3.0  # the true factor is 1 / 0.4
+    before = expected_calibration_error(proba[held], y[held])
+    after = expected_calibration_error(apply_temperature(proba[held], T), y[held])
+    assert before > 0.1 and after < before / 3
+    assert np.array_equal(apply_temperature(proba, T).argmax(1), proba.argmax(1))  # accuracy untouched
+    calibrated = apply_temperature(proba, 2.5)
+    assert abs(fit_temperature(calibrated, y) - 1.0) < 0.15
+    assert fit_temperature(np.log(calibrated) + 7.0, y) == pytest.approx(fit_temperature(calibrated, y), rel=1e-3)
+
+
+def test_expected_calibration_error_by_hand():
+    proba = np.array([[0.95, 0.05], [0.95, 0.05], [0.6, 0.4], [0.3, 0.7]])
+    y = np.array([0, 1, 0, 1])
+    # bins: 0.95 -> acc 0.5 (2 rows), 0.6 -> acc 1, 0.7 -> acc 1
+    assert expected_calibration_error(proba, y) == pytest.approx((2 * 0.45 + 0.4 + 0.3) / 4)
+    with pytest.raises(featx.FeatxError, match="labels"):
+        expected_calibration_error(proba, y[:3])
+
+
+# --------------------------------------------------------------------------- the report and its files
+
+
+def _check_files(d: Path, labeled=True):
+    from PIL import Image
+
+    names = {"report.json", "duplicates.csv", "duplicates.png", "embedding.png"}
+    if labeled:
+        names |= {"label_issues.csv", "label_issues.png", "label_budget.csv", "label_budget.png", "reliability.png"}
+    assert {p.name for p in d.iterdir()} == names
+    for png in d.glob("*.png"):
+        with Image.open(png) as im:
+            im.verify()
+    heads = {"duplicates.csv": ["kind", "similarity", "cross_split", "label_conflict", "path_a", "split_a", "label_a",
+                                "path_b", "split_b", "label_b"],
+             "label_issues.csv": ["path", "split", "given", "suggested", "score"],
+             "label_budget.csv": ["per_class", "seed", "n_train", "accuracy"]}
+    rows = {}
+    for name in names & set(heads):
+        with open(d / name, newline="") as fh:
+            rows[name] = list(csv.DictReader(fh))
+        with open(d / name, newline="") as fh:
+            assert next(csv.reader(fh)) == heads[name]
+    return json.loads((d / "report.json").read_text()), rows
+
+
+def test_report_files_written_and_parseable(planted, tmp_path):
+    f, rows = planted
+    # One real image among missing ones: a thumbnail is decoded, the others become placeholders.
+    from conftest import make_image
+
+    real = make_image(tmp_path / "img.png", size=(300, 120))
+    f = f.subset(np.arange(len(f)))
+    f.paths = f.paths.copy()
+    f.paths[rows["exact_cross"][0]] = str(real)
+    rep = featx.inspect(f, out=tmp_path / "out", head=False)
+    report, tables = _check_files(tmp_path / "out")
+    assert report["duplicates"]["cross_split"]["train-test"]["exact"] == 1
+    assert len(tables["duplicates.csv"]) == 3 and tables["duplicates.csv"][0]["kind"] == "exact"
+    assert float(tables["label_issues.csv"][0]["score"]) <= float(tables["label_issues.csv"][-1]["score"])
+    assert {r["per_class"] for r in tables["label_budget.csv"]} >= {"1", "30"}
+    assert report["calibration"]["source"] == "out-of-fold logistic regression"
+    assert set(report["timings"]) == {"duplicates", "reduce", "label issues", "budget", "calibration", "map", "files"}
+    assert rep.summary().startswith("features: resnet50 224px avg on /synthetic/data")
+    assert "LEAKAGE train-test: 1 exact, 0 near, 1 with conflicting labels" in rep.summary()
+
+
+def test_inspect_imports_no_keras(planted, tmp_path):
+    """The whole report from the cache alone: no Keras, no TensorFlow, no model."""
+    cache = Path(planted[0].view.path).parents[1]
+    code = (
+        "import sys, featx\n"
+        f"r = featx.inspect(cache_dir={str(cache)!r}, out={str(tmp_path / 'out')!r})\n"
+        # umap-learn's own __init__ would import TensorFlow for ParametricUMAP;
+        # featx imports it without (running UMAP itself costs a numba start-up of tens of seconds).
+        f"if {installed('umap')}: featx.inspection._import_umap().UMAP\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'jax', 'torch'))\n"
+        "assert not bad, bad[:5]\n"
+        "print('ok', len(r.files))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(featx.__file__).parents[1])})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ok 9")
+
+
+def test_optional_libraries_missing_or_present(planted, tmp_path, monkeypatch):
+    f = planted[0]
+    for name in ("cleanlab", "faiss", "umap"):
+        monkeypatch.setitem(sys.modules, name, None)
+    rep = featx.inspect(f, out=False, head=False, embedding="umap", brute_force_limit=10)
+    assert rep.label_issues["method"] == "confident learning (self-confidence)"
+    assert rep.embedding["method"] == "pca"
+    assert any("umap-learn is not installed" in n for n in rep.notes)
+    assert any("faiss-cpu" in n for n in rep.notes)
+    # With a UMAP in place, the map uses it (a stand-in: the real one's numba start-up costs tens of seconds).
+    fake = types.ModuleType("umap")
+    fake.UMAP = lambda **kw: types.SimpleNamespace(fit_transform=lambda Z: Z[:, :2] * 0 + 1)
+    monkeypatch.setitem(sys.modules, "umap", fake)
+    rep = featx.inspect(f, out=False, head=False, embedding="umap")
+    assert rep.embedding["method"] == "umap"
+
+
+def test_unlabeled_gets_duplicates_and_map_only(tmp_path):
+    X, _, _ = blobs(per_class=(10, 0, 0))
+    X[7] = X[3]
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(len(X))]
+    shas[7] = shas[3]
+    f = write_features(tmp_path / "cache", X, np.full(len(X), -1), [""] * len(X), [], shas=shas)
+    rep = featx.inspect(f, out=tmp_path / "out")
+    assert rep.label_issues is None and rep.budget is None and rep.calibration is None
+    assert rep.duplicates["exact_groups"] == 1 and "unlabeled images" in rep.notes[0]
+    _check_files(tmp_path / "out", labeled=False)
+
+
+def test_one_class_or_too_few_per_class_is_a_one_line_error(tmp_path):
+    X, y, splits = blobs(per_class=(6, 0, 0), k=2)
+    one = write_features(tmp_path / "one", X, np.zeros_like(y), splits, ["a", "b"])
+    with pytest.raises(InspectError, match="at least 2 classes"):
+        featx.inspect(one, out=False)
+    y = y.copy()
+    y[y == 1] = 0
+    y[-2:] = 1  # class b: 2 images
+    few = write_features(tmp_path / "few", X, y, splits, ["a", "b"])
+    with pytest.raises(InspectError, match=r"at least 3 labelled images; b \(2\) has fewer"):
+        featx.inspect(few, out=False)
+    r = invoke("inspect", cache_dir=tmp_path / "few")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.startswith("Error: Too few images for K-fold") and r.output.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- with real images
+
+
+@pytest.fixture(scope="module")
+def tiny_extracted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_dataset(root / "data", per_class=8, splits=["train", "val", "test"])
+    r = invoke(*EXTRACT, data, cache_dir=root / "cache")
+    assert r.exit_code == 0, r.output
+    return root, data
+
+
+def test_cli_inspect_on_extracted_images(tiny_extracted, monkeypatch):
+    root, data = tiny_extracted
+    monkeypatch.chdir(root)
+    r = invoke("inspect", "--seeds", "2", cache_dir=root / "cache")
+    assert r.exit_code == 0, r.output
+    out = Path(r.output.strip().splitlines()[-1].split()[1].rstrip(":"))
+    assert out.parent.resolve() == (root / "inspect").resolve() and out.name.startswith("mobilenetv3small-")
+    _check_files(root / out)
+    assert "label issues:" in r.output and "calibration (out-of-fold" in r.output
+
+
+def test_fit_head_calibrate_stores_temperature_and_predict_applies_it(tiny_extracted, monkeypatch):
+    root, data = tiny_extracted
+    monkeypatch.chdir(root)
+    res = featx.fit_head("logreg", cache_dir=root / "cache", calibrate=True, C=100.0, out=root / "heads" / "cal")
+    c = res.metrics["calibration"]
+    man = json.loads((res.directory / "manifest.json").read_text())
+    assert man["temperature"] == c["temperature"] > 0 and c["fitted_on"] == "val"
+    assert c["val_ece_after"] <= c["val_ece_before"] + 1e-9
+    preds = featx.predict(data / "test", head=res.directory, cache_dir=root / "cache", progress=False)
+    f = featx.load_features(data, cache_dir=root / "cache")
+    raw = featx.load_head(res.directory).predict_proba(f.X)
+    order = [list(f.paths).index(p) for p in preds.paths]
+    assert len(order) == 16 and np.allclose(preds.probabilities, apply_temperature(raw[order], c["temperature"]))
+    # inspect checks that head (not a Keras one), on test, with its temperature applied
+    rep = featx.inspect(cache_dir=root / "cache", data=data, out=False, head=res.directory)
+    assert rep.calibration["source"].startswith("head cal (its temperature")
+    assert rep.calibration["evaluated_on"] == "test"
+    r = invoke("fit-head", "--head", "logreg", "--calibrate", "--out", root / "heads" / "cli", cache_dir=root / "cache")
+    assert r.exit_code == 0 and "calibration: temperature" in r.output
+
+
+@pytest.mark.slow
+def test_real_copies_are_near_duplicates(tmp_path):
+    """Resized and recompressed copies of real photos are found across splits; other photos are not."""
+    from PIL import Image, ImageOps
+
+    originals = sorted((HYMENOPTERA / "train" / "ants").glob("*.jpg"))[:6] + sorted(
+        (HYMENOPTERA / "train" / "bees").glob("*.jpg"))[:6]
+    data = tmp_path / "data"
+    copies = {}
+    for i, src in enumerate(originals):
+        cls = src.parent.name
+        dst = data / "train" / cls / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+        if i % 6 < 3:
+            with Image.open(src) as im:
+                im = im.convert("RGB")
+                how = ["resized", "recompressed", "flipped"][i % 6]
+                out = data / "test" / cls / f"{how}-{src.name}"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if how == "resized":
+                    im.resize((im.width // 2, im.height // 2)).save(out, quality=90)
+                elif how == "recompressed":
+                    im.save(out, quality=30)
+                else:
+                    ImageOps.mirror(im).save(out, quality=90)
+                copies[str(out)] = (str(dst), how)
+    cache = tmp_path / "cache"
+    assert invoke(*EXTRACT[:3], "vgg16", *EXTRACT[4:], data, cache_dir=cache).exit_code == 0
+    rep = featx.inspect(data, cache_dir=cache, out=False, head=False)
+    found = {(p["path_a"], p["path_b"]) for p in rep.duplicates["near_pairs"]}
+    for copy, (orig, how) in copies.items():
+        if how != "flipped":  # random weights do not make a mirror image near; trained ones do
+            assert (str(orig), copy) in found, (how, rep.duplicates["near_pairs"])
+    assert all(p["cross_split"] == "train-test" for p in rep.duplicates["near_pairs"])
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_hymenoptera(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    r = invoke(*EXTRACT, HYMENOPTERA, cache_dir=cache)
+    assert r.exit_code == 0, r.output
+    r = invoke("inspect", "--out", tmp_path / "out", cache_dir=cache)
+    assert r.exit_code == 0, r.output
+    report, tables = _check_files(tmp_path / "out")
+    assert report["splits"] == {"train": 245, "val": 153}
+    assert report["budget"]["evaluated_on"] == "val"
+    assert report["label_issues"]["n_labeled"] == 398
+    for line in ("duplicates:", "label issues:", "label budget (val):", "calibration (", "map: pca of 398 images"):
+        assert line in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not INTEL6.is_dir(), reason="../shared/datasets/intel6 not present")
+def test_intel6_known_cross_split_duplicate(tmp_path):
+    cache = tmp_path / "cache"
+    r = invoke(*EXTRACT, INTEL6, cache_dir=cache)
+    assert r.exit_code == 0, r.output
+    rep = featx.inspect(cache_dir=cache, out=tmp_path / "out", head=False)
+    leak = [p for p in rep.duplicates["exact_pairs"] if p["cross_split"] == "train-test"]
+    assert [(p["rel_a"], p["label_a"], p["rel_b"], p["label_b"], p["label_conflict"]) for p in leak] == [
+        ("train/street/10408.jpg", "street", "test/buildings/20805.jpg", "buildings", True)]
+    assert "train/street/10408.jpg [street] == test/buildings/20805.jpg [buildings]" in rep.summary()
+    assert rep.budget["evaluated_on"] == "test"
