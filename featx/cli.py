@@ -252,8 +252,8 @@ def _hidden(value: str) -> tuple[int, ...]:
               help="dense: maximum epochs (EarlyStopping restores the best).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="dense: batch size.")
 @click.option("--C", "C", type=float, help="logreg: inverse regularisation [default: chosen on validation].")
-@click.option("--n-estimators", type=int, default=1000, show_default=True,
-              help="lightgbm: maximum trees (early stopping on validation).")
+@click.option("--n-estimators", type=int,
+              help="lightgbm: trees [default: up to 1000, early-stopped on validation; chosen by CV without one].")
 @click.option("--num-leaves", type=int, default=15, show_default=True, help="lightgbm: leaves per tree.")
 @click.option("-v", "--verbose", is_flag=True, help="dense: show Keras' per-epoch output.")
 @click.pass_obj
