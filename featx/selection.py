@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import HeadError
 from .heads import C_GRID, make_head
+from .normalise import normalise, normaliser_stats
 
 # The dense head's documented search, in the order it is tried (defaults first);
 # configurations beyond the time budget are left out and named in the report.
@@ -115,6 +116,7 @@ class Trial:
     chosen: dict = field(default_factory=dict)
     skipped: str = ""
     estimator: object = None
+    screen: bool = False
 
     @property
     def mean(self) -> float:
@@ -134,7 +136,7 @@ class Trial:
                "params": _short(self.chosen or self.params), f"{protocol}_acc": round(self.mean, 4) if self.scores else ""}
         if protocol == "cv":
             row["cv_std"] = round(self.std, 4) if self.scores else ""
-        row.update(fit_s=round(self.seconds, 2), note=self.skipped)
+        row.update(fit_s=round(self.seconds, 2), note=self.skipped or ("screen: fold 1 only" if self.screen else ""))
         return row
 
 
@@ -178,6 +180,32 @@ def evaluate(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, params
     return trial
 
 
+def _logreg_path(X: np.ndarray, y: np.ndarray, protocol: Protocol, Cs: Sequence[float], params: dict) -> list[list]:
+    """Accuracy per C per pair, fitting each pair's C values in increasing order, each from the last solution.
+
+    The same models as ``LogisticHead(C=c, **params)`` (to the solver's
+    tolerance), several times faster on wide features: a weakly regularised
+    fit started from the strongly regularised one needs few iterations.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    norm = params.get("normalise", "none")
+    scores = [[] for _ in Cs]
+    for fit_rows, score_rows in protocol.pairs:
+        Xf, Xs = X[fit_rows], X[score_rows]
+        stats = normaliser_stats(Xf, norm)
+        Xf, Xs = normalise(Xf, norm, stats), normalise(Xs, norm, stats)
+        mean, scale = Xf.mean(axis=0).astype(np.float64), Xf.std(axis=0).astype(np.float64)
+        scale[scale < 1e-12] = 1.0
+        Xf, Xs = (Xf - mean) / scale, (Xs - mean) / scale
+        model = LogisticRegression(max_iter=params.get("max_iter", 2000), class_weight=params.get("class_weight"),
+                                   random_state=params.get("seed", 0), warm_start=True)
+        for i in np.argsort(Cs):
+            model.set_params(C=Cs[i]).fit(Xf, y[fit_rows])
+            scores[i].append(float((model.predict(Xs) == y[score_rows]).mean()))
+    return scores
+
+
 def grid_for(kind: str, fixed: dict) -> list[dict]:
     """Configurations to try: the search of ``kind`` over what ``fixed`` leaves open."""
     if kind == "logreg":
@@ -202,6 +230,19 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
     The dense head's grid stops at ``budget_s`` (``DENSE_BUDGET_S`` by
     default); the configurations left out are returned marked as skipped.
     """
+    if kind == "logreg" and fixed.get("C") is None:
+        t = time.perf_counter()
+        grid = grid_for(kind, fixed)
+        per_c = _logreg_path(X, y, protocol, [g["C"] for g in grid], fixed)
+        seconds = (time.perf_counter() - t) / len(grid)
+        trials = [Trial(kind, g, features, scores=sc, seconds=seconds, chosen={"C": g["C"]}) for g, sc in zip(grid, per_c)]
+        best = max(trials, key=lambda tr: (round(tr.mean, 10), -trials.index(tr)))
+        if log:
+            for tr in trials:
+                log(f"  logreg C={tr.params['C']} {fixed.get('normalise', 'none')}: {tr.mean:.4f} +- {tr.std:.4f}")
+        if protocol.kind == "val":
+            best.estimator = evaluate(kind, X, y, protocol, best.params, features, keep_estimator=True).estimator
+        return best, trials
     if budget_s is None and kind == "dense":
         budget_s = DENSE_BUDGET_S
     trials: list[Trial] = []
@@ -233,9 +274,11 @@ def search(
 ) -> list[Trial]:
     """The ``--head auto`` search; trials ranked best first.
 
-    Stage 1 scores the logistic head (C searched) on every feature set x
+    Stage 1 screens the logistic head (C searched) on every feature set x
     normalisation: it is cheap and a good guide to which features carry the
-    signal. Stage 2 scores the other kinds (default hyper-parameters,
+    signal. With K folds the screen uses the first fold only, and the
+    ``finalists`` best pairs are then scored on all K (screen rows rank
+    after fully scored ones and are never chosen). Stage 2 scores the other kinds (default hyper-parameters,
     early-stopped) on the ``finalists`` best feature set x normalisation
     pairs of stage 1, for at most ``budget_s`` seconds; a trial still running
     then stops and what is left out is listed as skipped. Every score comes
@@ -245,19 +288,27 @@ def search(
     trials: list[Trial] = []
     stage1 = []
     first = "logreg" if "logreg" in kinds else kinds[0]
+    screen = Protocol(protocol.kind, protocol.pairs[:1], protocol.seed)
     for name, X in feature_sets.items():
         for norm in AUTO_NORMS[first]:
-            best, tried = select(first, X, y, protocol, {**base, "normalise": norm}, name)
+            best, tried = select(first, X, y, screen, {**base, "normalise": norm}, name)
+            best.screen = len(protocol.pairs) > 1
             stage1.append(best)
             if log:
-                log(f"{name} {first} {norm}: {best.mean:.4f} +- {best.std:.4f} ({_short(best.chosen)})")
-    trials += stage1
-    stage2 = time.perf_counter()
+                log(f"{name} {first} {norm}: {best.mean:.4f} ({_short(best.chosen)}{', fold 1' if best.screen else ''})")
     ranked = sorted(stage1, key=lambda t: -t.mean)
     pairs = []
     for t in ranked:
         if (t.features, t.normalise) not in pairs:
             pairs.append((t.features, t.normalise))
+    if len(protocol.pairs) > 1:  # the finalists of the screen, by the whole protocol
+        for t in ranked[:finalists]:
+            best, _ = select(first, feature_sets[t.features], y, protocol, {**base, "normalise": t.normalise}, t.features)
+            trials.append(best)
+            if log:
+                log(f"{t.features} {first} {t.normalise}: {best.mean:.4f} +- {best.std:.4f} ({_short(best.chosen)})")
+    trials += stage1
+    stage2 = time.perf_counter()
     done = set()
     for kind in (k for k in kinds if k != first):
         for name, norm in pairs[:finalists]:
@@ -275,7 +326,7 @@ def search(
             trials.append(trial)
             if log:
                 log(f"{name} {kind} {norm}: {trial.mean:.4f} +- {trial.std:.4f} ({trial.seconds:.1f}s)")
-    return sorted(trials, key=lambda t: (not t.scores, -t.mean if t.scores else 0))
+    return sorted(trials, key=lambda t: (not t.scores, t.screen, -t.mean if t.scores else 0))
 
 
 def feature_set_names(names: Sequence[str], max_sets: int = 16) -> list[tuple[str, ...]]:
