@@ -164,7 +164,8 @@ def fit_head(
     top_k : int
         k of the top-k accuracy.
     time_budget : float
-        Seconds ``head="auto"`` may spend on stage 2 of its search.
+        Seconds ``head="auto"`` may spend searching (its first stage, the
+        logistic screen, always completes; later trials stop at the budget).
     auto_heads : sequence of str
         The head kinds ``head="auto"`` tries.
     log : callable, optional

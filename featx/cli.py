@@ -251,7 +251,7 @@ def _hidden(value: str) -> tuple[int, ...]:
 @click.option("--normalise", type=click.Choice(["none", "standard", "l2", "sqrt-l2"]),
               help="Feature normalisation before the head [default: none; searched by --head auto].")
 @click.option("--time-budget", type=float, default=90.0, show_default=True,
-              help="auto: seconds for the second stage of the search.")
+              help="auto: seconds the search may take (the logreg screen always completes).")
 @click.option("--auto-heads", default="logreg,lightgbm,dense", show_default=True,
               help="auto: the head kinds to try, comma-separated.")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Weigh classes inversely to their frequency.")

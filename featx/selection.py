@@ -280,11 +280,13 @@ def search(
     ``finalists`` best pairs are then scored on all K (screen rows rank
     after fully scored ones and are never chosen). Stage 2 scores the other kinds (default hyper-parameters,
     early-stopped) on the ``finalists`` best feature set x normalisation
-    pairs of stage 1, for at most ``budget_s`` seconds; a trial still running
-    then stops and what is left out is listed as skipped. Every score comes
+    pairs of stage 1 until ``budget_s`` seconds from the start of the search
+    (stage 1 always completes); a trial still running then stops and what is
+    left out is listed as skipped. Every score comes
     from the same ``protocol``.
     """
     base = dict(base or {})
+    start = time.perf_counter()
     trials: list[Trial] = []
     stage1 = []
     first = "logreg" if "logreg" in kinds else kinds[0]
@@ -308,7 +310,6 @@ def search(
             if log:
                 log(f"{t.features} {first} {t.normalise}: {best.mean:.4f} +- {best.std:.4f} ({_short(best.chosen)})")
     trials += stage1
-    stage2 = time.perf_counter()
     done = set()
     for kind in (k for k in kinds if k != first):
         for name, norm in pairs[:finalists]:
@@ -318,11 +319,11 @@ def search(
                 continue
             done.add((kind, name, norm))
             cfg = {**base, "normalise": norm}
-            if time.perf_counter() - stage2 > budget_s:
+            if time.perf_counter() - start > budget_s:
                 trials.append(Trial(kind, cfg, name, skipped=f"time budget {budget_s:.0f}s"))
                 continue
             trial = evaluate(kind, feature_sets[name], y, protocol, cfg, name, keep_estimator=protocol.kind == "val",
-                             deadline=stage2 + budget_s)
+                             deadline=start + budget_s)
             trials.append(trial)
             if log:
                 log(f"{name} {kind} {norm}: {trial.mean:.4f} +- {trial.std:.4f} ({trial.seconds:.1f}s)")
