@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import HeadError
-from .heads import C_GRID, make_head
+from .heads import C_GRID, make_head, one_blas_thread
 from .normalise import normalise, normaliser_stats
 
 # The dense head's documented search, in the order it is tried (defaults first);
@@ -233,7 +233,8 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
     if kind == "logreg" and fixed.get("C") is None:
         t = time.perf_counter()
         grid = grid_for(kind, fixed)
-        per_c = _logreg_path(X, y, protocol, [g["C"] for g in grid], fixed)
+        with one_blas_thread():
+            per_c = _logreg_path(X, y, protocol, [g["C"] for g in grid], fixed)
         seconds = (time.perf_counter() - t) / len(grid)
         trials = [Trial(kind, g, features, scores=sc, seconds=seconds, chosen={"C": g["C"]}) for g, sc in zip(grid, per_c)]
         best = max(trials, key=lambda tr: (round(tr.mean, 10), -trials.index(tr)))
