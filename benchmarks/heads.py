@@ -91,7 +91,7 @@ def scale(args):
     protocol = cv_protocol(np.unique(ytr, return_inverse=True)[1], sorted(set(ytr)), 5, args.seed)
     trials = search({"synthetic": X[:8000]}, ytr, protocol, base={"seed": args.seed}, budget_s=args.auto_budget)
     best = trials[0]
-    h = make_head(best.kind, seed=args.seed, **{**best.params, **best.chosen}).fit(X[:8000], ytr)
+    h = make_head(best.kind, **{"seed": args.seed, **best.params, **best.chosen}).fit(X[:8000], ytr)
     secs, cpu = time.perf_counter() - t, time.process_time() - cpu
     print(f"(auto: {secs:.1f} s wall, {cpu:.1f} s CPU of this process; load average {os.getloadavg()[0]:.1f})")
     print(f"| auto: {best.kind} normalise={best.normalise} {' '.join(f'{k}={v}' for k, v in best.chosen.items())} "

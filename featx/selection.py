@@ -135,7 +135,7 @@ class Trial:
         row = {"features": self.features, "normalise": self.normalise, "head": self.kind,
                "params": _short(self.chosen or self.params), f"{protocol}_acc": round(self.mean, 4) if self.scores else ""}
         if protocol == "cv":
-            row["cv_std"] = round(self.std, 4) if self.scores else ""
+            row["cv_std"] = round(self.std, 4) if len(self.scores) > 1 else ""
         row.update(fit_s=round(self.seconds, 2), note=self.skipped or ("screen: fold 1 only" if self.screen else ""))
         return row
 
@@ -326,7 +326,7 @@ def search(
             trial = evaluate(kind, feature_sets[name], y, protocol, cfg, name, keep_estimator=protocol.kind == "val",
                              deadline=start + budget_s)
             trials.append(trial)
-            if log:
+            if log and trial.scores:
                 log(f"{name} {kind} {norm}: {trial.mean:.4f} +- {trial.std:.4f} ({trial.seconds:.1f}s)")
     return sorted(trials, key=lambda t: (not t.scores, t.screen, -t.mean if t.scores else 0))
 
