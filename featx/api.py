@@ -42,99 +42,265 @@ class FitResult:
     fit_seconds: float
     features: str
     report: str = ""
+    leaderboard: str = ""
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def load_parts(cache: Cache, data=None, backbone=None, extraction=None) -> list[Features]:
+    """The extractions named (several for fusion), or the latest one.
+
+    ``extraction`` and ``backbone`` may each be a list (or a comma-separated
+    string): one extraction per item, in order, all of the same dataset.
+    """
+    extractions, backbones = _as_list(extraction), _as_list(backbone)
+    if not extractions and len(backbones) <= 1:
+        return [load_features(data, backbone, cache_dir=cache.root)]
+    if extractions and backbones:
+        raise HeadError("Name the extractions to fuse either by --extraction or by --backbone, not both.")
+    if extractions:
+        parts = [load_features(data, cache_dir=cache.root, extraction=e) for e in extractions]
+    else:
+        if data is None:
+            data = find_view(cache).source
+        parts = [load_features(data, b, cache_dir=cache.root) for b in backbones]
+    names = [p.extraction.name for p in parts]
+    if len(set(names)) < len(names):
+        raise HeadError(f"The same extraction is named twice: {', '.join(names)}.")
+    return parts
+
+
+def dataset_parts(cache: Cache, source: str) -> list[Features]:
+    """Every extraction of one dataset, oldest first (the pool ``--head auto`` searches)."""
+    seen, parts = set(), []
+    for view in cache.views():
+        if view.source == source and view.extraction not in seen:
+            seen.add(view.extraction)
+            parts.append(load_features(source, cache_dir=cache.root, extraction=view.extraction))
+    return parts
+
+
+def _joined(parts: list[Features], log=None) -> tuple[Features, list[int]]:
+    if len(parts) == 1:
+        return parts[0], [parts[0].X.shape[1]]
+    from .fusion import fuse
+
+    feats, left_out, widths = fuse(parts)
+    if left_out and log:
+        shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        log(f"left out {len(left_out)} image(s) missing from at least one extraction: {shown}")
+    return feats, widths
+
+
+def _extraction_record(f: Features) -> dict:
+    """One extraction of a head: its name and its spec record (see :mod:`featx.spec`)."""
+    return {"name": f.extraction.name, **f.spec.record()}
+
+
+def _check_labeled(f: Features) -> None:
+    if (f.y < 0).all():
+        raise HeadError(f"fit-head needs labeled data; {f.view.source} was extracted as unlabeled images.")
+    if len(f.class_names) < 2:
+        raise HeadError(f"{f.view.source} has {len(f.class_names)} class; a classifier needs at least 2.")
+    if not len(f.only("train")):
+        raise HeadError(f"The train split of {f.view.source} is empty (splits present: {', '.join(f.splits)}).")
 
 
 def fit_head(
     head: str = "dense",
     *,
     data: str | os.PathLike | None = None,
-    backbone: str | None = None,
-    extraction: str | None = None,
+    backbone: str | Sequence[str] | None = None,
+    extraction: str | Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     seed: int = 0,
+    selection: str = "auto",
+    folds: int = 5,
     val_split: float = 0.2,
     refit_all: bool = False,
     class_weight: str | None = None,
     top_k: int = 5,
+    time_budget: float = 90.0,
+    auto_heads: Sequence[str] = ("logreg", "lightgbm", "dense"),
+    log=None,
     home: str | os.PathLike | None = None,
     calibrate: bool = False,
     **params,
 ) -> FitResult:
-    """Fit a head on cached features and save it with its metrics.
+    """Fit a head on cached features, choosing its hyper-parameters, and save it with its metrics.
 
     Parameters
     ----------
-    head : {"dense", "logreg", "lightgbm"}
+    head : {"dense", "logreg", "lightgbm", "auto"}
+        ``auto`` searches head kind x extraction (each extraction of the
+        dataset, and their fusions) x normalisation and keeps the best.
     data, backbone, extraction : optional
         Which cached extraction to use; the most recent one by default.
+        Several (a list, or comma-separated) are fused: joined by image and
+        concatenated in the order given.
     cache_dir : path, optional
     out : path, optional
-        Output directory; ``<home>/heads/<backbone>-<head>-<time>/`` by default.
+        Output directory; ``heads/<backbone>-<head>-<time>/`` by default.
     seed : int
-        Seeds the validation split and the head.
+        Seeds the folds (or the validation split) and the head.
+    selection : {"auto", "cv", "val"}
+        How hyper-parameters are chosen (see :mod:`featx.selection`): ``cv``
+        by stratified ``folds``-fold cross-validation on train, then a refit
+        on all of train; ``val`` on the validation split (the data's own, or
+        ``val_split`` of train). ``auto``: ``val`` when the data has a val
+        split, else ``cv``.
+    folds : int
+        K of the cross-validation (lowered when a class has fewer images).
     val_split : float
-        Fraction of train held out for validation when the data has no val split.
+        Fraction of train held out for validation (``selection="val"`` on data without a val split).
     refit_all : bool
-        After validation, refit the chosen configuration on train + val.
+        With ``val``: refit the chosen configuration (C, best epoch, number of trees) on train + val.
     class_weight : None or "balanced"
     top_k : int
         k of the top-k accuracy.
+    time_budget : float
+        Seconds ``head="auto"`` may spend searching (its first stage, the
+        logistic screen, always completes; later trials stop at the budget).
+    auto_heads : sequence of str
+        The head kinds ``head="auto"`` tries.
+    log : callable, optional
+        Receives progress lines.
     home : path, optional
         The featx home (``$FEATX_HOME`` or the current directory): where
-        ``heads/`` and its ``latest`` pointer live.
+        ``heads/`` and its ``latest`` pointers live.
     calibrate : bool
         Fit a temperature on the validation split (temperature scaling),
         store it in the manifest for ``predict``, and report the validation
-        ECE before and after in metrics.json. With ``refit_all`` the
-        temperature is the one of the model validated before the refit.
+        ECE before and after in metrics.json. Needs a validation split (the
+        data's, or ``selection="val"``); with ``refit_all`` the temperature
+        is the one of the model validated before the refit.
     **params
-        The head's own parameters (``hidden``, ``dropout``, ``lr``, ``C``...).
+        The head's own parameters (``hidden``, ``dropout``, ``lr``, ``C``,
+        ``normalise``...); given ones are fixed, the others searched.
 
     Returns
     -------
     FitResult
     """
-    cls = head_class(head)
-    cache = Cache(cache_dir)
-    feats = load_features(data, backbone, cache_dir=cache.root, extraction=extraction)
-    sp = make_splits(feats, val_split, seed)
-    names = feats.class_names
-    params = {**params, "seed": seed, "class_weight": class_weight}
-    est = make_head(cls.kind, **params)
-    t = time.perf_counter()
-    est.fit(sp.train.X, _names(sp.train, names), eval_set=(sp.val.X, _names(sp.val, names)))
-    fit_s = time.perf_counter() - t
-    by_split = {"train": _score(est, sp.train, names, top_k), "val": _score(est, sp.val, names, top_k)}
-    calibration = _calibrate(est, sp.val, names) if calibrate else None
-    if refit_all:
-        final = make_head(cls.kind, **{**params, **_chosen(est)})
-        X = np.concatenate([sp.train.X, sp.val.X])
-        y = np.concatenate([_names(sp.train, names), _names(sp.val, names)])
-        t = time.perf_counter()
-        final.fit(X, y)
-        fit_s += time.perf_counter() - t
-        est = final
-    if sp.test is not None and len(sp.test):
-        by_split["test"] = _score(est, sp.test, names, top_k)
+    from .selection import (Trial, cv_protocol, feature_set_names, heads_split_record, leaderboard_table, search,
+                            select, val_protocol)
 
-    directory = Path(out) if out else default_dir(results_dir("head", home), feats.spec.backbone, cls.kind)
-    ext = feats.extraction
+    auto = head == "auto"
+    for kind in auto_heads if auto else [head]:
+        head_class(kind)
+    if selection not in ("auto", "cv", "val"):
+        raise HeadError(f"selection must be 'auto', 'cv' or 'val'. Received: selection={selection!r}")
+    cache = Cache(cache_dir)
+    parts = load_parts(cache, data, backbone, extraction)
+    if auto and len(parts) == 1 and extraction is None and (backbone is None or len(_as_list(backbone)) <= 1):
+        parts = dataset_parts(cache, parts[0].view.source) or parts
+    feats, widths = _joined(parts, log)
+    _check_labeled(feats)
+    names = feats.class_names
+    protocol_kind = selection if selection != "auto" else ("val" if "val" in feats.splits else "cv")
+    if protocol_kind == "val":
+        sp = make_splits(feats, val_split, seed)
+        train, val, test = sp.train, sp.val, sp.test
+        made_val = sp.made_val
+        X = np.concatenate([train.X, val.X])
+        y = np.concatenate([_names(train, names), _names(val, names)])
+        protocol = val_protocol(len(train), len(val), seed)
+    else:
+        train = feats.only("train")
+        val = feats.only("val") if "val" in feats.splits else None
+        test = feats.only("test") if "test" in feats.splits else None
+        made_val = False
+        X, y = train.X, _names(train, names)
+        protocol = cv_protocol(train.y, names, folds, seed)
+    base = {"seed": seed, "class_weight": class_weight}
+    t0 = time.perf_counter()
+    labels_ = _part_labels(parts)
+    if auto:
+        offsets = np.cumsum([0] + widths)
+        sets = {"+".join(labels_[i] for i in combo):
+                [j for i in combo for j in range(offsets[i], offsets[i + 1])]
+                for combo in ([tuple(labels_.index(n) for n in s) for s in feature_set_names(labels_)])}
+        trials = search({k: X[:, cols] for k, cols in sets.items()}, y, protocol, kinds=list(auto_heads), base=base,
+                        budget_s=time_budget, log=log)
+        best = trials[0]
+        kind = best.kind
+        chosen_cols = sets[best.features]
+        used = [labels_.index(n) for n in best.features.split("+")]
+        X = X[:, chosen_cols]
+        parts = [parts[i] for i in used]
+        widths = [widths[i] for i in used]
+        train, val, test = (None if f is None else _columns(f, chosen_cols) for f in (train, val, test))
+    else:
+        kind = head
+        best, trials = select(kind, X, y, protocol, {**base, **params}, "+".join(labels_), log=log)
+    final_params = {**base, **best.params}
+    if protocol_kind == "cv":
+        est = make_head(kind, **{**final_params, **best.chosen}).fit(X, y)
+    elif refit_all:
+        est = make_head(kind, **{**final_params, **best.chosen}).fit(X, y)
+    else:
+        est = best.estimator
+    fit_s = time.perf_counter() - t0
+    calibration = None
+    if calibrate:
+        if val is None or not len(val):
+            raise HeadError("--calibrate fits a temperature on a validation split, and this head has none "
+                            "(chosen by cross-validation on train without a val/ split). Pass --selection val "
+                            "or add a val/ split.")
+        validated = best.estimator if protocol_kind == "val" and best.estimator is not None else est
+        calibration = _calibrate(validated, val, names)
+
+    by_split = {"train": _score(est, train, names, top_k)}
+    if val is not None and len(val):
+        by_split["val"] = _score(est, val, names, top_k)
+    if test is not None and len(test):
+        by_split["test"] = _score(est, test, names, top_k)
+    cv = None
+    if protocol_kind == "cv":
+        cv = {"accuracy": best.mean, "std": best.std, "folds": protocol.folds, "scores": best.scores}
+    record = heads_split_record(
+        protocol_kind, train_sha256=train.sha256, val_sha256=val.sha256 if protocol_kind == "val" else None,
+        folds=protocol.folds, seed=seed, val_split=val_split if made_val else None,
+        refit_all=protocol_kind == "val" and refit_all,
+    )
+    board = [t.row(protocol_kind) for t in trials]
+
+    first = parts[0]
+    backbone_name = "+".join(dict.fromkeys(p.settings.backbone for p in parts))
+    directory = Path(out) if out else default_dir(results_dir("head", home), backbone_name, kind)
+    ext = first.extraction
     manifest = {
         "extraction": ext.name,
-        **feats.spec.record(),
-        "source": feats.view.source,
+        **first.spec.record(),
+        "source": first.view.source,
+        "extractions": [_extraction_record(p) for p in parts],
+        "feature_widths": widths,
         "featx_version": __version__,
-        "refit_all": refit_all,
-        "val_from": "stratified split of train" if sp.made_val else "val split",
+        "refit_all": record["refit_all"],
+        "val_from": ("stratified split of train" if made_val else "val split") if protocol_kind == "val" else None,
+        "selection": record,
     }
+    if made_val:
+        manifest["val_split"] = val_split
     if calibration:
         manifest["temperature"] = calibration["temperature"]
     est.save(directory, manifest)
     metrics = {
-        "head": cls.kind, "extraction": ext.name, "source": feats.view.source, "fit_seconds": fit_s,
-        "refit_all": refit_all, "classes": names, "splits": by_split,
+        "head": kind, "extraction": ext.name, "extractions": [p.extraction.name for p in parts],
+        "source": first.view.source, "fit_seconds": fit_s, "refit_all": record["refit_all"], "classes": names,
+        "splits": by_split, "selection": {"protocol": protocol_kind, "folds": protocol.folds, "chosen": best.chosen,
+                                          "normalise": best.normalise, "score": best.mean, "spread": best.std},
+        "leaderboard": board,
     }
+    if cv:
+        metrics["cv"] = cv
     if calibration:
         metrics["calibration"] = calibration
     if hasattr(est, "C_"):
@@ -144,23 +310,31 @@ def fit_head(
     if hasattr(est, "best_epoch_"):
         metrics["best_epoch"] = est.best_epoch_
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    shown = "test" if "test" in by_split else "val"
+    shown = "test" if "test" in by_split else "val" if "val" in by_split else "train"
     plot_confusion(by_split[shown]["confusion"], names, directory / "confusion.png",
-                   f"{feats.spec.backbone} + {cls.kind}: {shown} confusion")
-    if cls.kind == "dense":
-        plot_curves(est.history_, directory / "curves.png", f"{feats.spec.backbone} + dense head")
-    set_latest("head", directory, home, kind=cls.kind)
-    return FitResult(directory, est, metrics, fit_s, f"{feats.describe()} [extraction {ext.name}]",
-                     format_report(by_split, names, fit_s))
+                   f"{backbone_name} + {kind}: {shown} confusion")
+    if kind == "dense":
+        plot_curves(est.history_, directory / "curves.png", f"{backbone_name} + dense head")
+    set_latest("head", directory, home, kind=kind)
+    report = format_report(by_split, names, fit_s).split("\n")
+    if cv:
+        report.insert(1, f"   cv: accuracy {cv['accuracy']:.4f} +- {cv['std']:.4f}  ({cv['folds']}-fold on train; "
+                         f"the head is refit on all of train)")
+    chosen = " ".join(f"{k}={v}" for k, v in best.chosen.items())
+    report.insert(0, f"selection: {protocol.describe()}; chosen {kind} normalise={best.normalise}"
+                     + (f" {chosen}" if chosen else ""))
+    described = feats.describe() if len(parts) == 1 else (
+        f"{' + '.join(_part_labels(parts))} on {first.view.source} ({len(feats)} images; {len(names)} classes)")
+    table = leaderboard_table(board, BOARD_COLUMNS[protocol_kind]) if auto or len(trials) > 1 else ""
+    return FitResult(directory, est, metrics, fit_s,
+                     f"{described} [extraction {', '.join(p.extraction.name for p in parts)}]",
+                     "\n".join(report), table)
 
 
-def _names(f: Features, names: Sequence[str]) -> np.ndarray:
-    return np.asarray(names, dtype=object)[f.y].astype(str)
-
-
-def _score(est, f: Features, names: Sequence[str], top_k: int) -> dict:
-    proba = align_proba(est, est.predict_proba(f.X), names)
-    return classification_metrics(f.y, proba, names, top_k)
+BOARD_COLUMNS = {
+    "cv": ["features", "normalise", "head", "params", "cv_acc", "cv_std", "fit_s", "note"],
+    "val": ["features", "normalise", "head", "params", "val_acc", "fit_s", "note"],
+}
 
 
 def _calibrate(est, val: Features, names: Sequence[str]) -> dict:
@@ -173,13 +347,23 @@ def _calibrate(est, val: Features, names: Sequence[str]) -> dict:
             "val_ece_after": expected_calibration_error(apply_temperature(proba, T), val.y)}
 
 
-def _chosen(est) -> dict:
-    """The configuration validation picked, to refit on train + val."""
-    if est.kind == "dense":
-        return {"epochs": est.best_epoch_}
-    if est.kind == "logreg":
-        return {"C": est.C_}
-    return {"n_estimators": est.best_iteration_}
+def _part_labels(parts: list[Features]) -> list[str]:
+    from .fusion import labels
+
+    return labels(parts)
+
+
+def _columns(f: Features, cols) -> Features:
+    return Features(f.X[:, cols], f.y, f.paths, f.sha256, f.split, f.class_names, f.extraction, f.view)
+
+
+def _names(f: Features, names: Sequence[str]) -> np.ndarray:
+    return np.asarray(names, dtype=object)[f.y].astype(str)
+
+
+def _score(est, f: Features, names: Sequence[str], top_k: int) -> dict:
+    proba = align_proba(est, est.predict_proba(f.X), names)
+    return classification_metrics(f.y, proba, names, top_k)
 
 
 # --------------------------------------------------------------------------- predict
@@ -197,39 +381,65 @@ def predict(
 ) -> Predictions:
     """Apply a saved head to images, extracting (through the cache) what is missing.
 
-    The images go through exactly the extraction the head was trained on
-    (its recorded :class:`~featx.spec.ExtractionSpec`); features already
-    cached are reused and need no weights at all. ``weights`` names the new
-    place of a moved weights file (checked against the recorded hash). No
-    dataset view is written, so predicting never changes what ``fit-head``
-    uses next.
+    The images go through exactly the extraction(s) the head was trained on
+    (their recorded :class:`~featx.spec.ExtractionSpec`; a fused head's taps
+    of one backbone in one pass); features already cached are reused and
+    need no weights at all. ``weights`` names the new place of a moved
+    weights file (checked against the recorded hash). No dataset view is
+    written, so predicting never changes what ``fit-head`` uses next. A
+    calibrated head's temperature is applied.
     """
     from .extract import extract
 
     head_dir = Path(head) if head else latest_head(home)
     man = read_manifest(head_dir)
     est = load_head(head_dir)
-    try:
-        spec = ExtractionSpec.from_record(man, where=f"Head {head_dir}")
-    except FeatxError as exc:
-        raise HeadError(str(exc)) from None
-    try:
-        res = extract(data, spec=spec, weights=weights, batch_size=batch_size, cache_dir=cache_dir,
-                      progress=progress, record=False)
-    except WeightsError as exc:
-        raise HeadError(f"Cannot rebuild the backbone of head {head_dir} for the images not cached yet: {exc}") from None
-    if not res.sha256:
-        return Predictions([], np.zeros((0, len(man["classes"]))), [str(c) for c in man["classes"]], res.skipped,
-                           str(head_dir))
-    X = res.extraction.read(res.sha256)
+    classes = [str(c) for c in man["classes"]]
+    specs = head_specs(head_dir, man)
+    columns: list[dict[str, np.ndarray]] = [{} for _ in specs]
+    order: list[str] = []
+    skipped: dict[str, str] = {}
+    for group in _one_pass_groups(specs):
+        try:
+            res = extract(data, spec=[specs[i] for i in group], weights=weights, batch_size=batch_size,
+                          cache_dir=cache_dir, progress=progress, record=False)
+        except WeightsError as exc:
+            raise HeadError(f"Cannot rebuild the backbone of head {head_dir} for the images not cached yet: {exc}") from None
+        skipped.update(dict(res.skipped))
+        order = order or list(res.paths)
+        for i, ext in zip(group, res.extractions):
+            if ext is not None and res.sha256:
+                columns[i] = dict(zip(res.paths, ext.read(res.sha256)))
+    paths = [p for p in order if all(p in c for c in columns)]
+    if not paths:
+        return Predictions([], np.zeros((0, len(classes))), classes, list(skipped.items()), str(head_dir))
+    X = np.stack([np.concatenate([c[p] for c in columns]) for p in paths])
     if X.shape[1] != int(man["feature_width"]):
-        raise HeadError(f"Head {head_dir} expects {man['feature_width']} features; the extraction gives {X.shape[1]}.")
+        raise HeadError(f"Head {head_dir} expects {man['feature_width']} features; its extraction(s) give {X.shape[1]}.")
     proba = est.predict_proba(X)
     if man.get("temperature"):
         from .calibration import apply_temperature
 
         proba = apply_temperature(proba, man["temperature"])
-    return Predictions(list(res.paths), proba, [str(c) for c in man["classes"]], res.skipped, str(head_dir))
+    return Predictions(paths, proba, classes, list(skipped.items()), str(head_dir))
+
+
+def head_specs(head_dir: Path, man: dict) -> list[ExtractionSpec]:
+    """The extraction specs a head reads, in its feature order (several for a fused head)."""
+    records = man.get("extractions") or [man]
+    try:
+        return [ExtractionSpec.from_record(r, where=f"Head {head_dir}") for r in records]
+    except FeatxError as exc:
+        raise HeadError(f"{exc} Refit the head.") from None
+
+
+def _one_pass_groups(specs: Sequence[ExtractionSpec]) -> list[list[int]]:
+    """Indices of specs that one forward pass serves (the same backbone, weights and input, other taps)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(specs):
+        key = (s.backbone, s.weights, s.input_size, s.preprocessing, s.pooling, s.precision, s.numerics)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 def predict_imagenet(
@@ -302,16 +512,17 @@ class _quiet_stdout:
 
 @dataclass
 class Leaderboard:
+    """Ranked trials of the head search (the table ``fit-head --head auto`` prints too)."""
+
     rows: list[dict]
     csv_path: Path | None = None
+    protocol: str = "val"
 
     def table(self) -> str:
-        headers = ["backbone", "size", "pooling", "cut", "head", "val_acc", "test_acc", "fit_s"]
-        cells = [headers] + [[str(r.get(h, "")) for h in headers] for r in self.rows]
-        widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        from .selection import leaderboard_table
+
+        columns = BOARD_COLUMNS[self.protocol] + (["test_acc"] if any("test_acc" in r for r in self.rows) else [])
+        return leaderboard_table(self.rows, columns)
 
 
 def compare(
@@ -321,47 +532,66 @@ def compare(
     heads: Sequence[str] = ("dense", "logreg", "lightgbm"),
     out: str | os.PathLike | None = None,
     seed: int = 0,
+    selection: str = "auto",
+    folds: int = 5,
     val_split: float = 0.2,
     log=None,
     home: str | os.PathLike | None = None,
 ) -> Leaderboard:
-    """Fit every head kind on every cached extraction of a dataset; rank by validation accuracy.
+    """Every head kind x every cached extraction of a dataset (and their fusions) x normalisation, ranked.
 
-    The dataset is ``data`` or the one extracted most recently.
+    The same search and protocol as ``fit_head("auto")`` (see
+    :func:`featx.selection.search`), except that every head kind is scored on
+    every feature set and nothing is saved. With the ``val`` protocol each
+    row also gets its test accuracy (when the data has a test split), for
+    information only: nothing is chosen on it. The dataset is ``data`` or
+    the one extracted most recently.
     """
+    from .fusion import fuse, labels
+    from .selection import cv_protocol, feature_set_names, search, val_protocol
+
     for h in heads:
         head_class(h)
     cache = Cache(cache_dir)
     source = find_view(cache, data).source
-    views = [v for v in cache.views() if v.source == source]
+    parts = dataset_parts(cache, source)
+    feats, _, widths = fuse(parts)
+    _check_labeled(feats)
+    names = feats.class_names
+    kind = selection if selection != "auto" else ("val" if "val" in feats.splits else "cv")
+    test = feats.only("test") if "test" in feats.splits else None
+    if kind == "val":
+        sp = make_splits(feats, val_split, seed)
+        X = np.concatenate([sp.train.X, sp.val.X])
+        y = np.concatenate([_names(sp.train, names), _names(sp.val, names)])
+        protocol = val_protocol(len(sp.train), len(sp.val), seed)
+    else:
+        train = feats.only("train")
+        X, y = train.X, _names(train, names)
+        protocol = cv_protocol(train.y, names, folds, seed)
+    labels_ = labels(parts)
+    offsets = np.cumsum([0] + widths)
+    sets = {}
+    for combo in feature_set_names(labels_):
+        cols = [j for n in combo for j in range(offsets[labels_.index(n)], offsets[labels_.index(n) + 1])]
+        sets["+".join(combo)] = cols
+    trials = search({k: X[:, c] for k, c in sets.items()}, y, protocol, kinds=list(heads), base={"seed": seed},
+                    budget_s=float("inf"), finalists=len(sets) * 3, log=log)
     rows = []
-    for view in views:
-        f = load_features(cache_dir=cache.root, extraction=view.extraction, data=source)
-        sp = make_splits(f, val_split, seed)
-        names = f.class_names
-        s = f.settings
-        for kind in heads:
-            est = make_head(kind, seed=seed)
-            t = time.perf_counter()
-            est.fit(sp.train.X, _names(sp.train, names), eval_set=(sp.val.X, _names(sp.val, names)))
-            fit_s = time.perf_counter() - t
-            row = {
-                "backbone": s.backbone, "size": s.input_size, "pooling": s.pooling, "cut": s.cut_blocks, "head": kind,
-                "val_acc": round(_score(est, sp.val, names, 1)["accuracy"], 4),
-                "test_acc": round(_score(est, sp.test, names, 1)["accuracy"], 4) if sp.test is not None else "",
-                "fit_s": round(fit_s, 2), "extraction": view.extraction,
-            }
-            rows.append(row)
-            if log:
-                log(f"{s.backbone} {s.input_size}px cut{s.cut_blocks} {kind}: val {row['val_acc']:.4f} ({fit_s:.1f}s)")
-    rows.sort(key=lambda r: -r["val_acc"])
+    for t in trials:
+        row = t.row(kind)
+        if t.estimator is not None and test is not None:
+            row["test_acc"] = round(float((t.estimator.predict(test.X[:, sets[t.features]])
+                                           == _names(test, names)).mean()), 4)
+        rows.append(row)
     path = Path(out) if out else results_dir("head", home) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    return Leaderboard(rows, path)
+    return Leaderboard(rows, path, kind)
 
 
 __all__ = ["fit_head", "predict", "predict_imagenet", "compare", "latest_head", "make_splits", "HEADS"]

@@ -50,8 +50,16 @@ class ExtractionRemoved(CacheError):
     """An extraction removed (``featx cache rm``) while a run was using it."""
 
 
-class HeadError(FeatxError):
-    """A head that cannot be fitted, loaded or applied to the given features."""
+class HeadError(FeatxError, ValueError):
+    """A head that cannot be fitted, loaded or applied to the given features.
+
+    A ``ValueError`` too, as scikit-learn expects of an estimator that
+    refuses its input (one class, one sample).
+    """
+
+
+class HeadParamError(HeadError):
+    """A head parameter outside its allowed values (``C=-1``, ``dropout=1.5``)."""
 
 
 class FeatxWarning(UserWarning):

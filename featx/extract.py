@@ -91,13 +91,16 @@ class _Settings:
         self.size = self.spec.input_size
 
     @classmethod
-    def from_spec(cls, spec: ExtractionSpec, weights: B.Weights | None, override=None) -> "_Settings":
-        """Options of a recorded extraction; its weights are loaded only if needed."""
+    def from_spec(cls, specs: Sequence[ExtractionSpec], weights: B.Weights | None, override=None) -> "_Settings":
+        """Options of recorded extractions (taps of one pass); the weights are loaded only if needed."""
         self = cls.__new__(cls)
-        self.spec, self._weights, self._override = spec, weights, override
-        self.specs = [spec]
-        self.backbone = B.get_backbone(spec.backbone)
-        self.size = spec.input_size
+        self.specs = list(specs)
+        self.spec, self._weights, self._override = self.specs[0], weights, override
+        one_pass = {(x.backbone, x.weights, x.input_size, x.preprocessing, x.pooling, x.precision) for x in self.specs}
+        if len(one_pass) != 1:
+            raise DataError("Specs extracted together must differ only in their tap.")
+        self.backbone = B.get_backbone(self.spec.backbone)
+        self.size = self.spec.input_size
         return self
 
 
@@ -141,7 +144,7 @@ def extract(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     record: bool = True,
-    spec: ExtractionSpec | None = None,
+    spec: ExtractionSpec | Sequence[ExtractionSpec] | None = None,
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
@@ -188,8 +191,9 @@ def extract(
         one ``fit-head`` and ``load_features()`` use by default. Prediction
         runs pass False: they read the rows from the result instead, so
         predicting never changes what a later ``fit-head`` trains on.
-    spec : ExtractionSpec, optional
-        Extract exactly this recorded extraction (a head's) instead of
+    spec : ExtractionSpec or list of them, optional
+        Extract exactly this recorded extraction (a head's; several taps of
+        one backbone in one pass) instead of
         resolving the options above; ``weights`` may then name the new place
         of a moved weights file, checked against the recorded hash, and is
         only needed when some image is not cached yet.
@@ -210,7 +214,7 @@ def extract(
         opts = _Settings(cache, backbone, weights, image_size, pooling, cuts, precision, seed)
     else:
         override = None if weights in (None, "imagenet", "none") else weights
-        opts = _Settings.from_spec(spec, None, override)
+        opts = _Settings.from_spec(spec if isinstance(spec, (list, tuple)) else [spec], None, override)
     ds = data if isinstance(data, Dataset) else discover(data)
     if not ds.items:
         raise DataError(f"No images found in {ds.source}.")

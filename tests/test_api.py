@@ -36,7 +36,8 @@ def test_mission_commands_in_sequence(tmp_path, monkeypatch, split_data):
     cache = tmp_path / "cache"
     r = invoke(*EXTRACT, split_data, cache_dir=cache)
     assert r.exit_code == 0, r.output
-    r = invoke("fit-head", "--head", "dense", "--epochs", "20", cache_dir=cache)
+    r = invoke("fit-head", "--head", "dense", "--epochs", "20", "--hidden", "256", "--dropout", "0.5", "--lr", "1e-3",
+               cache_dir=cache)
     assert r.exit_code == 0, r.output
     assert "vgg16 32px avg on" in r.output and "val: accuracy" in r.output and "test: accuracy" in r.output
     used = featx.load_features(cache_dir=cache).extraction.name
@@ -47,7 +48,7 @@ def test_mission_commands_in_sequence(tmp_path, monkeypatch, split_data):
     assert metrics["splits"]["test"]["accuracy"] >= 0.75  # colour-coded classes; chance is 0.5
     r = invoke("predict", "-q", "-k", "2", split_data / "test", cache_dir=cache)
     assert r.exit_code == 0, r.output
-    rows = list(csv.reader(io.StringIO(r.output)))
+    rows = list(csv.reader(io.StringIO(r.stdout)))
     assert rows[0] == ["path", "label_1", "prob_1", "label_2", "prob_2"]
     assert len(rows) == 1 + 16
     for row in rows[1:]:
@@ -74,23 +75,35 @@ def test_fit_head_api_writes_head_metrics_and_plots(kind, tmp_path, split_data):
 def test_stratified_validation_and_refit_all(tmp_path):
     data = make_dataset(tmp_path / "flat", per_class=10)
     featx.extract(data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
-    res = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", val_split=0.3, seed=1)
+    res = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", selection="val", val_split=0.3, seed=1)
     assert res.metrics["splits"]["val"]["n"] == 6 and res.metrics["splits"]["train"]["n"] == 14
-    assert json.loads((tmp_path / "h" / "manifest.json").read_text())["val_from"] == "stratified split of train"
-    refit = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h2", refit_all=True, C=0.1)
-    assert refit.metrics["refit_all"] and refit.metrics["splits"]["train"]["n"] == 16
+    man = json.loads((tmp_path / "h" / "manifest.json").read_text())
+    assert man["val_from"] == "stratified split of train" and man["val_split"] == 0.3
+    assert man["selection"]["val_split"] == 0.3 and len(man["selection"]["val_sha256"]) == 6
+    refit = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h2", selection="val", val_split=0.3,
+                         seed=1, refit_all=True)
+    assert refit.metrics["refit_all"] and refit.metrics["C"] == res.metrics["C"]
+    # refit on all 20 images (train + val) with the C chosen on val
+    f = featx.load_features(data, cache_dir=tmp_path / "c")
+    again = featx.LogisticHead(C=res.metrics["C"], seed=1).fit(f.X, np.array(f.class_names)[f.y])
+    np.testing.assert_allclose(refit.head.predict_proba(f.X), again.predict_proba(f.X), rtol=1e-6)
+    assert not np.allclose(res.head.predict_proba(f.X), again.predict_proba(f.X))
 
 
 def test_compare_leaderboard(tmp_path, split_data):
     for size in (32, 40):
         featx.extract(split_data, "vgg16", weights="none", image_size=size, cache_dir=tmp_path / "c", progress=False)
     board = api.compare(cache_dir=tmp_path / "c", heads=["logreg", "lightgbm"], out=tmp_path / "cmp.csv")
-    assert len(board.rows) == 4
-    assert {(r["size"], r["head"]) for r in board.rows} == {(32, "logreg"), (32, "lightgbm"), (40, "logreg"), (40, "lightgbm")}
+    # 3 feature sets (each size, both fused) x (logreg: 3 normalisations, lightgbm: 2)
+    assert len(board.rows) == 15
+    assert {(r["features"], r["head"]) for r in board.rows} >= {
+        ("vgg16-32px", "logreg"), ("vgg16-40px", "lightgbm"), ("vgg16-32px+vgg16-40px", "logreg")}
     assert [r["val_acc"] for r in board.rows] == sorted((r["val_acc"] for r in board.rows), reverse=True)
+    assert all(0 <= r["test_acc"] <= 1 for r in board.rows)
     with open(tmp_path / "cmp.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 4
-    assert "val_acc" in board.table()
+        assert len(list(csv.DictReader(fh))) == 15
+    assert board.table().splitlines()[0].split() == ["features", "normalise", "head", "params", "val_acc", "fit_s",
+                                                     "note", "test_acc"]
 
 
 def test_head_refuses_features_of_other_settings(tmp_path, split_data):
@@ -135,7 +148,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch):
         api.fit_head("svm", cache_dir=cache)
     for data, expected in ((one, "has 1 class; a classifier needs at least 2"),
                            (unl, "fit-head needs labeled data"),
-                           (tiny, "every class needs at least 2 train images")):
+                           (tiny, "Cross-validation needs at least 2 training images per class")):
         assert invoke(*EXTRACT, data, cache_dir=cache).exit_code == 0
         r = invoke("fit-head", "--head", "logreg", "--data", data, cache_dir=cache)
         assert r.exit_code == 1 and expected in r.output, r.output

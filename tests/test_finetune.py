@@ -164,7 +164,7 @@ def test_cli_finetune_then_predict_with_model(project, tmp_path, monkeypatch):
     model_dir = str(latest_dir("model", tmp_path))
     r = CliRunner().invoke(cli, ["predict", "--model", model_dir, "-k", "2", str(data / "test")])
     assert r.exit_code == 0, r.output
-    lines = r.output.strip().splitlines()
+    lines = r.stdout.strip().splitlines()
     assert lines[0] == "path,label_1,prob_1,label_2,prob_2" and len(lines) == 17
 
 

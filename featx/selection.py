@@ -1,0 +1,394 @@
+"""Model selection for heads: which hyper-parameters, features and normalisation.
+
+Two protocols, one code path. A :class:`Protocol` is a list of (fit rows,
+score rows) pairs over the training matrix:
+
+- ``cv``: stratified K folds of train (K=5 by default, fewer when a class has
+  fewer than K images, an error below 2). Each configuration is fitted K
+  times and scored on the held-out fold; the best mean accuracy wins and is
+  then refitted on all of train (scikit-learn's ``GridSearchCV(refit=True)``
+  convention), with the early-stopped epochs or trees averaged over folds.
+  No image is set aside for good.
+- ``val``: one pair, train -> val (the data's own val split, or a stratified
+  split of train). The winner is the model fitted on train, or with
+  ``refit_all`` the same configuration refitted on train + val.
+
+Dense and LightGBM heads stop early on the held-out rows of each pair, as
+they do on a validation split; the normalisation statistics (``standard``)
+and the logistic head's standardisation are learnt per fit, on fit rows only.
+
+:func:`search` runs the ``--head auto`` search: head kind x feature set x
+normalisation, by the same protocol, in two stages (see its docstring).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .errors import HeadError
+from .heads import C_GRID, make_head, one_blas_thread
+from .normalise import normalise, normaliser_stats
+
+# The dense head's documented search, in the order it is tried (defaults first);
+# configurations beyond the time budget are left out and named in the report.
+DENSE_GRID = tuple(
+    {"hidden": h, "dropout": d, "lr": lr}
+    for h, d, lr in itertools.product([(256,), (512, 128)], [0.5, 0.3], [1e-3, 3e-4])
+)
+DENSE_BUDGET_S = 60.0
+DEFAULT_FOLDS = 5
+
+# Normalisations worth trying per head kind: the logistic and dense heads
+# standardise internally, so "standard" would repeat "none" for them.
+AUTO_NORMS = {"logreg": ("none", "l2", "sqrt-l2"), "dense": ("none", "sqrt-l2"), "lightgbm": ("none", "sqrt-l2")}
+
+
+@dataclass
+class Protocol:
+    """Where selection scores come from: (fit rows, score rows) pairs of one matrix.
+
+    Attributes
+    ----------
+    kind : {"cv", "val"}
+    pairs : list of (ndarray, ndarray)
+        Row indices to fit on and to score on.
+    seed : int
+    """
+
+    kind: str
+    pairs: list
+    seed: int = 0
+
+    @property
+    def folds(self) -> int | None:
+        return len(self.pairs) if self.kind == "cv" else None
+
+    def describe(self) -> str:
+        return f"{self.folds}-fold CV on train" if self.kind == "cv" else "the validation split"
+
+
+def cv_protocol(y_idx: np.ndarray, class_names: Sequence[str], folds: int = DEFAULT_FOLDS, seed: int = 0) -> Protocol:
+    """Stratified K folds; K is lowered to the smallest class's size (at least 2).
+
+    Raises
+    ------
+    HeadError
+        When a class has fewer than 2 training images: it cannot be both
+        fitted and scored.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if folds < 2:
+        raise HeadError(f"Cross-validation needs at least 2 folds. Received: folds={folds}")
+    counts = np.bincount(y_idx, minlength=len(class_names))
+    present = counts[counts > 0]
+    small = [class_names[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]
+    if small:
+        raise HeadError(
+            f"Cross-validation needs at least 2 training images per class; {', '.join(small[:5])} "
+            f"{'has' if len(small) == 1 else 'have'} 1. Add images, or provide a val/ split (--selection val)."
+        )
+    k = int(min(folds, present.min()))
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return Protocol("cv", list(skf.split(np.zeros(len(y_idx)), y_idx)), seed)
+
+
+def val_protocol(n_train: int, n_val: int, seed: int = 0) -> Protocol:
+    """One pair: the first ``n_train`` rows are fitted, the next ``n_val`` scored."""
+    return Protocol("val", [(np.arange(n_train), np.arange(n_train, n_train + n_val))], seed)
+
+
+@dataclass
+class Trial:
+    """One configuration scored by a protocol."""
+
+    kind: str
+    params: dict
+    features: str = ""
+    scores: list = field(default_factory=list)
+    seconds: float = 0.0
+    chosen: dict = field(default_factory=dict)
+    skipped: str = ""
+    estimator: object = None
+    screen: bool = False
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores)) if self.scores else float("nan")
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.scores)) if len(self.scores) > 1 else 0.0
+
+    @property
+    def normalise(self) -> str:
+        return self.params.get("normalise", "none")
+
+    def row(self, protocol: str = "cv") -> dict:
+        """A leaderboard row; the score is ``cv_acc`` (and ``cv_std``) or ``val_acc``."""
+        row = {"features": self.features, "normalise": self.normalise, "head": self.kind,
+               "params": _short(self.chosen or self.params), f"{protocol}_acc": round(self.mean, 4) if self.scores else ""}
+        if protocol == "cv":
+            row["cv_std"] = round(self.std, 4) if len(self.scores) > 1 else ""
+        row.update(fit_s=round(self.seconds, 2), note=self.skipped or ("screen: fold 1 only" if self.screen else ""))
+        return row
+
+
+def _short(params: dict) -> str:
+    keep = {k: v for k, v in params.items() if k in ("C", "hidden", "dropout", "lr", "epochs", "n_estimators")}
+    return " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in keep.items())
+
+
+def refit_counts(ests: Sequence) -> dict:
+    """The early-stopped size of a configuration, averaged over fits, to refit with."""
+    kind = ests[0].kind
+    if kind == "dense":
+        return {"epochs": max(1, int(round(np.mean([e.best_epoch_ for e in ests]))))}
+    if kind == "lightgbm":
+        return {"n_estimators": max(1, int(round(np.mean([e.best_iteration_ for e in ests]))))}
+    return {}
+
+
+def evaluate(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, params: dict, features: str = "",
+             keep_estimator: bool = False, deadline: float | None = None) -> Trial:
+    """Fit ``kind(**params)`` on each pair's fit rows and score accuracy on its score rows.
+
+    Past ``deadline`` (a ``time.perf_counter()`` value) the remaining folds
+    are not fitted and the trial comes back unscored, marked as skipped.
+    """
+    trial = Trial(kind, dict(params), features)
+    t = time.perf_counter()
+    ests = []
+    for fit_rows, score_rows in protocol.pairs:
+        if deadline is not None and ests and time.perf_counter() > deadline:
+            trial.scores, trial.skipped = [], f"time budget (stopped after {len(ests)} of {len(protocol.pairs)} fits)"
+            trial.seconds = time.perf_counter() - t
+            return trial
+        est = make_head(kind, **params).fit(X[fit_rows], y[fit_rows], eval_set=(X[score_rows], y[score_rows]))
+        trial.scores.append(float((est.predict(X[score_rows]) == y[score_rows]).mean()))
+        ests.append(est)
+    trial.seconds = time.perf_counter() - t
+    trial.chosen = {**{k: v for k, v in params.items() if k in ("C", "hidden", "dropout", "lr")}, **refit_counts(ests)}
+    if keep_estimator and len(ests) == 1:
+        trial.estimator = ests[0]
+    return trial
+
+
+def _logreg_path(X: np.ndarray, y: np.ndarray, protocol: Protocol, Cs: Sequence[float], params: dict) -> list[list]:
+    """Accuracy per C per pair, fitting each pair's C values in increasing order, each from the last solution.
+
+    The same models as ``LogisticHead(C=c, **params)`` (to the solver's
+    tolerance), several times faster on wide features: a weakly regularised
+    fit started from the strongly regularised one needs few iterations.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    norm = params.get("normalise", "none")
+    scores = [[] for _ in Cs]
+    for fit_rows, score_rows in protocol.pairs:
+        Xf, Xs = X[fit_rows], X[score_rows]
+        stats = normaliser_stats(Xf, norm)
+        Xf, Xs = normalise(Xf, norm, stats), normalise(Xs, norm, stats)
+        mean, scale = Xf.mean(axis=0).astype(np.float64), Xf.std(axis=0).astype(np.float64)
+        scale[scale < 1e-12] = 1.0
+        Xf, Xs = (Xf - mean) / scale, (Xs - mean) / scale
+        model = LogisticRegression(max_iter=params.get("max_iter", 2000), class_weight=params.get("class_weight"),
+                                   random_state=params.get("seed", 0), warm_start=True)
+        for i in np.argsort(Cs):
+            model.set_params(C=Cs[i]).fit(Xf, y[fit_rows])
+            scores[i].append(float((model.predict(Xs) == y[score_rows]).mean()))
+    return scores
+
+
+def grid_for(kind: str, fixed: dict) -> list[dict]:
+    """Configurations to try: the search of ``kind`` over what ``fixed`` leaves open."""
+    if kind == "logreg":
+        grid = [{"C": c} for c in C_GRID]
+    elif kind == "dense":
+        grid = [dict(g) for g in DENSE_GRID]
+    else:
+        grid = [{}]
+    out = []
+    for g in grid:
+        cfg = {**g, **{k: v for k, v in fixed.items() if v is not None}}
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: dict, features: str = "",
+           budget_s: float | None = None, log=None) -> tuple[Trial, list[Trial]]:
+    """Score every configuration of :func:`grid_for` and return the best with all trials.
+
+    Ties go to the configuration tried first (the defaults, the smallest C).
+    The dense head's grid stops at ``budget_s`` (``DENSE_BUDGET_S`` by
+    default); the configurations left out are returned marked as skipped.
+    """
+    if kind == "logreg" and fixed.get("C") is None:
+        t = time.perf_counter()
+        grid = grid_for(kind, fixed)
+        with one_blas_thread():
+            per_c = _logreg_path(X, y, protocol, [g["C"] for g in grid], fixed)
+        seconds = (time.perf_counter() - t) / len(grid)
+        trials = [Trial(kind, g, features, scores=sc, seconds=seconds, chosen={"C": g["C"]}) for g, sc in zip(grid, per_c)]
+        best = max(trials, key=lambda tr: (round(tr.mean, 10), -trials.index(tr)))
+        if log:
+            for tr in trials:
+                log(f"  logreg C={tr.params['C']} {fixed.get('normalise', 'none')}: {tr.mean:.4f} +- {tr.std:.4f}")
+        if protocol.kind == "val":
+            best.estimator = evaluate(kind, X, y, protocol, best.params, features, keep_estimator=True).estimator
+        return best, trials
+    if budget_s is None and kind == "dense":
+        budget_s = DENSE_BUDGET_S
+    trials: list[Trial] = []
+    start = time.perf_counter()
+    for cfg in grid_for(kind, fixed):
+        if trials and budget_s is not None and time.perf_counter() - start + trials[-1].seconds > budget_s:
+            trials.append(Trial(kind, cfg, features, skipped=f"time budget {budget_s:.0f}s"))
+            continue
+        deadline = start + budget_s if trials and budget_s is not None else None
+        trial = evaluate(kind, X, y, protocol, cfg, features, keep_estimator=protocol.kind == "val", deadline=deadline)
+        trials.append(trial)
+        if log:
+            log(f"  {kind} {_short(cfg) or 'defaults'} {cfg.get('normalise', 'none')}: "
+                f"{trial.mean:.4f} +- {trial.std:.4f} ({trial.seconds:.1f}s)")
+    done = [t for t in trials if t.scores]
+    best = max(done, key=lambda t: (round(t.mean, 10), -done.index(t)))
+    return best, trials
+
+
+def search(
+    feature_sets: dict[str, np.ndarray],
+    y: np.ndarray,
+    protocol: Protocol,
+    kinds: Sequence[str] = ("logreg", "lightgbm", "dense"),
+    base: dict | None = None,
+    budget_s: float = 90.0,
+    finalists: int = 2,
+    log=None,
+) -> list[Trial]:
+    """The ``--head auto`` search; trials ranked best first.
+
+    Stage 1 screens the logistic head (C searched) on every feature set x
+    normalisation: it is cheap and a good guide to which features carry the
+    signal. With K folds the screen uses the first fold only, and the
+    ``finalists`` best pairs are then scored on all K (screen rows rank
+    after fully scored ones and are never chosen). Stage 2 scores the other kinds (default hyper-parameters,
+    early-stopped) on the ``finalists`` best feature set x normalisation
+    pairs of stage 1 until ``budget_s`` seconds from the start of the search
+    (stage 1 always completes); a trial still running then stops and what is
+    left out is listed as skipped. Every score comes
+    from the same ``protocol``.
+    """
+    base = dict(base or {})
+    start = time.perf_counter()
+    trials: list[Trial] = []
+    stage1 = []
+    first = "logreg" if "logreg" in kinds else kinds[0]
+    screen = Protocol(protocol.kind, protocol.pairs[:1], protocol.seed)
+    for name, X in feature_sets.items():
+        for norm in AUTO_NORMS[first]:
+            best, tried = select(first, X, y, screen, {**base, "normalise": norm}, name)
+            best.screen = len(protocol.pairs) > 1
+            stage1.append(best)
+            if log:
+                log(f"{name} {first} {norm}: {best.mean:.4f} ({_short(best.chosen)}{', fold 1' if best.screen else ''})")
+    ranked = sorted(stage1, key=lambda t: -t.mean)
+    pairs = []
+    for t in ranked:
+        if (t.features, t.normalise) not in pairs:
+            pairs.append((t.features, t.normalise))
+    if len(protocol.pairs) > 1:  # the finalists of the screen, by the whole protocol
+        for t in ranked[:finalists]:
+            best, _ = select(first, feature_sets[t.features], y, protocol, {**base, "normalise": t.normalise}, t.features)
+            trials.append(best)
+            if log:
+                log(f"{t.features} {first} {t.normalise}: {best.mean:.4f} +- {best.std:.4f} ({_short(best.chosen)})")
+    trials += stage1
+    done = set()
+    for kind in (k for k in kinds if k != first):
+        for name, norm in pairs[:finalists]:
+            if norm not in AUTO_NORMS[kind]:
+                norm = "none"
+            if (kind, name, norm) in done:
+                continue
+            done.add((kind, name, norm))
+            cfg = {**base, "normalise": norm}
+            if time.perf_counter() - start > budget_s:
+                trials.append(Trial(kind, cfg, name, skipped=f"time budget {budget_s:.0f}s"))
+                continue
+            trial = evaluate(kind, feature_sets[name], y, protocol, cfg, name, keep_estimator=protocol.kind == "val",
+                             deadline=start + budget_s)
+            trials.append(trial)
+            if log and trial.scores:
+                log(f"{name} {kind} {norm}: {trial.mean:.4f} +- {trial.std:.4f} ({trial.seconds:.1f}s)")
+    return sorted(trials, key=lambda t: (not t.scores, t.screen, -t.mean if t.scores else 0))
+
+
+def feature_set_names(names: Sequence[str], max_sets: int = 16) -> list[tuple[str, ...]]:
+    """Single extractions, then every combination of them in the given order (largest first cut off)."""
+    sets = [(n,) for n in names]
+    for r in range(2, len(names) + 1):
+        for combo in itertools.combinations(names, r):
+            if len(sets) < max_sets:
+                sets.append(combo)
+    return sets
+
+
+def leaderboard_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A plain text table (``featx compare`` and ``fit-head --head auto`` print the same one)."""
+    cells = [list(columns)] + [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def heads_split_record(
+    protocol: str,
+    *,
+    train_sha256: Sequence[str],
+    val_sha256: Sequence[str] | None = None,
+    folds: int | None = None,
+    seed: int = 0,
+    val_split: float | None = None,
+    refit_all: bool = False,
+) -> dict:
+    """The manifest's ``selection`` record: which rows a head was fitted and validated on.
+
+    Parameters
+    ----------
+    protocol : {"cv", "val"}
+    train_sha256 : the sha256 of the training rows (the CV folds are drawn from them)
+    val_sha256 : the validation rows' sha256, when a val split was used
+    folds, seed : the CV folds (``StratifiedKFold(folds, shuffle=True, random_state=seed)``
+        over the training rows in dataset order), or the seed of a stratified val split
+    val_split : the fraction of train held out for validation when featx made the split, else None
+    refit_all : whether the final head was refitted on train + val
+
+    Returns
+    -------
+    dict
+        ``protocol, folds, seed, val_split, refit_all, train_sha256_count,
+        train_sha256_digest`` (sha256 of the sorted training hashes joined by
+        newlines) and, with a val split, ``val_sha256`` (sorted).
+    """
+    train = sorted(str(s) for s in train_sha256)
+    rec = {
+        "protocol": protocol,
+        "folds": folds,
+        "seed": int(seed),
+        "val_split": val_split,
+        "refit_all": bool(refit_all),
+        "train_sha256_count": len(train),
+        "train_sha256_digest": hashlib.sha256("\n".join(train).encode()).hexdigest(),
+    }
+    if val_sha256 is not None:
+        rec["val_sha256"] = sorted(str(s) for s in val_sha256)
+    return rec
