@@ -207,10 +207,10 @@ def test_validation_is_the_heads_own_split(tmp_path):
 
     data = make_dataset(tmp_path / "d", per_class=10)
     featx.extract(data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
-    d = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", seed=3, C=1.0).directory
+    d = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", seed=3, C=1.0, selection="val").directory
     man = json.loads((d / "manifest.json").read_text())
     _, sp, note = ft._split_rows(man, tmp_path / "c")
-    assert note == ""
+    assert note == "" and sorted(man["selection"]["val_sha256"]) == sorted(sp.val.sha256)
     feats = load_features(cache_dir=tmp_path / "c")
     held_out = make_splits(feats, 0.2, 3).val.paths
     assert sorted(sp.val.paths) == sorted(held_out)
@@ -253,10 +253,11 @@ def test_finetune_seeds_from_the_newest_dense_or_logreg_head(project, tmp_path):
 def test_refit_head_validates_on_a_visible_split(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=10)
     featx.extract(data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
-    d = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", refit_all=True, C=1.0).directory
-    man = json.loads((d / "manifest.json").read_text())
-    _, sp, note = ft._split_rows(man, tmp_path / "c")
-    assert "no held-out rows" in note and len(sp.val) == 4
+    for kw in (dict(selection="val", refit_all=True), dict(selection="cv")):  # neither holds rows out
+        d = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", C=1.0, **kw).directory
+        man = json.loads((d / "manifest.json").read_text())
+        _, sp, note = ft._split_rows(man, tmp_path / "c")
+        assert "no held-out rows" in note and len(sp.val) == 4, kw
 
 
 def test_parity_compares_features_from_every_class(project, monkeypatch):
