@@ -13,7 +13,7 @@ from featx.cli import cli
 from featx.errors import HeadError
 from featx.heads import LightGBMHead, LogisticHead, load_head
 from featx.normalise import keras_normalise, normalise, normaliser_stats
-from featx.selection import cv_protocol, evaluate, heads_split_record, select, val_protocol
+from featx.selection import cv_protocol, evaluate, heads_split_record, select
 
 from conftest import make_dataset, make_image
 
