@@ -189,8 +189,8 @@ def fit_head(
     -------
     FitResult
     """
-    from .selection import (Trial, cv_protocol, feature_set_names, heads_split_record, leaderboard_table, search,
-                            select, val_protocol)
+    from .selection import (cv_protocol, feature_set_names, heads_split_record, leaderboard_table, search, select,
+                            val_protocol)
 
     auto = head == "auto"
     for kind in auto_heads if auto else [head]:

@@ -79,7 +79,8 @@ def keras_normalise(x, kind: str, stats: dict[str, np.ndarray] | None = None):
     """:func:`normalise` as Keras ops on a (batch, D) tensor, for an end-to-end model.
 
     ``standard`` becomes a stock ``Normalization`` layer (mean and variance
-    given), so a model using it loads with ``safe_mode=True`` without featx.
+    given), the others Keras ops; a functional model using it saves and loads
+    with ``safe_mode=True`` without featx.
     """
     from .runtime import import_keras
 

@@ -13,7 +13,7 @@ from featx.cli import cli
 from featx.errors import HeadError
 from featx.heads import LightGBMHead, LogisticHead, load_head
 from featx.normalise import keras_normalise, normalise, normaliser_stats
-from featx.selection import cv_protocol, evaluate, heads_split_record, select, val_protocol
+from featx.selection import cv_protocol, evaluate, heads_split_record, select
 
 from conftest import make_dataset, make_image
 
@@ -42,12 +42,18 @@ def test_normalise_kinds_by_hand():
 
 
 @pytest.mark.parametrize("kind", ["standard", "l2", "sqrt-l2"])
-def test_keras_normalise_matches_numpy(kind):
+def test_keras_normalise_matches_numpy_and_loads_in_safe_mode(kind, tmp_path):
+    import keras
+
     X, _ = blobs(n=20)
     X[:, 0] -= 3.0  # some negative values for the signed square root
     stats = normaliser_stats(X, kind)
     got = np.asarray(keras_normalise(X, kind, stats))
     np.testing.assert_allclose(got, normalise(X, kind, stats), rtol=1e-5, atol=1e-6)
+    inp = keras.Input((X.shape[1],))
+    keras.Model(inp, keras_normalise(inp, kind, stats)).save(tmp_path / "m.keras")
+    model = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(model.predict(X, verbose=0), normalise(X, kind, stats), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["standard", "sqrt-l2"])
