@@ -42,6 +42,7 @@ from .data import ImageItem
 EXTRA = 'pip install "featx[ray]"'
 # Rows an actor embeds per call, written as one shard. A call is Ray's unit
 # of retry, so this bounds the work a lost actor costs and the shard count.
+# FEATX_RAY_SHARD_ROWS overrides it (read when a run starts).
 SHARD_ROWS = 512
 DECODE_ROWS = 64  # files per decoding task
 # Test hook: "K:PATH" makes one actor exit hard after writing the shard of
@@ -121,7 +122,7 @@ class RayEngine:
                                     memory=DECODE_ROWS * (3 * spec.input_size**2 + 2**20) * 4,
                                     fn_kwargs={"size": spec.input_size, "known": known})
                 ds = ds.map_batches(
-                    _Embedder, batch_format="numpy", batch_size=SHARD_ROWS,
+                    _Embedder, batch_format="numpy", batch_size=int(os.environ.get("FEATX_RAY_SHARD_ROWS", SHARD_ROWS)),
                     compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=self.num_gpus_per_worker or None,
                     fn_constructor_kwargs={
                         "record": spec.record(), "weights": run.opts.weights, "shard_dir": str(shard_dir),
@@ -272,9 +273,15 @@ class _Embedder:
 
     def __init__(self, record: dict, weights, shard_dir: str, extraction: str, batch_size: int, on_gpu: bool,
                  fault: str = ""):
+        from .runtime import backend_name
         from .spec import ExtractionSpec
 
-        self.model = B.build_feature_model(ExtractionSpec.from_record(record), weights)
+        spec = ExtractionSpec.from_record(record)
+        driver, here = dict(spec.versions).get("backend"), backend_name()
+        if driver and driver != here:  # random weights and mixed precision differ by backend
+            raise FeatxError(f"This Ray worker's Keras backend is {here}, the driver's {driver}: "
+                             "set KERAS_BACKEND alike on every node.")
+        self.model = B.build_feature_model(spec, weights)
         self.shard_dir, self.extraction = shard_dir, extraction
         self.batch_size, self.on_gpu = batch_size, on_gpu
         self.fault = fault
