@@ -158,3 +158,28 @@ def test_engine_ray_without_the_extra_is_a_one_line_error(tiny_dataset, cache_di
     assert 'Install the extra: pip install "featx[ray]"' in out.output
     assert out.output.strip().count("\n") == 0 and "Traceback" not in out.output
     assert not Path(cache_dir, "extractions").exists()
+
+
+def test_staged_shards_of_a_dead_driver_are_adopted_without_computing(tiny_dataset, tmp_path, monkeypatch):
+    from featx.cache import write_staged_shard
+
+    first = featx.extract(tiny_dataset, cache_dir=tmp_path / "a", **TINY)
+    (shard,) = first.extraction.shards()
+    with h5py.File(shard) as f:
+        cols = f["features"][...], [x.decode() for x in f["sha256"][...]], f["path"].asstr()[...], f["label"].asstr()[...]
+    # A driver killed before its first publish: staged shards, no meta.json yet.
+    shards = tmp_path / "b" / "extractions" / first.extraction.name / "shards"
+    shards.mkdir(parents=True)
+    for part in (slice(0, 5), slice(5, None)):
+        write_staged_shard(shards, first.extraction.name, cols[0][part], cols[1][part], cols[2][part], cols[3][part])
+    assert featx.Cache(tmp_path / "b").extractions() == []  # staged shards are not published rows
+
+    def boom(*a, **k):
+        raise AssertionError("the model was built although every row was staged")
+
+    monkeypatch.setattr(featx.backbones, "build_feature_model", boom)
+    res = featx.extract(tiny_dataset, cache_dir=tmp_path / "b", **TINY)
+    assert (res.computed, res.reused) == (0, 12)
+    assert not list(shards.glob(".staged-*")) and len(list(shards.glob("ray-*.h5"))) == 2
+    np.testing.assert_array_equal(featx.load_features(tiny_dataset, cache_dir=tmp_path / "b").X,
+                                  featx.load_features(tiny_dataset, cache_dir=tmp_path / "a").X)
