@@ -42,8 +42,9 @@ from .data import ImageItem
 EXTRA = 'pip install "featx[ray]"'
 # Rows an actor embeds per call, written as one shard. A call is Ray's unit
 # of retry, so this bounds the work a lost actor costs and the shard count.
-# FEATX_RAY_SHARD_ROWS overrides it (read when a run starts).
-SHARD_ROWS = 512
+# The progress bar also moves by calls. FEATX_RAY_SHARD_ROWS overrides it
+# (read when a run starts).
+SHARD_ROWS = 256
 DECODE_ROWS = 64  # files per decoding task
 # Test hook: "K:PATH" makes one actor exit hard after writing the shard of
 # its K-th call, once (PATH is created as the marker).
@@ -86,7 +87,10 @@ class RayEngine:
         """Compute ``todo`` into ``run.extraction`` (whose lock the caller holds)."""
         ray = require()
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            try:
+                ray.init(address=self.address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            except (ConnectionError, RuntimeError) as exc:
+                raise FeatxError(f"Could not start or join Ray (address={self.address!r}): {_first_line(exc)}") from None
         ext = run.extraction
         shard_dir = ext.shard_dir.resolve()
         shard_dir.mkdir(parents=True, exist_ok=True)
@@ -98,12 +102,14 @@ class RayEngine:
         blocks = max(1, min(len(rows), 4 * actors, -(-len(rows) // DECODE_ROWS)))
 
         bar = _progress(len(todo), run.progress, f"extract {run.opts.backbone.name} (ray)")
-        memo_rows, bad_rows, staged, published = [], [], [], []
+        memo_rows, bad_rows = [], []
+        staged: set[str] = set()  # a call's name may come back in several blocks
+        published: dict = {}  # ordered set of shard paths
         last_flush = time.perf_counter()
 
         def flush():
             nonlocal last_flush
-            published.extend(ext.publish(shard_dir / name for name in staged))
+            published.update(dict.fromkeys(ext.publish(shard_dir / name for name in sorted(staged))))
             staged.clear()
             memo.remember(memo_rows)
             memo.remember_bad(bad_rows)
@@ -131,7 +137,7 @@ class RayEngine:
                     },
                 )
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    staged.extend(name for name in set(batch["shard"].tolist()) if name)
+                    staged.update(name for name in batch["shard"].tolist() if name)
                     for path, sha, status, reason, size, mtime in zip(*(batch[c].tolist() for c in _RESULT_COLUMNS)):
                         bar.update(1)
                         if sha and size >= 0:
@@ -154,7 +160,7 @@ class RayEngine:
             bar.close()
             run.compute_seconds += time.perf_counter() - t0
         if len(published) > 1:
-            ext.compact(only=published)
+            ext.compact(only=list(published))
         if len(ext.shards()) > 32:
             ext.compact()
 
