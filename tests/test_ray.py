@@ -183,3 +183,41 @@ def test_staged_shards_of_a_dead_driver_are_adopted_without_computing(tiny_datas
     assert not list(shards.glob(".staged-*")) and len(list(shards.glob("ray-*.h5"))) == 2
     np.testing.assert_array_equal(featx.load_features(tiny_dataset, cache_dir=tmp_path / "b").X,
                                   featx.load_features(tiny_dataset, cache_dir=tmp_path / "a").X)
+
+
+def test_a_node_that_cannot_see_the_cache_stops_the_run_naming_it(tmp_path):
+    pytest.importorskip("ray")
+    from featx.errors import CacheError
+    from featx.ray_engine import check_shared_storage
+
+    class Task:  # runs "on" a node whose disk lacks the driver's folder
+        def __init__(self, blind):
+            self.blind = blind
+
+        def options(self, **kw):
+            return self
+
+        def remote(self, path):
+            return "FileNotFoundError: No such file or directory" if self.blind else Path(path).read_text()
+
+    class TwoNodes:
+        class exceptions:
+            RayError = RuntimeError
+
+        def nodes(self):
+            return [{"Alive": True, "NodeID": "aa" * 28, "NodeManagerAddress": "10.0.0.1"},
+                    {"Alive": True, "NodeID": "bb" * 28, "NodeManagerAddress": "10.0.0.2"}]
+
+        def remote(self, fn):
+            return _Dispatch()
+
+        def get(self, refs, timeout=None):
+            return refs
+
+    class _Dispatch:
+        def options(self, **kw):
+            return Task(blind=kw["scheduling_strategy"].node_id.startswith("bb"))
+
+    with pytest.raises(CacheError, match=r"10\.0\.0\.2 \(FileNotFoundError.*cannot see the cache folder"):
+        check_shared_storage(TwoNodes(), tmp_path)
+    assert not list(tmp_path.iterdir())  # the probe is removed either way
