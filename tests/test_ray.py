@@ -125,7 +125,7 @@ def _quiet(folder: Path, seconds: float = 3.0, limit: float = 60.0) -> None:
 
 
 def test_killed_ray_driver_then_local_rerun_gives_a_complete_duplicate_free_cache(ray_cluster, tmp_path):
-    data = make_dataset(tmp_path / "data", per_class=150, size=(48, 48))
+    data = make_dataset(tmp_path / "data", per_class=200, size=(48, 48))
     cache_dir = tmp_path / "cache"
     address = ray_cluster.get_runtime_context().gcs_address
     env = {**os.environ, "FEATX_RAY_SHARD_ROWS": "8", "FEATX_FLUSH_SECONDS": "0"}
@@ -143,11 +143,11 @@ def test_killed_ray_driver_then_local_rerun_gives_a_complete_duplicate_free_cach
     (shards,) = cache_dir.glob("extractions/*/shards")
     _quiet(shards)
     res = featx.extract(data, cache_dir=cache_dir, **TINY)
-    assert res.reused > 0 and res.computed > 0 and res.reused + res.computed == 300
+    assert res.reused > 0 and res.computed > 0 and res.reused + res.computed == 400
     f = featx.load_features(data, cache_dir=cache_dir)
-    assert f.X.shape == (300, 512) and len(set(f.sha256)) == 300
+    assert f.X.shape == (400, 512) and len(set(f.sha256)) == 400
     rows = shard_rows(res.extraction)
-    assert len(rows) == len(set(rows)) == 300
+    assert len(rows) == len(set(rows)) == 400
     assert not list(cache_dir.rglob(".staged-*")) and not list(cache_dir.rglob(".tmp-*"))
 
 
