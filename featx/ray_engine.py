@@ -279,6 +279,10 @@ class _Embedder:
 
     def __init__(self, record: dict, weights, shard_dir: str, extraction: str, batch_size: int, on_gpu: bool,
                  fault: str = ""):
+        if not on_gpu:
+            # Ray leaves the GPUs visible to an actor that asked for none; a CPU actor
+            # on a GPU node must not take one (before the framework is imported).
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         from .runtime import backend_name
         from .spec import ExtractionSpec
 
