@@ -35,9 +35,9 @@ import numpy as np
 
 from . import backbones as B
 from .cache import write_staged_shard
+from .data import ImageItem
 from .errors import CacheError, DataError, FeatxError
 from .extract import FLUSH_SECONDS, _padded, _progress, _Run
-from .data import ImageItem
 
 EXTRA = 'pip install "featx[ray]"'
 # Rows an actor embeds per call, written as one shard. A call is Ray's unit
