@@ -4,7 +4,8 @@ Layout under the cache root (``./cache`` by default, ``FEATX_CACHE_DIR``)::
 
     memo.sqlite                      (path, size, mtime) -> sha256; images known to be bad
     extractions/<name>/meta.json     the settings that make up the key
-    extractions/<name>/shards/*.h5   immutable feature shards (.quarantine-* ones are unreadable, set aside)
+    extractions/<name>/shards/*.h5   immutable feature shards (.quarantine-* ones are unreadable, set aside;
+                                     .staged-* ones are written by Ray workers, published by their driver)
     extractions/<name>/.lock         held by the one process computing into it
     datasets/<id>.h5                 one dataset seen through one extraction
     latest.json                      the most recent dataset view
@@ -320,6 +321,10 @@ class Extraction:
             for tmp in self.shard_dir.glob(".tmp-*"):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
+            # Staged shards are complete: a distributed run's driver died
+            # before publishing them. Adopting them saves their rows.
+            if not self.error:
+                self.publish(self.staged())
             yield
             self._quarantine_unreadable()
         finally:
@@ -383,7 +388,6 @@ class Extraction:
         Refuses (:class:`ExtractionRemoved`) when the extraction's meta.json
         is gone: a run must not resurrect an extraction removed under it.
         """
-        h5py = _h5()
         if self.meta.get("feature_width") is None:  # known once the model has run
             self.meta["feature_width"] = int(np.shape(features)[1])
         self.save_meta()
@@ -398,17 +402,46 @@ class Extraction:
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.h5"
         tmp = self.shard_dir / f".tmp-{name}"
         final = self.shard_dir / name
-        features = np.asarray(features, dtype=np.float32)
-        with _write_errors(self.root), h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features, chunks=(min(len(features), 256), features.shape[1]))
-            f.create_dataset("sha256", data=np.array(shas, dtype="S64"))
-            f.create_dataset("path", data=list(paths), dtype=_STR)
-            f.create_dataset("label", data=[lab or "" for lab in labels], dtype=_STR)
-            f.attrs["extraction"] = self.name
-            f.attrs["format_version"] = FORMAT_VERSION
-        _fsync(tmp)
+        with _write_errors(self.root):
+            _write_shard_file(tmp, self.name, features, shas, paths, labels)
         os.replace(tmp, final)
         return final
+
+    def staged(self) -> list[Path]:
+        """Complete shards that distributed workers wrote but no driver has published yet."""
+        try:
+            return sorted(self.shard_dir.glob(f"{STAGED_PREFIX}*.h5"))
+        except FileNotFoundError:
+            return []
+
+    def publish(self, staged: Iterable[Path]) -> list[Path]:
+        """Rename staged shards (``shards/.staged-*``, see :func:`write_staged_shard`) into place.
+
+        Call while holding :meth:`lock`. The first shard also writes
+        meta.json, with the feature width read from it. A staged shard that
+        is not readable is deleted: its rows are computed again when needed.
+        """
+        out = []
+        for shard in staged:
+            if self.meta.get("feature_width") is None:
+                try:
+                    with _h5().File(shard, "r") as f:
+                        self.meta["feature_width"] = int(f["features"].shape[1])
+                except (OSError, KeyError):
+                    with contextlib.suppress(FileNotFoundError):
+                        shard.unlink()
+                    continue
+            self.save_meta()
+            if not (self.root / "meta.json").exists():
+                raise ExtractionRemoved(f"Extraction {self.name} was removed (`featx cache rm`) while this run was writing to it.")
+            final = shard.with_name(shard.name.removeprefix(STAGED_PREFIX))
+            try:
+                os.replace(shard, final)
+            except FileNotFoundError:  # reported twice (a retried task): published already
+                if not final.exists():
+                    continue
+            out.append(final)
+        return out
 
     def read(self, shas: Sequence[str], index: dict | None = None) -> np.ndarray:
         """Feature rows for ``shas`` in that order; raises if any is missing.
@@ -525,6 +558,41 @@ def _write_errors(folder: Path):
         if exc.errno != errno.EROFS:
             raise
         raise CacheError(f"Cannot write to the cache folder {folder}: read-only file system.") from None
+
+
+def _write_shard_file(path: Path, extraction: str, features, shas, paths, labels) -> None:
+    """The shard schema (cache/README.md), written and fsynced at ``path``."""
+    h5py = _h5()
+    features = np.asarray(features, dtype=np.float32)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=features, chunks=(min(len(features), 256), features.shape[1]))
+        f.create_dataset("sha256", data=np.array(shas, dtype="S64"))
+        f.create_dataset("path", data=list(paths), dtype=_STR)
+        f.create_dataset("label", data=[lab or "" for lab in labels], dtype=_STR)
+        f.attrs["extraction"] = extraction
+        f.attrs["format_version"] = FORMAT_VERSION
+    _fsync(path)
+
+
+STAGED_PREFIX = ".staged-"
+
+
+def write_staged_shard(shard_dir: str | os.PathLike, extraction: str, features, shas, paths, labels) -> str:
+    """Write a shard for a driver to publish; used by distributed workers, which hold no lock.
+
+    The name is a hash of the shard's sorted sha256 list, so a retried task
+    that embeds the same rows rewrites the same file instead of adding a
+    second copy. Written under ``.tmp-*``, then renamed to
+    ``.staged-ray-<hash>.h5``: hidden from readers until
+    :meth:`Extraction.publish` (or the next holder of the lock) renames it
+    to ``ray-<hash>.h5``. Returns that staged name.
+    """
+    digest = hashlib.sha256("\n".join(sorted(shas)).encode()).hexdigest()[:32]
+    name = f"{STAGED_PREFIX}ray-{digest}.h5"
+    tmp = Path(shard_dir) / f".tmp-{uuid.uuid4().hex}-{name}"
+    _write_shard_file(tmp, extraction, features, shas, paths, labels)
+    os.replace(tmp, Path(shard_dir) / name)
+    return name
 
 
 def _fsync(path: Path) -> None:

@@ -339,7 +339,8 @@ def backbones(pattern, as_json):
               help="Several taps from one forward pass, e.g. 0,1,2 (the output and the ends of the 1 and 2 blocks "
                    "before it), each cached as its own extraction; `fit-head --head auto` searches them all.")
 @click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True, help="Images per forward pass.")
-@click.option("--workers", type=POSITIVE_INT, help="Threads reading and decoding images [default: CPU count].")
+@click.option("--workers", type=POSITIVE_INT,
+              help="Threads reading and decoding images [default: CPU count]; with --engine ray, embedding actors.")
 @click.option(
     "--precision", type=click.Choice(["auto", "float32", "mixed"]), default="auto", show_default=True,
     help="auto: mixed float16 on a GPU, float32 on a CPU.",
@@ -347,10 +348,15 @@ def backbones(pattern, as_json):
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of random weights (--weights none).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Compute missing images here, or on a Ray cluster (pip install \"featx[ray]\"; shared cache root).")
+@click.option("--address", help="--engine ray: 'auto', ray://HOST:10001 [default: $RAY_ADDRESS, else Ray on this machine].")
+@click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="--engine ray: GPUs per embedding actor.")
 @cache_dir_option
 @click.pass_obj
 def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps, batch_size, workers, precision, seed,
-            strict, quiet):
+            strict, quiet, **engine):
     """Run a headless backbone over DATA once and cache pooled features.
 
     DATA is a folder of class folders, a folder with train/ val/ test/ split
@@ -364,6 +370,7 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
       featx extract -b vgg16 --weights vgg16_notop.weights.h5 --image-size 128 data/
       featx extract -b efficientnetb0 --cut-blocks 3 labels.csv
       featx extract -b vgg16 --taps 0,1,2 data/ && featx fit-head --head auto
+      featx extract --engine ray --address auto --num-gpus-per-worker 1 /mnt/shared/data/
     """
     from .extract import extract as run
 
@@ -371,7 +378,7 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
     result = run(
         source, backbone, weights=weights, image_size=image_size, pooling=pooling, cut_blocks=cut_blocks,
         taps=taps, batch_size=batch_size, cache_dir=obj["cache_dir"], strict=strict, workers=workers,
-        precision=precision, seed=seed, progress=not quiet,
+        precision=precision, seed=seed, progress=not quiet, **engine,
     )
     for path, reason in result.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)

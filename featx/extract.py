@@ -145,6 +145,9 @@ def extract(
     log: Callable[[str], None] | None = None,
     record: bool = True,
     spec: ExtractionSpec | Sequence[ExtractionSpec] | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    num_gpus_per_worker: float = 0,
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
@@ -197,6 +200,18 @@ def extract(
         resolving the options above; ``weights`` may then name the new place
         of a moved weights file, checked against the recorded hash, and is
         only needed when some image is not cached yet.
+    engine : {"local", "ray"}
+        Where missing images are computed: in this process, or on a Ray
+        cluster (``pip install "featx[ray]"``; the cache root must be on
+        storage every node sees). Planning, the memo, the lock and the
+        dataset view stay in this process either way; ``workers`` then
+        counts embedding actors.
+    address : str, optional
+        engine="ray": ``auto``, ``ray://host:10001`` or None (``$RAY_ADDRESS``,
+        else Ray started on this machine).
+    num_gpus_per_worker : float
+        engine="ray": GPUs per embedding actor; with ``precision="auto"``
+        a GPU actor computes in mixed precision.
 
     Returns
     -------
@@ -208,6 +223,9 @@ def extract(
         raise DataError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise DataError(f"workers must be an integer >= 1. Received: workers={workers!r}")
+    remote = _ray_engine(engine, address, num_gpus_per_worker, workers)
+    if remote is not None and precision == "auto":  # decided by the workers' devices, not the driver's
+        precision = "mixed" if num_gpus_per_worker else "float32"
     cache = Cache(cache_dir)
     cuts = _cuts(cut_blocks, taps)
     if spec is None:
@@ -219,7 +237,10 @@ def extract(
     if not ds.items:
         raise DataError(f"No images found in {ds.source}.")
 
-    run = _Run(cache, opts, ds, batch_size, strict, workers, progress, log)
+    if remote is not None and len(opts.specs) > 1:
+        raise DataError("--engine ray extracts one tap per run: run it once per --cut-blocks K, or use the local "
+                        "engine for --taps.")
+    run = _Run(cache, opts, ds, batch_size, strict, workers, progress, log, engine=remote)
     run.execute()
     labels = ds.labels_index()
     keep = [i for i, it in enumerate(ds.items) if run.sha.get(it.path)]
@@ -271,6 +292,22 @@ def _cuts(cut_blocks: int, taps: Sequence[int] | None) -> list[int]:
     return cuts
 
 
+def _ray_engine(engine: str, address, num_gpus_per_worker, workers):
+    """The Ray engine of ``engine="ray"`` (None for local), with its options checked."""
+    if engine not in ("local", "ray"):
+        raise DataError(f"engine must be 'local' or 'ray'. Received: engine={engine!r}")
+    if engine == "local":
+        if address is not None or num_gpus_per_worker:
+            raise DataError("address and num_gpus_per_worker apply to engine='ray' only (--engine ray).")
+        return None
+    if isinstance(num_gpus_per_worker, bool) or not isinstance(num_gpus_per_worker, (int, float)) or num_gpus_per_worker < 0:
+        raise DataError(f"num_gpus_per_worker must be a number >= 0. Received: num_gpus_per_worker={num_gpus_per_worker!r}")
+    from .ray_engine import RayEngine, require
+
+    require()
+    return RayEngine(address, num_gpus_per_worker, workers)
+
+
 def _view_source(ds: Dataset) -> str:
     """What names a dataset's view: its folder or CSV, or for a list of files
     a hash of the list, so two lists never share (and overwrite) a view."""
@@ -283,8 +320,10 @@ def _view_source(ds: Dataset) -> str:
 class _Run:
     """The state of one extraction run over one dataset."""
 
-    def __init__(self, cache: Cache, opts: _Settings, ds: Dataset, batch_size, strict, workers, progress, log):
+    def __init__(self, cache: Cache, opts: _Settings, ds: Dataset, batch_size, strict, workers, progress, log,
+                 engine=None):
         self.cache, self.opts, self.ds = cache, opts, ds
+        self.engine = engine  # a RayEngine computes the missing images elsewhere; None: _pipeline here
         self.batch_size, self.strict, self.progress, self.log = batch_size, strict, progress, log
         self.workers = workers or min(16, max(2, os.cpu_count() or 2))
         self.on_gpu = gpu_available()
@@ -353,7 +392,10 @@ class _Run:
         ext = self.extraction
         with ext.lock(on_wait=lambda: self.log(f"featx: waiting for another process extracting into {ext.name}...")):
             cached = set(ext.index())  # another process may have filled it while we waited
-            self._pipeline(todo, stats, memo, bad, cached)
+            if self.engine is not None:
+                self.engine.compute(self, todo, stats, memo, bad, cached)
+            else:
+                self._pipeline(todo, stats, memo, bad, cached)
 
     def _model(self):
         if self.model is None:

@@ -1,0 +1,340 @@
+"""Past one machine: ``featx extract --engine ray`` fills the same cache from a Ray cluster.
+
+The driver (the process that runs ``featx extract``) plans exactly as a
+local run does: it lists the files, asks the memo and the extraction's index
+what is missing and takes the extraction's lock. Only the missing files go
+to Ray, as one Ray Data pipeline:
+
+1. CPU tasks read, hash and decode each file with the local engine's own
+   per-image step, so a bad file is skipped with the same reason;
+2. a pool of actors, each building the feature model once, embeds the
+   decoded images and writes each call's rows as one shard named by its
+   content (:func:`featx.cache.write_staged_shard`): a retried call
+   rewrites the same file, never a second copy;
+3. the driver receives one small record per image (no features), moves the
+   progress bar, publishes the staged shards, fills the memo and, at the
+   end, merges the run's shards and writes the dataset view.
+
+The driver is the only process that publishes, merges or removes shards;
+workers only create new, uniquely named files. The cache root must be a
+path every node sees (NFS, a mounted bucket): the driver checks that with a
+probe file before anything runs, instead of letting a worker write to its
+own disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import backbones as B
+from .cache import write_staged_shard
+from .data import ImageItem
+from .errors import CacheError, DataError, FeatxError
+from .extract import FLUSH_SECONDS, _padded, _progress, _Run
+
+EXTRA = 'pip install "featx[ray]"'
+# Rows an actor embeds per call, written as one shard. A call is Ray's unit
+# of retry, so this bounds the work a lost actor costs and the shard count.
+# The progress bar also moves by calls. FEATX_RAY_SHARD_ROWS overrides it
+# (read when a run starts).
+SHARD_ROWS = 256
+DECODE_ROWS = 64  # files per decoding task
+# Test hook: "K:PATH" makes one actor exit hard after writing the shard of
+# its K-th call, once (PATH is created as the marker).
+FAULT_ENV = "FEATX_RAY_FAULT"
+_RESULT_COLUMNS = ("path", "sha", "status", "reason", "size", "mtime")
+
+
+def require():
+    """The ``ray`` module, or a one-line error naming the extra to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise FeatxError(f"--engine ray needs Ray ({exc}). Install the extra: {EXTRA}") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """Where and how a run's missing images are computed on Ray.
+
+    Parameters
+    ----------
+    address : str, optional
+        ``auto`` (the cluster this machine belongs to), ``ray://host:10001``
+        or a GCS address; None joins ``$RAY_ADDRESS`` or starts Ray on this
+        machine. An already initialised Ray is used as it is.
+    num_gpus_per_worker : float
+        GPUs each embedding actor asks for (0: CPU actors).
+    workers : int, optional
+        Embedding actors; by default one per ``num_gpus_per_worker`` GPUs
+        of the cluster, or one per 4 CPUs without GPUs.
+    """
+
+    address: str | None = None
+    num_gpus_per_worker: float = 0
+    workers: int | None = None
+
+    def compute(self, run: _Run, todo: list[ImageItem], stats, memo, bad: dict[str, str], cached: set) -> None:
+        """Compute ``todo`` into ``run.extraction`` (whose lock the caller holds)."""
+        ray = require()
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            except (ConnectionError, RuntimeError) as exc:
+                raise FeatxError(f"Could not start or join Ray (address={self.address!r}): {_first_line(exc)}") from None
+        ext = run.extraction
+        shard_dir = ext.shard_dir.resolve()
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        check_shared_storage(ray, shard_dir)
+        actors = self.workers or _default_actors(ray, self.num_gpus_per_worker)
+        spec = run.opts.spec
+        known = ray.put((frozenset(cached), dict(bad)))
+        rows = [{"path": it.path, "label": it.label or "", "split": it.split} for it in todo]
+        blocks = max(1, min(len(rows), 4 * actors, -(-len(rows) // DECODE_ROWS)))
+
+        bar = _progress(len(todo), run.progress, f"extract {run.opts.backbone.name} (ray)")
+        memo_rows, bad_rows = [], []
+        staged: set[str] = set()  # a call's name may come back in several blocks
+        published: dict = {}  # ordered set of shard paths
+        last_flush = time.perf_counter()
+
+        def flush():
+            nonlocal last_flush
+            published.update(dict.fromkeys(ext.publish(shard_dir / name for name in sorted(staged))))
+            staged.clear()
+            memo.remember(memo_rows)
+            memo.remember_bad(bad_rows)
+            memo_rows.clear()
+            bad_rows.clear()
+            last_flush = time.perf_counter()
+
+        t0 = time.perf_counter()
+        try:
+            with _quiet_data(ray):
+                ds = ray.data.from_items(rows, override_num_blocks=blocks)
+                # The memory of a decoding task (its files' bytes and pixels, with room); asking for
+                # it also keeps the decoding a stage of CPU tasks, which Ray fuses into the actors
+                # when both ask for the same resources.
+                ds = ds.map_batches(_decode, batch_format="numpy", batch_size=DECODE_ROWS,
+                                    memory=DECODE_ROWS * (3 * spec.input_size**2 + 2**20) * 4,
+                                    fn_kwargs={"size": spec.input_size, "known": known})
+                ds = ds.map_batches(
+                    _Embedder, batch_format="numpy", batch_size=int(os.environ.get("FEATX_RAY_SHARD_ROWS", SHARD_ROWS)),
+                    compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=self.num_gpus_per_worker or None,
+                    fn_constructor_kwargs={
+                        "record": spec.record(), "weights": run.opts.weights, "shard_dir": str(shard_dir),
+                        "extraction": ext.name, "batch_size": run.batch_size,
+                        "on_gpu": bool(self.num_gpus_per_worker), "fault": os.environ.get(FAULT_ENV, ""),
+                    },
+                )
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    staged.update(name for name in batch["shard"].tolist() if name)
+                    for path, sha, status, reason, size, mtime in zip(*(batch[c].tolist() for c in _RESULT_COLUMNS)):
+                        bar.update(1)
+                        if sha and size >= 0:
+                            memo_rows.append((path, size, mtime, sha))
+                        if status == "bad":
+                            if sha:
+                                bad_rows.append((sha, reason))
+                            run._skip(path, reason)
+                            continue
+                        run.sha[path] = sha
+                        if status == "computed" and sha not in cached:
+                            cached.add(sha)
+                            run.computed += 1
+                    if time.perf_counter() - last_flush >= FLUSH_SECONDS:
+                        flush()
+        except ray.exceptions.RayError as exc:
+            raise FeatxError(f"The Ray run failed: {_first_line(exc)}") from exc
+        finally:
+            flush()
+            bar.close()
+            run.compute_seconds += time.perf_counter() - t0
+        if len(published) > 1:
+            ext.compact(only=list(published))
+        if len(ext.shards()) > 32:
+            ext.compact()
+
+
+def check_shared_storage(ray, folder: Path) -> None:
+    """Refuse to run unless every live node reads the driver's probe file in ``folder``.
+
+    A node that sees another disk (or none) at that path would write shards
+    nobody else finds; this says so before any work is done.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = uuid.uuid4().hex
+    probe = folder / f".probe-{token}"
+    probe.write_text(token)
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        read = ray.remote(_read_probe)
+        refs = [
+            read.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(str(probe))
+            for n in nodes
+        ]
+        try:
+            seen = ray.get(refs, timeout=300)
+        except ray.exceptions.RayError as exc:
+            raise FeatxError(
+                f"A Ray worker could not run featx ({_first_line(exc)}). featx and its dependencies must be "
+                f"installed on every node of the cluster."
+            ) from None
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = [f"{n['NodeManagerAddress']} ({got})" for n, got in zip(nodes, seen) if got != token]
+    if blind:
+        raise CacheError(
+            f"Ray node(s) {', '.join(blind)} cannot see the cache folder {folder}. With --engine ray the cache "
+            f"must be on storage every node mounts at the same path (NFS, a mounted bucket): pass --cache-dir there."
+        )
+
+
+def _read_probe(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def _default_actors(ray, num_gpus: float) -> int:
+    res = ray.cluster_resources()
+    if num_gpus:
+        found = int(res.get("GPU", 0) // num_gpus)
+        if found < 1:
+            raise DataError(
+                f"The Ray cluster has {res.get('GPU', 0):g} GPUs, fewer than one worker's "
+                f"num_gpus_per_worker={num_gpus:g}."
+            )
+        return found
+    return max(1, int(res.get("CPU", 1)) // 4)
+
+
+@contextlib.contextmanager
+def _quiet_data(ray):
+    """featx draws its own progress bar; Ray Data's bars and banners would interleave with it."""
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.enable_progress_bars, getattr(ctx, "print_on_execution_start", True)
+    ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- on the workers
+
+
+class _Size:
+    """What :meth:`featx.extract._Run._prepare` reads of a run: the input size."""
+
+    def __init__(self, size: int):
+        self.opts = self
+        self.size = size
+
+
+def _decode(batch: dict, size: int, known) -> dict:
+    """CPU task: stat, read, hash and decode each file, exactly as a local run does."""
+    import ray
+
+    cached, bad = ray.get(known)
+    runner = _Size(size)
+    n = len(batch["path"])
+    out = {k: [] for k in ("path", "label", "sha", "status", "reason", "size", "mtime")}
+    pixels = np.zeros((n, size, size, 3), np.uint8)
+    for i, (path, label, split) in enumerate(zip(batch["path"], batch["label"], batch["split"])):
+        item = ImageItem(str(path), str(label) or None, str(split))
+        prep = _Run._prepare(runner, item, None, cached, bad)
+        if prep.pixels is not None:
+            pixels[i] = prep.pixels
+        out["path"].append(item.path)
+        out["label"].append(str(label))
+        out["sha"].append(prep.sha or "")
+        out["status"].append(prep.status)
+        out["reason"].append(prep.reason)
+        out["size"].append(prep.stat[0] if prep.stat else -1)
+        out["mtime"].append(prep.stat[1] if prep.stat else -1)
+    cols = {k: np.array(v, dtype=object if k not in ("size", "mtime") else np.int64) for k, v in out.items()}
+    return {**cols, "pixels": pixels}
+
+
+class _Embedder:
+    """Actor: builds the feature model once, embeds a call's images and writes them as one staged shard."""
+
+    def __init__(self, record: dict, weights, shard_dir: str, extraction: str, batch_size: int, on_gpu: bool,
+                 fault: str = ""):
+        if not on_gpu:
+            # Ray leaves the GPUs visible to an actor that asked for none; a CPU actor
+            # on a GPU node must not take one (before the framework is imported).
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        from .runtime import backend_name
+        from .spec import ExtractionSpec
+
+        spec = ExtractionSpec.from_record(record)
+        driver, here = dict(spec.versions).get("backend"), backend_name()
+        if driver and driver != here:  # random weights and mixed precision differ by backend
+            raise FeatxError(f"This Ray worker's Keras backend is {here}, the driver's {driver}: "
+                             "set KERAS_BACKEND alike on every node.")
+        self.model = B.build_feature_model(spec, weights)
+        self.shard_dir, self.extraction = shard_dir, extraction
+        self.batch_size, self.on_gpu = batch_size, on_gpu
+        self.fault = fault
+        self.calls = 0
+
+    def __call__(self, batch: dict) -> dict:
+        status = np.array(batch["status"], dtype=object)
+        first: dict[str, int] = {}
+        for i in np.flatnonzero(status == "compute"):
+            first.setdefault(batch["sha"][i], i)  # duplicate content in one call: embedded once
+        rows = sorted(first.values())
+        shard = ""
+        if rows:
+            feats = self._embed(batch["pixels"][rows])
+            shard = write_staged_shard(self.shard_dir, self.extraction, feats, [batch["sha"][i] for i in rows],
+                                       [batch["path"][i] for i in rows], [batch["label"][i] for i in rows])
+            status[status == "compute"] = "computed"
+        self.calls += 1
+        self._maybe_fail()
+        out = {k: batch[k] for k in _RESULT_COLUMNS if k != "status"}
+        return {**out, "status": status, "shard": np.array([shard] * len(status), dtype=object)}
+
+    def _embed(self, x: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            part = x[i : i + self.batch_size]
+            n = len(part)
+            padded = _padded(n, self.batch_size, self.on_gpu)
+            if n < padded:
+                part = np.concatenate([part, np.zeros((padded - n, *part.shape[1:]), part.dtype)])
+            out.append(np.asarray(self.model.predict_on_batch(part))[:n].astype(np.float32))
+        return np.concatenate(out)
+
+    def _maybe_fail(self) -> None:
+        if not self.fault:
+            return
+        k, marker = self.fault.split(":", 1)
+        if self.calls == int(k):
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            os._exit(1)  # a lost actor, after its shard is written and before Ray hears of it
+
+
+__all__ = ["RayEngine", "require", "check_shared_storage", "EXTRA"]

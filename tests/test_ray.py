@@ -1,0 +1,223 @@
+"""`featx extract --engine ray`: the same cache as a local run, resumable, retry-safe.
+
+One Ray instance (2 CPUs) serves the whole session; each Ray run starts its
+embedding actors afresh, which costs a framework import, so the runs here
+are few and each test checks several things.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import featx
+from featx.cli import cli
+
+from conftest import make_dataset, make_image
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(backbone="vgg16", weights="none", image_size=32, batch_size=4, progress=False)
+CLI_TINY = ["extract", "-q", "-b", "vgg16", "--weights", "none", "--image-size", "32", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    # Workers (of this driver and of the CLI drivers started below) must import this checkout's featx.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def shard_rows(extraction) -> list[str]:
+    """Every sha256 of every shard, duplicates included."""
+    out = []
+    for shard in extraction.shards():
+        with h5py.File(shard) as f:
+            out += [x.decode() for x in f["sha256"][...]]
+    return out
+
+
+def add_bad_files(data: Path) -> None:
+    (data / "cats" / "empty.jpg").write_bytes(b"")
+    (data / "cats" / "text.jpg").write_bytes(b"hello, I am not a picture\n" * 10)
+    jpg = make_image(data / "dogs" / "trunc.jpg", size=(64, 64), fmt="JPEG")
+    jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
+    (data / "dogs" / "copy.png").write_bytes((data / "dogs" / "dogs_0.png").read_bytes())
+
+
+def test_ray_and_local_runs_give_the_same_cache_and_reruns_compute_only_new_images(ray_cluster, tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data", per_class=6)
+    add_bad_files(data)
+    local = featx.extract(data, cache_dir=tmp_path / "local", **TINY)
+    remote = featx.extract(data, cache_dir=tmp_path / "ray", engine="ray", **TINY)
+    for res in (local, remote):
+        assert (res.total, res.computed, res.reused, len(res.skipped)) == (16, 12, 1, 3)
+    assert sorted(remote.skipped) == sorted(local.skipped)  # the same files, the same reasons
+    assert remote.extraction.name == local.extraction.name
+    a = featx.load_features(data, cache_dir=tmp_path / "local")
+    b = featx.load_features(data, cache_dir=tmp_path / "ray")
+    assert list(a.paths) == list(b.paths) and list(a.sha256) == list(b.sha256) and (a.y == b.y).all()
+    np.testing.assert_allclose(b.X, a.X, rtol=1e-5, atol=1e-5)
+    rows = shard_rows(remote.extraction)
+    assert len(rows) == len(set(rows)) == 12
+    assert not list((tmp_path / "ray").rglob(".staged-*")) and not list((tmp_path / "ray").rglob(".probe-*"))
+
+    # A warm rerun sends nothing to Ray.
+    def boom(*a, **k):
+        raise AssertionError("a warm rerun went to Ray")
+
+    with monkeypatch.context() as m:
+        m.setattr("featx.ray_engine.RayEngine.compute", boom)
+        warm = featx.extract(data, cache_dir=tmp_path / "ray", engine="ray", **TINY)
+    assert (warm.computed, warm.reused, sorted(warm.skipped)) == (0, 13, sorted(local.skipped))
+
+    # New images: only they are computed, through the CLI.
+    make_image(data / "cats" / "new_cat.png", color=(220, 40, 40), seed=99)
+    make_image(data / "dogs" / "new_dog.png", color=(40, 40, 220), seed=98)
+    out = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path / "ray"), *CLI_TINY, "--engine", "ray", str(data)])
+    assert out.exit_code == 0, out.output
+    assert "18 images, 2 computed, 13 reused, 3 skipped" in out.output
+    assert f"skipped {data / 'cats' / 'empty.jpg'}: empty file" in out.output
+    assert len(featx.load_features(data, cache_dir=tmp_path / "ray")) == 15
+
+
+def test_a_lost_actor_is_retried_without_duplicate_rows(ray_cluster, tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data", per_class=10)
+    marker = tmp_path / "actor-died"
+    monkeypatch.setenv("FEATX_RAY_SHARD_ROWS", "4")
+    monkeypatch.setenv("FEATX_RAY_FAULT", f"2:{marker}")  # exit after writing the 2nd call's shard, once
+    res = featx.extract(data, cache_dir=tmp_path / "ray", engine="ray", workers=1, **TINY)
+    assert marker.exists()
+    assert (res.computed, res.reused, res.skipped) == (20, 0, [])
+    rows = shard_rows(res.extraction)
+    assert len(rows) == len(set(rows)) == 20
+    local = featx.extract(data, cache_dir=tmp_path / "local", **TINY)
+    np.testing.assert_allclose(
+        featx.load_features(data, cache_dir=tmp_path / "ray").X, featx.load_features(data, cache_dir=tmp_path / "local").X,
+        rtol=1e-5, atol=1e-5,
+    )
+    assert local.computed == 20
+
+
+def _quiet(folder: Path, seconds: float = 3.0, limit: float = 60.0) -> None:
+    """Wait until nothing changes in ``folder`` for ``seconds`` (a killed driver's actors are gone)."""
+    last, since, deadline = None, time.time(), time.time() + limit
+    while time.time() < deadline:
+        now = sorted(p.name for p in folder.iterdir())
+        if now != last:
+            last, since = now, time.time()
+        elif time.time() - since >= seconds:
+            return
+        time.sleep(0.2)
+
+
+def test_killed_ray_driver_then_local_rerun_gives_a_complete_duplicate_free_cache(ray_cluster, tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=200, size=(48, 48))
+    cache_dir = tmp_path / "cache"
+    address = ray_cluster.get_runtime_context().gcs_address
+    env = {**os.environ, "FEATX_RAY_SHARD_ROWS": "8", "FEATX_FLUSH_SECONDS": "0"}
+    cmd = [sys.executable, "-m", "featx.cli", "--cache-dir", str(cache_dir), *CLI_TINY,
+           "--engine", "ray", "--address", address, str(data)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 150
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(cache_dir.rglob("shards/*ray-*.h5"))) >= 2:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (shards,) = cache_dir.glob("extractions/*/shards")
+    _quiet(shards)
+    res = featx.extract(data, cache_dir=cache_dir, **TINY)
+    assert res.reused > 0 and res.computed > 0 and res.reused + res.computed == 400
+    f = featx.load_features(data, cache_dir=cache_dir)
+    assert f.X.shape == (400, 512) and len(set(f.sha256)) == 400
+    rows = shard_rows(res.extraction)
+    assert len(rows) == len(set(rows)) == 400
+    assert not list(cache_dir.rglob(".staged-*")) and not list(cache_dir.rglob(".tmp-*"))
+
+
+def test_engine_ray_without_the_extra_is_a_one_line_error(tiny_dataset, cache_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
+    out = CliRunner().invoke(cli, ["--cache-dir", str(cache_dir), *CLI_TINY, "--engine", "ray", str(tiny_dataset)])
+    assert out.exit_code == 1, out.output
+    assert 'Install the extra: pip install "featx[ray]"' in out.output
+    assert out.output.strip().count("\n") == 0 and "Traceback" not in out.output
+    assert not Path(cache_dir, "extractions").exists()
+
+
+def test_staged_shards_of_a_dead_driver_are_adopted_without_computing(tiny_dataset, tmp_path, monkeypatch):
+    from featx.cache import write_staged_shard
+
+    first = featx.extract(tiny_dataset, cache_dir=tmp_path / "a", **TINY)
+    (shard,) = first.extraction.shards()
+    with h5py.File(shard) as f:
+        cols = f["features"][...], [x.decode() for x in f["sha256"][...]], f["path"].asstr()[...], f["label"].asstr()[...]
+    # A driver killed before its first publish: staged shards, no meta.json yet.
+    shards = tmp_path / "b" / "extractions" / first.extraction.name / "shards"
+    shards.mkdir(parents=True)
+    for part in (slice(0, 5), slice(5, None)):
+        write_staged_shard(shards, first.extraction.name, cols[0][part], cols[1][part], cols[2][part], cols[3][part])
+    assert featx.Cache(tmp_path / "b").extractions() == []  # staged shards are not published rows
+
+    def boom(*a, **k):
+        raise AssertionError("the model was built although every row was staged")
+
+    monkeypatch.setattr(featx.backbones, "build_feature_model", boom)
+    res = featx.extract(tiny_dataset, cache_dir=tmp_path / "b", **TINY)
+    assert (res.computed, res.reused) == (0, 12)
+    assert not list(shards.glob(".staged-*")) and len(list(shards.glob("ray-*.h5"))) == 2
+    np.testing.assert_array_equal(featx.load_features(tiny_dataset, cache_dir=tmp_path / "b").X,
+                                  featx.load_features(tiny_dataset, cache_dir=tmp_path / "a").X)
+
+
+def test_a_node_that_cannot_see_the_cache_stops_the_run_naming_it(tmp_path):
+    pytest.importorskip("ray")
+    from featx.errors import CacheError
+    from featx.ray_engine import check_shared_storage
+
+    class Task:  # runs "on" a node whose disk lacks the driver's folder
+        def __init__(self, blind):
+            self.blind = blind
+
+        def options(self, **kw):
+            return self
+
+        def remote(self, path):
+            return "FileNotFoundError: No such file or directory" if self.blind else Path(path).read_text()
+
+    class TwoNodes:
+        class exceptions:
+            RayError = RuntimeError
+
+        def nodes(self):
+            return [{"Alive": True, "NodeID": "aa" * 28, "NodeManagerAddress": "10.0.0.1"},
+                    {"Alive": True, "NodeID": "bb" * 28, "NodeManagerAddress": "10.0.0.2"}]
+
+        def remote(self, fn):
+            return _Dispatch()
+
+        def get(self, refs, timeout=None):
+            return refs
+
+    class _Dispatch:
+        def options(self, **kw):
+            return Task(blind=kw["scheduling_strategy"].node_id.startswith("bb"))
+
+    with pytest.raises(CacheError, match=r"10\.0\.0\.2 \(FileNotFoundError.*cannot see the cache folder"):
+        check_shared_storage(TwoNodes(), tmp_path)
+    assert not list(tmp_path.iterdir())  # the probe is removed either way
