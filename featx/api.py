@@ -24,7 +24,7 @@ from .errors import FeatxError, HeadError, WeightsError
 from .features import Features, find_view, load_features, make_splits
 from .heads import HEADS, align_proba, head_class, load_head, make_head, read_manifest
 from .outputs import Predictions, default_dir, latest_head, results_dir, set_latest
-from .spec import ExtractionSpec
+from .spec import ExtractionSpec, one_pass_groups, specs_of_manifest
 from .metrics import classification_metrics, format_report, plot_confusion, plot_curves
 
 
@@ -399,7 +399,7 @@ def predict(
     columns: list[dict[str, np.ndarray]] = [{} for _ in specs]
     order: list[str] = []
     skipped: dict[str, str] = {}
-    for group in _one_pass_groups(specs):
+    for group in one_pass_groups(specs):
         try:
             res = extract(data, spec=[specs[i] for i in group], weights=weights, batch_size=batch_size,
                           cache_dir=cache_dir, progress=progress, record=False)
@@ -426,20 +426,10 @@ def predict(
 
 def head_specs(head_dir: Path, man: dict) -> list[ExtractionSpec]:
     """The extraction specs a head reads, in its feature order (several for a fused head)."""
-    records = man.get("extractions") or [man]
     try:
-        return [ExtractionSpec.from_record(r, where=f"Head {head_dir}") for r in records]
+        return specs_of_manifest(man, where=f"Head {head_dir}")
     except FeatxError as exc:
         raise HeadError(f"{exc} Refit the head.") from None
-
-
-def _one_pass_groups(specs: Sequence[ExtractionSpec]) -> list[list[int]]:
-    """Indices of specs that one forward pass serves (the same backbone, weights and input, other taps)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, s in enumerate(specs):
-        key = (s.backbone, s.weights, s.input_size, s.preprocessing, s.pooling, s.precision, s.numerics)
-        groups.setdefault(key, []).append(i)
-    return list(groups.values())
 
 
 def predict_imagenet(

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +32,7 @@ from .errors import BadImage, FeatxError, HeadError
 from .heads import load_head, read_manifest
 from .outputs import Predictions
 from .runtime import import_keras
-from .spec import ExtractionSpec
+from .spec import ExtractionSpec, one_pass_groups, specs_of_manifest
 
 AUGMENTATIONS = ("flip", "rotate", "zoom", "shift", "contrast")
 
@@ -82,65 +83,139 @@ def _augment_layers(keras, augment: dict[str, float], seed: int):
 
 
 def _head_model(keras, head_dir: Path, man: dict):
-    """The head as a Keras model on feature vectors (logreg -> one softmax layer)."""
+    """The head as a Keras model on feature vectors, its normalisation included.
+
+    A logistic head becomes one softmax layer; the head's ``normalise``
+    (``l2``, ``sqrt-l2``, ``standard``) runs first as stock Keras ops, so
+    the rebuilt model computes what ``predict_proba`` computes.
+    """
+    from .normalise import keras_normalise
+
     head = load_head(head_dir)
     kind = man["kind"]
+    if kind not in SEED_KINDS:
+        raise FinetuneError(f"Fine-tuning starts from a dense or logreg head; {head_dir} is a {kind} head. "
+                            "Run `featx fit-head --head dense` first.")
+    width = int(man["feature_width"])
+    inp = keras.Input((width,), name="features")
+    x = keras_normalise(inp, getattr(head, "normalise", "none"), getattr(head, "norm_stats_", None))
     if kind == "dense":
-        return head.model_
-    if kind == "logreg":
-        # softmax(((x - m) / s) @ C.T + b) == softmax(x @ W + b') with
-        # W = C.T / s and b' = b - (m / s) @ C.T; a binary logit z becomes
-        # softmax([0, z]) == [1 - sigmoid(z), sigmoid(z)].
-        coef = head.coef_ / head.scale_[None, :]
-        bias = head.intercept_ - (head.mean_ / head.scale_) @ head.coef_.T
-        if coef.shape[0] == 1:
-            coef = np.vstack([np.zeros_like(coef), coef])
-            bias = np.concatenate([[0.0], bias])
-        inp = keras.Input((coef.shape[1],), name="features")
-        dense = keras.layers.Dense(coef.shape[0], activation="softmax", name="head_output", dtype="float32")
-        out = dense(inp)
-        dense.set_weights([coef.T.astype("float32"), bias.astype("float32")])
-        return keras.Model(inp, out, name="head")
-    raise FinetuneError(f"Fine-tuning starts from a dense or logreg head; {head_dir} is a {kind} head. "
-                        "Run `featx fit-head --head dense` first.")
+        return keras.Model(inp, head.model_(x), name="head")
+    # softmax(((x - m) / s) @ C.T + b) == softmax(x @ W + b') with
+    # W = C.T / s and b' = b - (m / s) @ C.T; a binary logit z becomes
+    # softmax([0, z]) == [1 - sigmoid(z), sigmoid(z)].
+    coef = head.coef_ / head.scale_[None, :]
+    bias = head.intercept_ - (head.mean_ / head.scale_) @ head.coef_.T
+    if coef.shape[0] == 1:
+        coef = np.vstack([np.zeros_like(coef), coef])
+        bias = np.concatenate([[0.0], bias])
+    dense = keras.layers.Dense(coef.shape[0], activation="softmax", name="head_output", dtype="float32")
+    out = dense(x)
+    dense.set_weights([coef.T.astype("float32"), bias.astype("float32")])
+    return keras.Model(inp, out, name="head")
 
 
-def head_spec(head_dir: Path, man: dict) -> ExtractionSpec:
-    """The extraction a head was fitted on, from its manifest."""
+def head_specs(head_dir: Path, man: dict) -> list[ExtractionSpec]:
+    """The extractions a head was fitted on, in its feature order (several for a fused head)."""
     try:
-        return ExtractionSpec.from_record(man, where=f"Head {head_dir}")
+        return specs_of_manifest(man, where=f"Head {head_dir}")
     except FeatxError as exc:
         raise HeadError(f"{exc} Refit the head.") from None
 
 
+def head_spec(head_dir: Path, man: dict) -> ExtractionSpec:
+    """The (first) extraction a head was fitted on."""
+    return head_specs(head_dir, man)[0]
+
+
 def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | None = None, seed: int = 0,
                      weights: str | os.PathLike | None = None):
-    """Backbone + trained head as one Keras model on RGB uint8 pixels.
+    """Backbone(s) + trained head as one Keras model on RGB uint8 pixels.
 
-    ``weights`` names the new place of a moved weights file (its sha256 must
-    be the recorded one).
+    The backbone is rebuilt at exactly the head's taps: an earlier-tap head
+    gets a backbone that ends at its tap (the layers after it are dropped,
+    not left frozen and unused), and a fused head gets one backbone per
+    model it fused, each tapped where its extractions were, their pooled
+    features side by side in the head's order. ``weights`` names the new
+    place of a moved weights file (its sha256 must be the recorded one).
 
     Returns
     -------
     model : keras.Model
     base : keras.Model
-        The backbone inside it (to choose what to unfreeze).
+        The (first) backbone inside it, to choose what to unfreeze.
     manifest : dict
     """
     keras = import_keras()
     head_dir = Path(head_dir)
     man = read_manifest(head_dir)
-    settings = head_spec(head_dir, man)
-    base = B.build_feature_model(settings, settings.load_weights(weights), include_preprocessing=False)
+    specs = head_specs(head_dir, man)
+    sizes = {s.input_size for s in specs}
+    if len(sizes) > 1:
+        raise FinetuneError(f"Head {head_dir} fuses extractions at several input sizes ({sorted(sizes)}); an "
+                            "end-to-end model takes one size. Fuse extractions of one size to fine-tune.")
+    size = specs[0].input_size
+    groups = one_pass_groups(specs)
+    order = [i for g in groups for i in g]
+    bases = []
+    for g in groups:
+        group = [specs[i] for i in g]
+        bases.append(B.build_feature_model(group if len(group) > 1 else group[0], group[0].load_weights(weights),
+                                           include_preprocessing=False))
     head = _head_model(keras, head_dir, man)
-    if int(base.output.shape[-1]) != int(man["feature_width"]):
-        raise HeadError(f"Head {head_dir} expects {man['feature_width']} features; {settings.backbone} at "
-                        f"{settings.input_size}px gives {base.output.shape[-1]}.")
-    bb = B.get_backbone(settings.backbone)
-    inp, x = B.pixels_input(settings.input_size, bb.preprocessing, between=_augment_layers(keras, augment or {}, seed))
-    out = head(base(x))
-    model = keras.Model(inp, out, name=f"featx_{settings.backbone}_finetuned")
-    return model, base, man
+    width = sum(int(b.output.shape[-1]) for b in bases)
+    if width != int(man["feature_width"]):
+        raise HeadError(f"Head {head_dir} expects {man['feature_width']} features; {specs[0].backbone} at "
+                        f"{size}px gives {width}.")
+    inp = keras.Input((size, size, 3), dtype="uint8", name="pixels")
+    x = keras.ops.cast(inp, "float32")
+    for layer in _augment_layers(keras, augment or {}, seed):
+        x = layer(x)
+    outs = []
+    for k, (g, base) in enumerate(zip(groups, bases)):
+        mode = specs[g[0]].preprocessing
+        xg = x
+        if mode != "none":
+            kernel, bias = B.preprocess_affine(mode)
+            conv = keras.layers.Conv2D(3, 1, dtype="float32", trainable=False,
+                                       name="featx_preprocess" if k == 0 else f"featx_preprocess_{k}")
+            xg = conv(x)
+            conv.set_weights([kernel.reshape(1, 1, 3, 3), bias])
+        outs.append(base(xg))
+    feats = outs[0] if len(outs) == 1 else keras.layers.Concatenate(name="featx_fused", dtype="float32")(outs)
+    if order != sorted(order):  # the groups' columns back into the head's order
+        widths = [int(w) for w in (man.get("feature_widths") or [])]
+        if len(widths) != len(specs):
+            raise HeadError(f"Head {head_dir} lacks the width of each extraction it fused; refit it.")
+        starts = np.cumsum([0, *widths])
+        cols = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in order])
+        feats = _reorder(keras, feats, np.argsort(cols))
+    out = head(feats)
+    model = keras.Model(inp, out, name=f"featx_{specs[0].backbone}_finetuned")
+    _FEATURES[model] = keras.Model(inp, feats, name="featx_features")  # what the parity check compares
+    return model, bases[0], man
+
+
+# The pooled-features model beside each rebuilt model (kept out of the model
+# itself, so that saving it saves nothing more).
+_FEATURES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _reorder(keras, x, index: np.ndarray):
+    """Columns of ``x`` in the order ``index`` gives, as a frozen 0/1 Dense (a stock layer, safe to load)."""
+    perm = np.zeros((len(index), len(index)), dtype="float32")
+    perm[index, np.arange(len(index))] = 1.0
+    layer = keras.layers.Dense(len(index), use_bias=False, trainable=False, dtype="float32", name="featx_head_order")
+    y = layer(x)
+    layer.set_weights([perm])
+    return y
+
+
+def _sublayers(layer):
+    """Every layer nested in ``layer``, depth first (a Keras 3 model's trainable flag is recursive)."""
+    for sub in getattr(layer, "layers", []):
+        yield sub
+        yield from _sublayers(sub)
 
 
 def _is_bn(layer) -> bool:
@@ -186,9 +261,11 @@ def set_trainable(model, base, backbone: str, unfreeze: int | str | None = None,
     for layer in model.layers:
         if layer is base:
             continue
-        if layer.name == "featx_preprocess":
-            layer.trainable = False
-        for sub in getattr(layer, "layers", []):  # the head model
+        if layer.name.startswith("featx_preprocess") or layer.name == "featx_head_order":
+            layer.trainable = False  # fixed maps, not weights to learn
+        elif layer.name != "head" and hasattr(layer, "layers"):
+            layer.trainable = False  # another backbone of a fused head stays frozen
+        for sub in _sublayers(layer) if layer.name == "head" else ():  # the head (and the models inside it)
             sub.trainable = not _is_bn(sub)
     n_unfrozen = sum(1 for layer in base.layers if layer.trainable and layer.weights)
     if (unfreeze is not None or unfreeze_blocks is not None) and n_unfrozen == 0:
@@ -333,10 +410,17 @@ def _split_rows(man: dict, cache_dir, seed: int | None = None):
     """
     from .features import Splits, load_features, make_splits
 
+    names = [e["name"] for e in man.get("extractions") or []] or [man["extraction"]]
     try:
-        feats = load_features(man.get("source"), cache_dir=cache_dir, extraction=man["extraction"])
+        parts = [load_features(man.get("source"), cache_dir=cache_dir, extraction=n) for n in names]
     except FeatxError as exc:
         raise FinetuneError(f"The features the head was fitted on are not in the cache: {exc}") from None
+    if len(parts) == 1:
+        feats = parts[0]
+    else:
+        from .fusion import fuse
+
+        feats = fuse(parts)[0]
     classes = list(man["classes"])
     if feats.class_names != classes:
         raise HeadError(f"The cached dataset's classes {feats.class_names} differ from the head's {classes}.")
@@ -403,7 +487,11 @@ def parity_check(model, base, head_dir: Path, sp, size: int, precision: str, sam
     if not kept:
         raise FinetuneError("No validation image could be decoded for the parity check.")
     rows = rows[kept]
-    rebuilt_f = _backbone_features(model, base, pixels)
+    features = _FEATURES.get(model)
+    if features is not None:
+        rebuilt_f = np.asarray(features.predict(pixels, batch_size=32, verbose=0), dtype=np.float64)
+    else:
+        rebuilt_f = _backbone_features(model, base, pixels)
     cached_f = sp.val.X[rows].astype(np.float64)
     scale = max(float(np.abs(cached_f).max()), 1e-6)
     diff = float(np.abs(rebuilt_f - cached_f).max()) / scale

@@ -150,6 +150,22 @@ class ExtractionSpec:
         return B.Weights("file", str(path.resolve()), self.weights)
 
 
+def specs_of_manifest(man: dict, where: str = "") -> list[ExtractionSpec]:
+    """The specs a head reads, in its feature order: its ``extractions`` (a fused
+    head has several), or the manifest's own record."""
+    return [ExtractionSpec.from_record(r, where=where) for r in (man.get("extractions") or [man])]
+
+
+def one_pass_groups(specs) -> list[list[int]]:
+    """Indices of the specs one forward pass serves (the same model, weights and
+    input; other taps), grouped in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(specs):
+        key = (s.backbone, s.weights, s.input_size, s.preprocessing, s.pooling, s.precision, s.numerics)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
 def _sha256_file(path) -> str:
     from .data import sha256_file
 
@@ -278,4 +294,4 @@ def _imagenet_fingerprint(cache, bb: B.Backbone, memo) -> str:
     return f"imagenet:sha256:{memo.hash_file(path)}"
 
 
-__all__ = ["ExtractionSpec", "resolve_spec", "FORMAT_VERSION", "versions"]
+__all__ = ["ExtractionSpec", "resolve_spec", "specs_of_manifest", "one_pass_groups", "FORMAT_VERSION", "versions"]

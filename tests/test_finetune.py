@@ -187,7 +187,8 @@ def test_finetune_errors(project, tmp_path, monkeypatch):
     for f in heads["vgg16"].iterdir():
         (bad / f.name).write_bytes(f.read_bytes())
     man = json.loads((bad / "manifest.json").read_text())
-    man["settings"]["backbone"] = "resnet50"
+    for record in (man, *man["extractions"]):
+        record["settings"]["backbone"] = "resnet50"
     (bad / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(HeadError, match="expects 512 features; resnet50 at 32px gives 2048"):
         ft.build_end_to_end(bad)
@@ -276,3 +277,27 @@ def test_mixed_precision_fine_tuning_scales_the_loss():
     opt = ft.make_optimizer(keras, "adam", 1e-5, "mixed")
     assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
     assert not isinstance(ft.make_optimizer(keras, "sgd", 1e-5, "float32"), keras.optimizers.LossScaleOptimizer)
+
+
+def test_earlier_tap_fused_and_normalised_heads_rebuild_with_parity(tmp_path):
+    from featx.cache import Cache
+
+    data = make_dataset(tmp_path / "d", per_class=6, splits=["train", "val"])
+    res = featx.extract(data, "vgg16", taps=[0, 1], weights="none", image_size=32, cache_dir=tmp_path / "c",
+                        progress=False)
+    top, cut1 = (e.name for e in res.extractions)
+    # an earlier tap: the rebuilt backbone ends there
+    d1 = api.fit_head("logreg", cache_dir=tmp_path / "c", extraction=cut1, out=tmp_path / "h1", C=1.0).directory
+    model, base, man = ft.build_end_to_end(d1)
+    assert "block5_conv1" not in {l.name for l in base.layers} and "block4_pool" in {l.name for l in base.layers}
+    _, sp, _ = ft._split_rows(man, tmp_path / "c")
+    assert ft.parity_check(model, base, d1, sp, 32, "float32") < 1e-4
+    # both taps fused (earlier first), sqrt-l2 normalised: one backbone, the head's column order, parity
+    d2 = api.fit_head("logreg", cache_dir=tmp_path / "c", extraction=[cut1, top], normalise="sqrt-l2",
+                      out=tmp_path / "h2", C=1.0).directory
+    model, base, man = ft.build_end_to_end(d2)
+    assert len(man["extractions"]) == 2 and int(model.output.shape[-1]) == 2
+    _, sp, _ = ft._split_rows(man, tmp_path / "c")
+    assert sp.val.X.shape[1] == 1024
+    assert ft.parity_check(model, base, d2, sp, 32, "float32") < 1e-4
+    assert len(Cache(tmp_path / "c").extractions()) == 2
