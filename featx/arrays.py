@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import os
 import struct
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -549,7 +550,8 @@ def _keras_dataset(which: str, log) -> dict:
     from .runtime import import_keras
 
     keras = import_keras()
-    with _recording_downloads() as targets:
+    # Keras announces downloads on stdout, which belongs to featx's own output.
+    with _recording_downloads() as targets, contextlib.redirect_stdout(sys.stderr):
         try:
             (x_tr, y_tr), (x_te, y_te) = getattr(keras.datasets, which).load_data()
         except Exception as exc:
