@@ -376,6 +376,45 @@ def is_streamed(ds: Dataset) -> bool:
     return isinstance(ds.items, _StreamItems)
 
 
+def row_reader(data, source: str, paths, shas):
+    """Read extracted array rows again by their path, for fine-tuning.
+
+    ``data`` is the arrays given to ``extract`` (needed for a name or hash
+    source; an ``.npz`` file or ``keras:NAME`` source is read again when
+    ``data`` is None). Returns ``(read, native)``: ``read(path)`` gives the
+    row's uint8 pixels at their own size, checked against the cached key,
+    and ``native`` their common shape (H, W, C).
+    """
+    if data is None:
+        if not (source.startswith("keras:") or source.lower().endswith(".npz")):
+            raise ArrayError(
+                f"These features come from arrays recorded as {source!r}: pass the same arrays as data= "
+                "(fine-tuning trains on the pixels, which the cache does not keep)."
+            )
+        data = source
+    if not isinstance(data, (str, os.PathLike, dict, tuple)) and not hasattr(data, "shape"):
+        raise ArrayError("Fine-tuning reads rows by index: pass arrays, a dict of splits or an .npz file, not a stream.")
+    ds = as_dataset(data)
+    by_path = {it.path: it for it in ds.items}
+    missing = [p for p in paths if p not in by_path]
+    if missing:
+        raise ArrayError(f"The given arrays lack {len(missing)} of the extracted rows (first: {missing[0]}); "
+                         f"pass the arrays extracted as {source!r}.")
+    shapes = {tuple(it.rows.canonical(it.index).shape) for it in {id(by_path[p].rows): by_path[p] for p in paths}.values()}
+    if len(shapes) > 1:
+        raise ArrayError(f"The splits have images of different shapes {sorted(shapes)}; one model takes one shape.")
+    expected = dict(zip(paths, shas))
+
+    def read(path: str) -> np.ndarray:
+        pixels = by_path[path].pixels()
+        if row_key(pixels) != expected[path]:
+            raise ArrayError(f"Row {path} of the given arrays is not the image extracted as {source!r}; "
+                             "pass the same arrays.")
+        return pixels
+
+    return read, shapes.pop()
+
+
 # --------------------------------------------------------------------------- streams
 
 
@@ -586,4 +625,4 @@ def _recording_downloads():
         file_utils.urlretrieve = original
 
 
-__all__ = ["ArrayItem", "ArrayError", "as_dataset", "is_array_data", "row_key", "resize_pixels"]
+__all__ = ["ArrayItem", "ArrayError", "as_dataset", "is_array_data", "row_key", "resize_pixels", "row_reader"]

@@ -381,7 +381,7 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
     elif model:
         from .finetuning import predict_images
 
-        preds = predict_images(model, source, top_k=top_k, batch_size=batch_size)
+        preds = predict_images(model, source, top_k=top_k, batch_size=batch_size, split=split)
     else:
         preds = api.predict(source, head=head, cache_dir=obj["cache_dir"], batch_size=batch_size, progress=not quiet,
                             weights=weights, split=split)
