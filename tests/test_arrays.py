@@ -115,6 +115,28 @@ def test_stream_batches_are_released(digits):
     assert ds.class_names == sorted({str(v) for v in y}, key=int)
 
 
+def test_finetune_from_arrays_takes_arrays_at_their_size(digits_project, digits):
+    import keras
+
+    root, _, head = digits_project
+    x, y = digits
+    data = {"train": (x[:90], y[:90]), "test": (x[90:], y[90:])}
+    with pytest.raises(featx.FeatxError, match="pass the same arrays as data="):
+        featx.finetune(head.directory, cache_dir=root / "cache", home=root, epochs=1, log=lambda m: None)
+    flipped = {"train": (x[:90, ::-1], y[:90]), "test": (x[90:], y[90:])}
+    with pytest.raises(featx.FeatxError, match="is not the image extracted"):
+        featx.finetune(head.directory, data=flipped, cache_dir=root / "cache", home=root, epochs=1, log=lambda m: None)
+    res = featx.finetune(head.directory, data=data, cache_dir=root / "cache", out=root / "model", home=root,
+                         epochs=1, batch_size=64, export=False, log=lambda m: None)
+    assert res.parity_max_diff < 2e-2  # 8 -> 32 px by the Resizing layer, Pillow's filter up to rounding
+    model = keras.saving.load_model(root / "model" / "model.keras", safe_mode=True)
+    assert tuple(model.input.shape) == (None, 8, 8, 1)
+    proba = model.predict(x[90:, ..., None], verbose=0)
+    preds = featx.predict_images(root / "model", data, split="test")
+    assert preds.paths[:2] == ["0", "1"]
+    np.testing.assert_allclose(preds.probabilities, proba, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- the same pixels as a file
 
 
