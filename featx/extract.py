@@ -204,14 +204,14 @@ def extract(
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise DataError(f"workers must be an integer >= 1. Received: workers={workers!r}")
     cache = Cache(cache_dir)
+    # Arrays first: an offline keras: name says so before the weights would.
+    ds = as_dataset(data, name=name, class_names=class_names, scale=scale, log=log) if is_array_data(data) else None
     if spec is None:
         opts = _Settings(cache, backbone, weights, image_size, pooling, cut_blocks, precision, seed)
     else:
         override = None if weights in (None, "imagenet", "none") else weights
         opts = _Settings.from_spec(spec, None, override)
-    if is_array_data(data):
-        ds = as_dataset(data, name=name, class_names=class_names, scale=scale, log=log)
-    else:
+    if ds is None:
         ds = data if isinstance(data, Dataset) else discover(data)
     if not ds.items:
         raise DataError(f"No images found in {ds.source}.")
