@@ -19,7 +19,7 @@ Usage::
 
     python benchmarks/extract_arrays.py                        # 10k images, mobilenetv2 at 96 px
     python benchmarks/extract_arrays.py --n 2000 --memory-n ""  # quicker
-    python benchmarks/extract_arrays.py --skip-compare --memory-n 6000,60000
+    python benchmarks/extract_arrays.py --skip-compare --memory-n 6000,60000   # memory only
 """
 
 from __future__ import annotations
@@ -54,7 +54,18 @@ def child(args) -> dict:
     import numpy as np
 
     import featx
+    from featx.cache import Extraction
 
+    # The peak before the end-of-run shard merge, which holds the computed
+    # features (N x width float32) twice whatever the input was.
+    before_merge = []
+    merge = Extraction.compact
+
+    def compact(self, *a, **k):
+        before_merge.append(_vm_hwm_mb())
+        return merge(self, *a, **k)
+
+    Extraction.compact = compact
     opts = dict(backbone=args.backbone, weights="none", image_size=args.image_size, batch_size=args.batch_size,
                 cache_dir=args.cache, progress=False)
     t = time.perf_counter()
@@ -85,7 +96,19 @@ def child(args) -> dict:
         model.predict(x, batch_size=args.batch_size, verbose=0)
         n = len(x)
     seconds = time.perf_counter() - t
-    return {"n": n, "seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"n": n, "seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "before_merge_mb": before_merge[0] if before_merge else None}
+
+
+def _vm_hwm_mb() -> float | None:
+    """Peak RSS so far (Linux /proc), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def measure(args, way: str, **extra) -> dict:
@@ -154,8 +177,8 @@ def main() -> None:
         sizes = [int(s) for s in args.memory_n.split(",") if s.strip()]
         if sizes:
             print(f"\nPeak memory, {args.backbone} at 32 px (no resize):\n")
-            print("| rows | input (MB) | way | seconds | peak RSS (MB) |")
-            print("|---|---|---|---|---|")
+            print("| rows | input (MB) | way | seconds | peak RSS before the final shard merge (MB) | peak RSS (MB) |")
+            print("|---|---|---|---|---|---|")
         for n in sizes:
             x, y = synthetic(n, seed=1)
             npz = work / f"m{n}.npz"
@@ -164,7 +187,8 @@ def main() -> None:
             args.png = work / "none"
             for way, label in (("npz", ".npz, memory-mapped"), ("array", "array in memory")):
                 r = measure(args, way, cache=work / f"m{n}-{way}", npz=npz, image_size=32)
-                print(f"| {n} | {n * 32 * 32 * 3 / 2**20:.0f} | {label} | {r['seconds']:.1f} | {r['rss_mb']:.0f} |")
+                merge = f"{r['before_merge_mb']:.0f}" if r["before_merge_mb"] else "-"
+                print(f"| {n} | {n * 32 * 32 * 3 / 2**20:.0f} | {label} | {r['seconds']:.1f} | {merge} | {r['rss_mb']:.0f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
