@@ -251,7 +251,7 @@ def extract(
     )
 
 
-def _view_source(ds: Dataset, shas, labels, splits) -> str:
+def _view_source(ds: Dataset, shas=(), labels=(), splits=()) -> str:
     """What names a dataset's view: its folder or CSV, or for a list of files
     a hash of the list, so two lists never share (and overwrite) a view;
     arrays have their own (:func:`featx.arrays.view_source`)."""
