@@ -378,6 +378,8 @@ def predict(
     progress: bool = True,
     weights: str | os.PathLike | None = None,
     home: str | os.PathLike | None = None,
+    split: str | None = None,
+    scale: str | float = "auto",
 ) -> Predictions:
     """Apply a saved head to images, extracting (through the cache) what is missing.
 
@@ -388,8 +390,20 @@ def predict(
     weights file (checked against the recorded hash). No dataset view is
     written, so predicting never changes what ``fit-head`` uses next. A
     calibrated head's temperature is applied.
+
+    ``data`` may also be images that are not files (:mod:`featx.arrays`):
+    an array, ``(x, y)``, a dict of splits, an ``.npz`` file, ``keras:NAME``
+    or a stream of batches. ``split`` picks one split of such data. Each
+    prediction's ``path`` is then the row's index in its array (``"12"``),
+    or ``"test#12"`` for data with several splits and no ``split``.
     """
+    from .arrays import as_dataset, is_array_data
     from .extract import extract
+
+    if is_array_data(data):
+        data = as_dataset(data, split=split, scale=scale, log=lambda msg: print(msg, file=sys.stderr))
+    elif split is not None:
+        raise FeatxError(f"split= picks a split of arrays or an .npz file; {data} is neither.")
 
     head_dir = Path(head) if head else latest_head(home)
     man = read_manifest(head_dir)

@@ -269,7 +269,7 @@ def preprocess_affine(mode: str) -> tuple[np.ndarray, np.ndarray]:
     raise FeatxError(f"Unknown preprocessing mode. Expected one of {PREPROCESSING_MODES}. Received: mode={mode!r}")
 
 
-def pixels_input(size: int, mode: str, name: str = "pixels", between=()):
+def pixels_input(size: int, mode: str, name: str = "pixels", between=(), native: tuple | None = None):
     """An RGB uint8 input and the preprocessed float32 tensor it becomes.
 
     Built from stock Keras pieces only (a cast and a frozen 1x1 Conv2D kept
@@ -277,12 +277,25 @@ def pixels_input(size: int, mode: str, name: str = "pixels", between=()):
     safe mode without featx, and preprocessing runs on the accelerator:
     feeding uint8 moves a quarter of the bytes float32 would. ``between``
     layers run on the float pixels before preprocessing.
+
+    ``native`` (H, W, C), C 1 or 3, makes the input arrays of that shape:
+    grayscale is repeated to 3 channels (a frozen 1x1 convolution of ones)
+    and other sizes resized to ``size`` by a bilinear, antialiased
+    ``Resizing`` layer, Pillow's filter in extraction up to its rounding
+    to uint8.
     """
     from .runtime import import_keras
 
     keras = import_keras()
-    inp = keras.Input((size, size, 3), dtype="uint8", name=name)
+    inp = keras.Input(tuple(native) if native else (size, size, 3), dtype="uint8", name=name)
     x = keras.ops.cast(inp, "float32")
+    if native and native[2] == 1:
+        gray = keras.layers.Conv2D(3, 1, use_bias=False, name="featx_gray_to_rgb", dtype="float32", trainable=False)
+        x = gray(x)
+        gray.set_weights([np.ones((1, 1, 1, 3), np.float32)])
+    if native and tuple(native[:2]) != (size, size):
+        x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name="featx_resize",
+                                  dtype="float32")(x)
     for layer in between:  # e.g. augmentation, which works on [0, 255] pixels
         x = layer(x)
     if mode == "none":

@@ -361,7 +361,9 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
 
     DATA is a folder of class folders, a folder with train/ val/ test/ split
     folders, a CSV with columns path,label[,split], a folder of unlabeled
-    images, or image files. Images already cached (same bytes, same settings)
+    images, or image files; or arrays: an .npz file with x_train, y_train,
+    x_test, y_test (x_val, y_val), an .npy file, or keras:cifar10 (cifar100,
+    mnist, fashion_mnist) through keras.datasets. Images already cached (same bytes, same settings)
     are not recomputed; bad images are skipped and listed.
 
     \b
@@ -371,6 +373,7 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
       featx extract -b efficientnetb0 --cut-blocks 3 labels.csv
       featx extract -b vgg16 --taps 0,1,2 data/ && featx fit-head --head auto
       featx extract --engine ray --address auto --num-gpus-per-worker 1 /mnt/shared/data/
+      featx extract -b mobilenetv2 --image-size 96 data.npz
     """
     from .extract import extract as run
 
@@ -615,16 +618,19 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, selection, folds,
 @click.option("-w", "--weights", type=click.Path(dir_okay=False),
               help="New place of a moved weights file (checked against the recorded sha256); "
                    "only images not cached yet need it.")
+@click.option("--split", help="Only this split (train, val, test) of an .npz file or keras:NAME.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @cache_dir_option
 @home_option
 @click.pass_obj
-def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, weights, quiet):
+def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, weights, split, quiet):
     """Label images with a fitted head (or a fine-tuned model, or ImageNet).
 
-    DATA is image files, folders or a CSV. Images are extracted through the
-    cache with the head's own backbone and settings, so already-seen images
-    cost nothing. Output: CSV rows path,label_1,prob_1,...,label_k,prob_k.
+    DATA is image files, folders or a CSV, or an .npz file or keras:NAME
+    (then the path column is the row index, see --split). Images are
+    extracted through the cache with the head's own backbone and settings,
+    so already-seen images cost nothing. Output: CSV rows
+    path,label_1,prob_1,...,label_k,prob_k.
 
     \b
     Examples:
@@ -643,10 +649,10 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
     elif model:
         from .finetuning import predict_images
 
-        preds = predict_images(model, source, top_k=top_k, batch_size=batch_size)
+        preds = predict_images(model, source, top_k=top_k, batch_size=batch_size, split=split)
     else:
         preds = api.predict(source, head=head, cache_dir=obj["cache_dir"], batch_size=batch_size, progress=not quiet,
-                            weights=weights, home=obj["home"])
+                            weights=weights, split=split, home=obj["home"])
     if not imagenet:
         click.echo(f"{'model' if model else 'head'}: {preds.source}", err=True)
     for path, reason in preds.skipped:

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import backbones as B
+from .arrays import ArrayItem, as_dataset, is_array_data, is_streamed, view_source
 from .cache import Cache, DatasetView, Extraction
 from .data import Dataset, ImageItem, discover, read_image
 from .errors import BadImage, DataError, DecoderUnavailable
@@ -148,14 +149,21 @@ def extract(
     engine: str = "local",
     address: str | None = None,
     num_gpus_per_worker: float = 0,
+    name: str | None = None,
+    class_names: Sequence[str] | None = None,
+    scale: str | float = "auto",
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
     Parameters
     ----------
-    data : path, list of paths or Dataset
+    data : path, list of paths, arrays or Dataset
         A folder of class folders, a folder of split folders, a CSV
-        ``path,label[,split]``, a folder of unlabeled images or image files.
+        ``path,label[,split]``, a folder of unlabeled images or image files;
+        or images that are not files (:mod:`featx.arrays`): an array ``x``,
+        ``(x, y)``, a dict of splits, an ``.npz``/``.npy`` file,
+        ``"keras:cifar10"`` (cifar100, mnist, fashion_mnist) or an iterable
+        of batches such as a ``tf.data.Dataset``.
     backbone : str
         Registry name (``featx backbones`` lists them).
     weights : "imagenet", "none" or path
@@ -212,6 +220,11 @@ def extract(
     num_gpus_per_worker : float
         engine="ray": GPUs per embedding actor; with ``precision="auto"``
         a GPU actor computes in mixed precision.
+    name, class_names, scale
+        Arrays only: the name the dataset view is recorded under (default:
+        the ``.npz`` path, ``keras:NAME``, or a hash of the rows), the names
+        of integer labels, and the factor that brings pixels to [0, 255]
+        (``"auto"``: floats up to 1.0 are multiplied by 255).
 
     Returns
     -------
@@ -227,16 +240,21 @@ def extract(
     if remote is not None and precision == "auto":  # decided by the workers' devices, not the driver's
         precision = "mixed" if num_gpus_per_worker else "float32"
     cache = Cache(cache_dir)
+    # Arrays first: an offline keras: name says so before the weights would.
+    ds = as_dataset(data, name=name, class_names=class_names, scale=scale, log=log) if is_array_data(data) else None
     cuts = _cuts(cut_blocks, taps)
     if spec is None:
         opts = _Settings(cache, backbone, weights, image_size, pooling, cuts, precision, seed)
     else:
         override = None if weights in (None, "imagenet", "none") else weights
         opts = _Settings.from_spec(spec if isinstance(spec, (list, tuple)) else [spec], None, override)
-    ds = data if isinstance(data, Dataset) else discover(data)
+    if ds is None:
+        ds = data if isinstance(data, Dataset) else discover(data)
     if not ds.items:
         raise DataError(f"No images found in {ds.source}.")
 
+    if remote is not None and ds.layout == "arrays":
+        raise DataError("--engine ray reads image files on shared storage; arrays are extracted by the local engine.")
     if remote is not None and len(opts.specs) > 1:
         raise DataError("--engine ray extracts one tap per run: run it once per --cut-blocks K, or use the local "
                         "engine for --taps.")
@@ -252,7 +270,7 @@ def extract(
         for ext in reversed(run.extractions()):
             views.insert(0, cache.write_view(
                 ext,
-                source=_view_source(ds),
+                source=_view_source(ds, shas, labels[keep], [ds.items[i].split for i in keep]),
                 layout=ds.layout,
                 class_names=ds.class_names,
                 paths=paths,
@@ -308,9 +326,12 @@ def _ray_engine(engine: str, address, num_gpus_per_worker, workers):
     return RayEngine(address, num_gpus_per_worker, workers)
 
 
-def _view_source(ds: Dataset) -> str:
+def _view_source(ds: Dataset, shas=(), labels=(), splits=()) -> str:
     """What names a dataset's view: its folder or CSV, or for a list of files
-    a hash of the list, so two lists never share (and overwrite) a view."""
+    a hash of the list, so two lists never share (and overwrite) a view;
+    arrays have their own (:func:`featx.arrays.view_source`)."""
+    if ds.layout == "arrays":
+        return view_source(ds, shas, labels, splits)
     if ds.layout != "files":
         return ds.source
     digest = hashlib.sha256("\0".join(sorted(it.path for it in ds.items)).encode()).hexdigest()[:16]
@@ -347,12 +368,18 @@ class _Run:
     def execute(self) -> None:
         memo = self.cache.memo()
         try:
+            if is_streamed(self.ds):  # rows keyed by their pixels as they arrive: nothing to stat or look up
+                self._compute(iter(self.ds.items), {}, memo, {})
+                return
             stats = self._stat_all()
             known = memo.lookup(stats)
             bad = memo.bad()
             cached = set(self.extraction.index()) if self.extraction else set()
             todo = []
             for item in self.ds.items:
+                if isinstance(item, ArrayItem):  # keyed by its pixels: no file, no memo
+                    todo.append(item)
+                    continue
                 if item.path not in stats:
                     continue
                 sha = known.get(item.path)
@@ -370,6 +397,8 @@ class _Run:
     def _stat_all(self) -> dict[str, tuple[int, int]]:
         stats = {}
         for item in self.ds.items:
+            if isinstance(item, ArrayItem):
+                continue
             try:
                 st = os.stat(item.path)
                 stats[item.path] = (st.st_size, st.st_mtime_ns)
@@ -407,6 +436,9 @@ class _Run:
         return self.model
 
     def _prepare(self, item: ImageItem, known_sha: str | None, cached: set, bad: dict) -> _Prepared:
+        if isinstance(item, ArrayItem):
+            sha, pixels = item.load(self.opts.size, skip=cached)
+            return _Prepared(item, None, sha, pixels, "cached" if pixels is None else "compute")
         stat = None
         try:
             # Stat first: an edit during the read then fails the memo's next lookup.
@@ -431,7 +463,7 @@ class _Run:
         return _Prepared(item, stat, sha, pixels, "compute")
 
     def _pipeline(self, todo, stats, memo, bad, cached: set) -> None:
-        bar = _progress(len(todo), self.progress, f"extract {self.opts.backbone.name}")
+        bar = _progress(len(todo) if isinstance(todo, list) else None, self.progress, f"extract {self.opts.backbone.name}")
         known = memo.lookup(stats)
         batch: list[_Prepared] = []
         pending = _Pending()

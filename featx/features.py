@@ -97,7 +97,8 @@ def find_view(
         return views[-1]
     picked = views
     if data is not None:
-        src = str(Path(data).expanduser().resolve())
+        # A name as recorded (arrays: name=, keras:cifar10, arrays:<hash>), else a path.
+        src = str(data) if any(v.source == str(data) for v in picked) else str(Path(data).expanduser().resolve())
         picked = [v for v in picked if v.source == src]
         if not picked:
             raise CacheError(f"No extraction of {src} in {cache.root}. Run `featx extract --backbone NAME {data}` first.")
@@ -132,8 +133,10 @@ def load_features(
 
     Parameters
     ----------
-    data : path, optional
-        The dataset folder or CSV given to ``extract``; latest extraction if omitted.
+    data : path or str, optional
+        The dataset folder or CSV given to ``extract``, or the name arrays
+        were recorded under (``name=``, ``keras:cifar10``, an ``.npz`` path);
+        latest extraction if omitted.
     backbone : str, optional
         Pick the latest extraction with this backbone.
     cache_dir : path, optional

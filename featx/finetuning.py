@@ -129,7 +129,7 @@ def head_spec(head_dir: Path, man: dict) -> ExtractionSpec:
 
 
 def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | None = None, seed: int = 0,
-                     weights: str | os.PathLike | None = None):
+                     weights: str | os.PathLike | None = None, native: tuple | None = None):
     """Backbone(s) + trained head as one Keras model on RGB uint8 pixels.
 
     The backbone is rebuilt at exactly the head's taps: an earlier-tap head
@@ -138,6 +138,8 @@ def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | No
     model it fused, each tapped where its extractions were, their pooled
     features side by side in the head's order. ``weights`` names the new
     place of a moved weights file (its sha256 must be the recorded one).
+    ``native`` (H, W, C) makes a model on uint8 arrays of that shape,
+    resized inside (see :func:`featx.backbones.pixels_input`).
 
     Returns
     -------
@@ -167,10 +169,7 @@ def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | No
     if width != int(man["feature_width"]):
         raise HeadError(f"Head {head_dir} expects {man['feature_width']} features; {specs[0].backbone} at "
                         f"{size}px gives {width}.")
-    inp = keras.Input((size, size, 3), dtype="uint8", name="pixels")
-    x = keras.ops.cast(inp, "float32")
-    for layer in _augment_layers(keras, augment or {}, seed):
-        x = layer(x)
+    inp, x = B.pixels_input(size, "none", between=_augment_layers(keras, augment or {}, seed), native=native)
     outs = []
     for k, (g, base) in enumerate(zip(groups, bases)):
         mode = specs[g[0]].preprocessing
@@ -261,7 +260,7 @@ def set_trainable(model, base, backbone: str, unfreeze: int | str | None = None,
     for layer in model.layers:
         if layer is base:
             continue
-        if layer.name.startswith("featx_preprocess") or layer.name == "featx_head_order":
+        if layer.name.startswith("featx_preprocess") or layer.name in ("featx_head_order", "featx_gray_to_rgb"):
             layer.trainable = False  # fixed maps, not weights to learn
         elif layer.name != "head" and hasattr(layer, "layers"):
             layer.trainable = False  # another backbone of a fused head stays frozen
@@ -318,11 +317,15 @@ def param_counts(model) -> tuple[int, int]:
 # --------------------------------------------------------------------------- data
 
 
-def load_pixels(paths: Sequence[str], size: int, workers: int | None = None) -> tuple[np.ndarray, list[int], list]:
-    """Decode images exactly as extraction does, in threads; returns (pixels, kept indices, skipped)."""
+def load_pixels(paths: Sequence[str], size: int, workers: int | None = None, read=None) -> tuple[np.ndarray, list[int], list]:
+    """Decode images exactly as extraction does, in threads; returns (pixels, kept indices, skipped).
+
+    ``read`` reads one row by its path instead (array rows, :func:`featx.arrays.row_reader`).
+    """
     out, kept, skipped = [], [], []
+    read = read or (lambda p: _try_read(p, size))
     with cf.ThreadPoolExecutor(workers or min(16, max(2, os.cpu_count() or 2))) as pool:
-        for i, (path, res) in enumerate(zip(paths, pool.map(lambda p: _try_read(p, size), paths))):
+        for i, (path, res) in enumerate(zip(paths, pool.map(read, paths))):
             if isinstance(res, str):
                 skipped.append((path, res))
             else:
@@ -346,7 +349,7 @@ class _Batches:
         keras = import_keras()
 
         class Batches(keras.utils.PyDataset):
-            def __init__(self, paths, labels, size, batch_size, shuffle, seed, workers):
+            def __init__(self, paths, labels, size, batch_size, shuffle, seed, workers, read=None):
                 # Two Keras worker threads keep the next batch decoding while
                 # the model trains on this one (with one worker Keras runs
                 # __getitem__ in the training loop); each batch decodes its
@@ -354,6 +357,7 @@ class _Batches:
                 super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
                 self.paths, self.labels = list(paths), np.asarray(labels)
                 self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
+                self.read = read or (lambda p: _try_read(p, size))
                 self.rng = np.random.default_rng(seed)
                 self.order = np.arange(len(self.paths))
                 self.pool = cf.ThreadPoolExecutor(workers or min(16, max(2, os.cpu_count() or 2)))
@@ -365,7 +369,7 @@ class _Batches:
 
             def __getitem__(self, i):
                 idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-                imgs = list(self.pool.map(lambda j: _try_read(self.paths[j], self.size), idx))
+                imgs = list(self.pool.map(lambda j: self.read(self.paths[j]), idx))
                 good = [k for k, im in enumerate(imgs) if not isinstance(im, str)]
                 x = np.stack([imgs[k] for k in good])
                 return x, self.labels[idx[good]]
@@ -472,7 +476,7 @@ def _parity_sample(y: np.ndarray, sample: int) -> np.ndarray:
     return np.sort(np.asarray(picked, dtype=int))
 
 
-def parity_check(model, base, head_dir: Path, sp, size: int, precision: str, sample: int = 32) -> float:
+def parity_check(model, base, head_dir: Path, sp, size: int, precision: str, sample: int = 32, read=None) -> float:
     """Compare the rebuilt model with the cache on up to ``sample`` validation images of every class.
 
     Two checks, both before any training: the rebuilt backbone's pooled
@@ -480,10 +484,13 @@ def parity_check(model, base, head_dir: Path, sp, size: int, precision: str, sam
     float32, 2e-2 in mixed precision), since a saturated softmax can hide a
     wrong backbone; and the end-to-end probabilities must equal the cached
     head's. Returns the largest relative feature difference.
+
+    A model that resizes arrays inside (``featx_resize``) gets 2e-2: its
+    resized pixels are not rounded to uint8 as extraction's are.
     """
     head = load_head(head_dir)
     rows = _parity_sample(sp.val.y, sample)
-    pixels, kept, _ = load_pixels(list(sp.val.paths[rows]), size)
+    pixels, kept, _ = load_pixels(list(sp.val.paths[rows]), size, read=read)
     if not kept:
         raise FinetuneError("No validation image could be decoded for the parity check.")
     rows = rows[kept]
@@ -495,7 +502,8 @@ def parity_check(model, base, head_dir: Path, sp, size: int, precision: str, sam
     cached_f = sp.val.X[rows].astype(np.float64)
     scale = max(float(np.abs(cached_f).max()), 1e-6)
     diff = float(np.abs(rebuilt_f - cached_f).max()) / scale
-    tol = 2e-2 if precision == "mixed" else 1e-3
+    resized = any(layer.name == "featx_resize" for layer in model.layers)
+    tol = 2e-2 if precision == "mixed" or resized else 1e-3
     p_diff = float(np.abs(np.asarray(model.predict(pixels, batch_size=32, verbose=0), dtype=np.float64)
                           - head.predict_proba(sp.val.X[rows])).max())
     if not np.isfinite(diff) or diff > tol or not np.isfinite(p_diff) or p_diff > max(tol, 1e-3):
@@ -528,6 +536,7 @@ def finetune(
     workers: int | None = None,
     weights: str | os.PathLike | None = None,
     home: str | os.PathLike | None = None,
+    data=None,
     log=print,
 ) -> FinetuneResult:
     """Fine-tune backbone + head end to end, starting from a fitted head.
@@ -556,6 +565,12 @@ def finetune(
         The new place of a moved weights file (its sha256 must match).
     home : path, optional
         The featx home: where ``heads/latest`` is read and ``models/`` written.
+    data : arrays, optional
+        For a head fitted on arrays recorded under a name: the same arrays
+        (``(x, y)``, dict of splits), checked row by row against the cached
+        keys. An ``.npz`` file or ``keras:NAME`` is read again by itself.
+        The model then takes uint8 arrays at their own size and resizes them
+        inside.
 
     Returns
     -------
@@ -578,13 +593,18 @@ def finetune(
     feats, sp, split_note = _split_rows(man, cache_dir)
     settings = head_spec(head_dir, man)
     size = settings.input_size
+    read, native = None, None
+    if feats.view.layout == "arrays":
+        from .arrays import row_reader
+
+        read, native = row_reader(data, feats.view.source, feats.paths, feats.sha256)
     keras = import_keras()
 
     strategy = _strategy(keras)
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model, base, man = build_end_to_end(head_dir, aug, seed, weights=weights)
+        model, base, man = build_end_to_end(head_dir, aug, seed, weights=weights, native=native)
         log(f"parity check on {min(32, len(sp.val))} validation images of every class...")
-        diff = parity_check(model, base, head_dir, sp, size, settings.precision)
+        diff = parity_check(model, base, head_dir, sp, size, settings.precision, read=read)
         log(f"parity ok: features match the cache to {diff:.2e} of their scale")
         n_unfrozen = set_trainable(model, base, settings.backbone, unfreeze, unfreeze_blocks)
         table = layer_table(base)
@@ -593,9 +613,9 @@ def finetune(
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     classes = list(man["classes"])
-    val_pixels, val_kept, _ = load_pixels(list(sp.val.paths), size, workers)
+    val_pixels, val_kept, _ = load_pixels(list(sp.val.paths), size, workers, read)
     y_val = sp.val.y[val_kept]
-    train_ds = _Batches(list(sp.train.paths), sp.train.y, size, batch_size, True, seed, workers)
+    train_ds = _Batches(list(sp.train.paths), sp.train.y, size, batch_size, True, seed, workers, read)
     before = {"val": classification_metrics(y_val, model.predict(val_pixels, batch_size=batch_size, verbose=0), classes)}
     start_weights = model.get_weights()
     directory = Path(out) if out else default_dir(results_dir("model", home), settings.backbone, "finetune")
@@ -625,7 +645,7 @@ def finetune(
     (directory / "best.keras").unlink(missing_ok=True)
     after = {"val": after_val}
     if sp.test is not None and len(sp.test):
-        test_pixels, test_kept, _ = load_pixels(list(sp.test.paths), size, workers)
+        test_pixels, test_kept, _ = load_pixels(list(sp.test.paths), size, workers, read)
         after["test"] = classification_metrics(sp.test.y[test_kept], model.predict(test_pixels, verbose=0), classes)
         head_est = load_head(head_dir)
         before["test"] = classification_metrics(sp.test.y, _proba_in_order(head_est, sp.test.X, classes), classes)
@@ -647,6 +667,9 @@ def finetune(
     plot_curves(history, directory / "curves.png", f"{settings.backbone}: fine-tuning")
     manifest = {**man, "kind": "end-to-end", "head": str(head_dir.resolve()), "input_size": size,
                 "input": "RGB uint8 pixels, squashed to input_size x input_size (bilinear)"}
+    if native:
+        manifest["input"] = f"uint8 arrays of shape {tuple(native)}, resized inside to input_size (bilinear)"
+        manifest["input_shape"] = list(native)
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     set_latest("model", directory, home)
     return FinetuneResult(directory, model, metrics, table, trainable, frozen, diff, notes)
@@ -732,8 +755,13 @@ def _strategy(keras):
 # --------------------------------------------------------------------------- predict
 
 
-def predict_images(model_path: str | os.PathLike, data, *, top_k: int = 5, batch_size: int = 32) -> Predictions:
-    """Label images with a fine-tuned end-to-end model (a ``.keras`` file or its folder)."""
+def predict_images(model_path: str | os.PathLike, data, *, top_k: int = 5, batch_size: int = 32,
+                   split: str | None = None) -> Predictions:
+    """Label images with a fine-tuned end-to-end model (a ``.keras`` file or its folder).
+
+    A model fine-tuned on arrays takes arrays (or an ``.npz``, ``split=`` one of its splits).
+    """
+    keras = import_keras()
     path = Path(model_path)
     if path.is_dir():
         path = path / "model.keras"
@@ -757,6 +785,16 @@ def predict_images(model_path: str | os.PathLike, data, *, top_k: int = 5, batch
     except Exception as exc:
         raise FinetuneError(f"Cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
     size = int(model.input.shape[1])
+    from .arrays import as_dataset, is_array_data
+
+    if is_array_data(data):  # rows at the model's input shape, named by index
+        ds = as_dataset(data, split=split)
+        if not isinstance(ds.items, list):
+            raise FinetuneError("A fine-tuned model predicts on arrays or an .npz file, not on a stream of batches.")
+        probs = [np.asarray(model.predict(np.stack([it.pixels() for it in ds.items[i:i + 256]]),
+                                          batch_size=batch_size, verbose=0), dtype=np.float64)
+                 for i in range(0, len(ds.items), 256)]
+        return Predictions([it.path for it in ds.items], np.concatenate(probs), list(classes), [], str(path))
     ds = discover(data)
     paths = [it.path for it in ds.items]
     probs, kept_paths, skipped = [], [], []
