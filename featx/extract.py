@@ -1,10 +1,13 @@
 """Phase one: run a headless backbone over a dataset once and cache the features.
 
-The pipeline reads, hashes and decodes images in a thread pool (Pillow and
-hashlib release the GIL) a few batches ahead of the model, runs fixed-size
-batches through it, and flushes immutable shards every couple of seconds.
-Images whose sha256 is already in the extraction are never decoded; when
-nothing is missing, the model is never built and no framework is imported.
+The pipeline reads, hashes and decodes images in a thread pool, a few
+images per task and a few batches ahead of the model (hashlib, Pillow's
+decoder and simplejpeg release the GIL); dispatches each batch to the model
+before fetching the previous batch's features (on JAX the device works while
+the host prepares the next batch); and hands the rows to a writer thread that
+flushes an immutable shard every couple of seconds. Images whose sha256 is
+already in the extraction are never decoded; when nothing is missing, the
+model is never built and no framework is imported.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import collections
 import concurrent.futures as cf
 import hashlib
 import os
+import queue
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -30,6 +35,10 @@ from .runtime import backend_name, gpu_available, import_keras, resolve_precisio
 # that bounds what a killed run loses. FEATX_FLUSH_SECONDS overrides it.
 FLUSH_SECONDS = float(os.environ.get("FEATX_FLUSH_SECONDS", 2.0))
 FLUSH_ROWS = 2048
+# Images per decode task: one future per image costs more GIL-held
+# bookkeeping than hashing a small JPEG.
+CHUNK = 8
+STAGES = ("read", "hash", "decode", "stack", "model", "write")
 
 
 @dataclass
@@ -45,6 +54,7 @@ class ExtractResult:
     ignored: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     compute_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -225,6 +235,7 @@ def extract(
         ignored=list(ds.ignored),
         seconds=time.perf_counter() - t0,
         compute_seconds=run.compute_seconds,
+        stage_seconds=run.stage_seconds,
     )
 
 
@@ -240,6 +251,8 @@ class _Run:
         self.skipped: list[tuple[str, str]] = []
         self.computed = 0
         self.compute_seconds = 0.0
+        # Thread-seconds per pipeline stage (read, hash and decode summed over the workers).
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
         self.model = None
         self.extraction: Extraction | None = cache.extraction(opts.settings, opts.backbone.feature_width)
 
@@ -308,17 +321,24 @@ class _Run:
             self.model = build_feature_model(self.opts.settings, self.opts.weights)
         return self.model
 
-    def _prepare(self, item: ImageItem, known_sha: str | None, cached: set, bad: dict) -> _Prepared:
-        stat = None
+    def _prepare(self, item: ImageItem, cached: set, bad: dict, clock: list[float]) -> _Prepared:
+        """Read, hash and (unless the hash is known) decode one image; adds to clock's read, hash, decode."""
+        t0 = time.perf_counter()
         try:
+            # stat before reading: a file edited in between keeps its old mtime
+            # in the memo, so the next run hashes it again.
+            st = os.stat(item.path)
             with open(item.path, "rb") as fh:
                 data = fh.read()
-            st = os.stat(item.path)
-            stat = (st.st_size, st.st_mtime_ns)
         except OSError as exc:
             reason = "file not found" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc.strerror}"
             return _Prepared(item, None, None, None, "bad", reason)
+        stat = (st.st_size, st.st_mtime_ns)
+        t1 = time.perf_counter()
         sha = hashlib.sha256(data).hexdigest()
+        t2 = time.perf_counter()
+        clock[0] += t1 - t0
+        clock[1] += t2 - t1
         if sha in cached:
             return _Prepared(item, stat, sha, None, "cached")
         if sha in bad:
@@ -327,80 +347,181 @@ class _Run:
             pixels = read_image(data, self.opts.size)
         except BadImage as exc:
             return _Prepared(item, stat, sha, None, "bad", str(exc))
+        finally:
+            clock[2] += time.perf_counter() - t2
         return _Prepared(item, stat, sha, pixels, "compute")
+
+    def _prepare_chunk(self, items: list[ImageItem], cached: set, bad: dict) -> tuple[list[_Prepared], list[float]]:
+        clock = [0.0, 0.0, 0.0]
+        return [self._prepare(it, cached, bad, clock) for it in items], clock
 
     def _pipeline(self, todo, stats, memo, bad, cached: set) -> None:
         bar = _progress(len(todo), self.progress, f"extract {self.opts.backbone.name}")
-        ext = self.extraction
-        known = memo.lookup(stats)
+        clock = self.stage_seconds
         batch: list[_Prepared] = []
+        in_flight: tuple | None = None  # (output handle, rows, batch) dispatched, not yet fetched
         pending = _Pending()
-        run_shards: list = []
         memo_rows, bad_rows = [], []
         last_flush = time.perf_counter()
+        writer = _Writer(self.extraction, memo, clock)
+        forward = None
+        t_start = None
 
         def flush():
             nonlocal last_flush
-            if pending.rows:
-                run_shards.append(ext.write_shard(*pending.take()))
-            memo.remember(memo_rows)
-            memo.remember_bad(bad_rows)
+            writer.put(pending.take() if pending.rows else None, memo_rows[:], bad_rows[:])
             memo_rows.clear()
             bad_rows.clear()
             last_flush = time.perf_counter()
 
-        def run_batch():
+        def fetch():
+            nonlocal in_flight
+            out, n, done = in_flight
+            in_flight = None
+            t = time.perf_counter()
+            feats = forward.fetch(out)[:n].astype(np.float32)
+            clock["model"] += time.perf_counter() - t
+            pending.add(feats, done)
+            self.computed += n
+            if pending.rows >= FLUSH_ROWS or time.perf_counter() - last_flush >= FLUSH_SECONDS:
+                flush()
+
+        def dispatch():
             t = time.perf_counter()
             x = np.stack([p.pixels for p in batch])
             n = len(x)
             padded = _padded(n, self.batch_size, self.on_gpu)
             if n < padded:  # few distinct shapes keep the compiled graphs
                 x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
-            feats = np.asarray(self._model().predict_on_batch(x))  # uint8; the model preprocesses
-            feats = feats[:n].astype(np.float32)
-            pending.add(feats, batch)
-            for p in batch:
-                cached.add(p.sha)
-            self.computed += n
-            self.compute_seconds += time.perf_counter() - t
-            batch.clear()
+            t1 = time.perf_counter()
+            out = forward.dispatch(x)  # uint8 in; the model preprocesses
+            clock["stack"] += t1 - t
+            clock["model"] += time.perf_counter() - t1
+            if in_flight is not None:
+                fetch()  # the previous batch, while the device works on this one
+            return out, n, batch[:]
 
         try:
             with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="featx-decode") as pool:
-                for prep in _bounded_map(
-                    pool, lambda it: self._prepare(it, known.get(it.path), cached, bad), todo, 2 * self.batch_size + self.workers
-                ):
-                    bar.update(1)
-                    if prep.sha and prep.stat:
-                        memo_rows.append((prep.item.path, *prep.stat, prep.sha))
-                    if prep.status == "bad":
-                        if prep.sha:
-                            bad_rows.append((prep.sha, prep.reason))
-                        if self.strict:
-                            flush()
-                        self._skip(prep.item.path, prep.reason)
-                        continue
-                    self.sha[prep.item.path] = prep.sha
-                    if prep.status == "cached" or prep.sha in cached or any(b.sha == prep.sha for b in batch):
-                        continue
-                    if self.model is None:
-                        bar.set_description(f"extract {self.opts.backbone.name} (building model)")
-                        self._model()
-                        bar.set_description(f"extract {self.opts.backbone.name}")
-                    batch.append(prep)
-                    if len(batch) == self.batch_size:
-                        run_batch()
-                        if pending.rows >= FLUSH_ROWS or time.perf_counter() - last_flush >= FLUSH_SECONDS:
-                            flush()
+                chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
+                window = max(2, -(-(2 * self.batch_size) // CHUNK) + self.workers)
+                for preps, spent in _bounded_map(pool, lambda c: self._prepare_chunk(c, cached, bad), chunks, window):
+                    for stage, seconds in zip(STAGES, spent):
+                        clock[stage] += seconds
+                    bar.update(len(preps))
+                    for prep in preps:
+                        if prep.sha and prep.stat:
+                            memo_rows.append((prep.item.path, *prep.stat, prep.sha))
+                        if prep.status == "bad":
+                            if prep.sha:
+                                bad_rows.append((prep.sha, prep.reason))
+                            if self.strict:  # keep what was computed before stopping
+                                if in_flight is not None:
+                                    fetch()
+                                flush()
+                            self._skip(prep.item.path, prep.reason)
+                            continue
+                        self.sha[prep.item.path] = prep.sha
+                        if prep.status == "cached" or prep.sha in cached:
+                            continue
+                        if forward is None:
+                            bar.set_description(f"extract {self.opts.backbone.name} (building model)")
+                            forward = _Forward(self._model())
+                            bar.set_description(f"extract {self.opts.backbone.name}")
+                            t_start = time.perf_counter()
+                        cached.add(prep.sha)  # a copy later in the data is not computed twice
+                        batch.append(prep)
+                        if len(batch) == self.batch_size:
+                            in_flight = dispatch()
+                            batch.clear()
                 if batch:
-                    run_batch()
+                    in_flight = dispatch()
+                    batch.clear()
+                if in_flight is not None:
+                    fetch()
         finally:
-            flush()
-            bar.close()
-        if len(run_shards) > 1:
-            ext.compact(only=run_shards)
+            try:
+                flush()
+            finally:
+                writer.close()
+                bar.close()
+                if t_start is not None:
+                    self.compute_seconds = time.perf_counter() - t_start
+        ext = self.extraction
+        if len(writer.shards) > 1:
+            ext.compact(only=writer.shards)
         if len(ext.shards()) > 32:
             ext.compact()
+
+
+class _Forward:
+    """Runs batches through the model; ``dispatch`` returns before the result is ready where it can.
+
+    On JAX a jitted stateless call returns as soon as the work is queued on
+    the device, so the host prepares batch i+1 while the device computes
+    batch i and ``fetch`` waits only for what is not done yet. Keras's
+    ``predict_on_batch`` would copy every result back to NumPy before
+    returning. Other backends use ``predict_on_batch``.
+    """
+
+    def __init__(self, model):
+        self.dispatch = model.predict_on_batch
+        if backend_name() == "jax":
+            import jax
+
+            state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+            call = jax.jit(lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x)[0])
+            self.dispatch = lambda x: call(*state, x)
+
+    @staticmethod
+    def fetch(out) -> np.ndarray:
+        return np.asarray(out)
+
+
+class _Writer:
+    """Writes shards and memo rows on a thread of its own, so the model never waits for the disk.
+
+    The queue holds two flushes: a slow disk slows the run down instead of
+    filling memory. An error in the thread is raised in the caller at the
+    next ``put`` or at ``close``; later jobs are dropped, never half written.
+    """
+
+    def __init__(self, extraction: Extraction, memo, clock: dict[str, float]):
+        self.extraction, self.memo, self.clock = extraction, memo, clock
+        self.shards: list = []
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(target=self._run, name="featx-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, rows, memo_rows: list, bad_rows: list) -> None:
+        self._raise()
+        if rows is not None or memo_rows or bad_rows:
+            self._queue.put((rows, memo_rows, bad_rows))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # keep draining so that put() never blocks
+            t = time.perf_counter()
+            try:
+                rows, memo_rows, bad_rows = job
+                if rows is not None:
+                    self.shards.append(self.extraction.write_shard(*rows))
+                self.memo.remember(memo_rows)
+                self.memo.remember_bad(bad_rows)
+            except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread)
+                self.error = exc
+            self.clock["write"] += time.perf_counter() - t
 
 
 def _persist_jax_compilations(folder) -> None:
