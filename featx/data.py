@@ -683,8 +683,8 @@ def _read_jpeg_turbo(turbo, data: bytes, target: tuple[int, int] | None, resampl
     if colorspace not in ("YCbCr", "Gray") or width * height > MAX_PIXELS:
         return None  # Pillow raises the decompression-bomb error with its usual wording
     orientation = None
-    if data.find(b"Exif\x00\x00", 0, 1 << 16) >= 0:
-        # Pillow parses EXIF (header only, no pixels) for the rare file that has it.
+    if _jpeg_has_exif(data):
+        # Pillow parses the EXIF (header only, no pixels) of the files that have it.
         try:
             with Image.open(io.BytesIO(data)) as img:
                 orientation = _orientation(img)
@@ -711,3 +711,26 @@ def _read_jpeg_turbo(turbo, data: bytes, target: tuple[int, int] | None, resampl
     if target is not None and img.size != target:
         img = img.resize(target, Image.Resampling[resample.upper()])
     return np.array(img, dtype=np.uint8)
+
+
+def _jpeg_has_exif(data: bytes) -> bool:
+    """Whether a JPEG holds an APP1 Exif segment before its first scan.
+
+    Walks the marker segments (a few hops; ``bytes.find`` over the header
+    would cost more than hashing the file). An odd layout answers True,
+    which only means Pillow reads the orientation.
+    """
+    i, end = 2, len(data)
+    while i + 4 <= end:
+        if data[i] != 0xFF:
+            return True
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xDA:  # start of scan: the header is over
+            return False
+        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
+            return True
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return True
