@@ -147,7 +147,7 @@ def extract(
     image_size: int | None = None,
     pooling: str = "avg",
     cut_blocks: int = 0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     strict: bool = False,
     workers: int | None = None,
@@ -175,8 +175,8 @@ def extract(
         Global pooling of the last feature map.
     cut_blocks : int
         Tap the backbone this many named blocks before its end.
-    batch_size : int
-        Images per forward pass.
+    batch_size : int, optional
+        Images per forward pass; :func:`default_batch_size` by default.
     cache_dir : path, optional
         Cache root; ``$FEATX_CACHE_DIR`` or ``./cache`` by default.
     strict : bool
@@ -201,6 +201,8 @@ def extract(
     """
     t0 = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if batch_size is None:
+        batch_size = default_batch_size(gpu_available())
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
     cache = Cache(cache_dir).ensure()
@@ -459,19 +461,30 @@ class _Forward:
 
     On JAX a jitted stateless call returns as soon as the work is queued on
     the device, so the host prepares batch i+1 while the device computes
-    batch i and ``fetch`` waits only for what is not done yet. Keras's
-    ``predict_on_batch`` would copy every result back to NumPy before
-    returning. Other backends use ``predict_on_batch``.
+    batch i and ``fetch`` waits only for what is not done yet. On
+    TensorFlow one ``tf.function`` traced for any batch length, at build
+    time: ``predict_on_batch`` traced again for each new batch length, which
+    cost seconds per shape (the short last batch of every run) and copied
+    every result back to NumPy before returning. Other backends use
+    ``predict_on_batch``.
     """
 
     def __init__(self, model):
         self.dispatch = model.predict_on_batch
-        if backend_name() == "jax":
+        backend = backend_name()
+        if backend == "jax":
             import jax
 
             state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
             call = jax.jit(lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x)[0])
             self.dispatch = lambda x: call(*state, x)
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)
+            call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+            call.get_concrete_function()  # trace now, while the bar says "building model"
+            self.dispatch = call
 
     @staticmethod
     def fetch(out) -> np.ndarray:
@@ -524,6 +537,18 @@ class _Writer:
             self.clock["write"] += time.perf_counter() - t
 
 
+def default_batch_size(on_gpu: bool) -> int:
+    """Images per forward pass when none is given: 128 on a GPU, 64 on a CPU.
+
+    On a GPU a larger batch keeps the device busy while the host prepares
+    the next. On a CPU, 64 costs 20% less model time per image than 32 with
+    a small backbone (fewer calls, each with a fixed overhead; measured with
+    mobilenetv3small at 32 px) and no more with a large one; more than 64
+    only delays the first shard.
+    """
+    return 128 if on_gpu else 64
+
+
 def _persist_jax_compilations(folder) -> None:
     """Keep XLA's compiled model on disk beside the features (JAX backend only).
 
@@ -542,7 +567,8 @@ def _persist_jax_compilations(folder) -> None:
 def _padded(n: int, batch_size: int, on_gpu: bool) -> int:
     """Rows to run for a batch of ``n``: the full batch on a GPU (padding is
     nearly free there and a new shape costs a compile), else the next
-    multiple of 8 (on a CPU every padded row costs as much as a real one)."""
+    multiple of 8 (on a CPU every padded row costs as much as a real one;
+    JAX compiles each of these few shapes once, TensorFlow none)."""
     return batch_size if on_gpu else min(batch_size, -(-n // 8) * 8)
 
 
