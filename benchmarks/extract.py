@@ -40,6 +40,7 @@ import io
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -212,18 +213,40 @@ def single_thread_rate(files: list[str], size: int = 32) -> float:
     return best
 
 
-def host_scaling(work: Path, n: int, batch) -> tuple[float, float, object]:
-    """(featx img/s, single-thread loop img/s, featx result) on N photo-like JPEGs; featx best of 3."""
+def host_scaling(work: Path, n: int, batch: int) -> tuple[float, float]:
+    """(featx img/s, single-thread loop img/s) on N photo-like JPEGs.
+
+    As in ../shared/bench/host_scaling.py: `featx extract` subprocesses, and
+    featx's rate is that of an N-image run minus an N/10-image run (start-up
+    and model build cancel out), best of 3.
+    """
     data = photo_like(work / "host-data", n)
-    ref = single_thread_rate(sorted(glob.glob(str(data / "*" / "*.jpg"))))
-    featx_extract(data, work / "host-warm", "mobilenetv3small", "none", 32, batch)  # imports, page cache
-    best, best_res = 0.0, None
+    files = sorted(glob.glob(str(data / "*" / "*.jpg")))
+    small = work / "host-small" / "s"
+    small.mkdir(parents=True)
+    for f in files[: n // 10]:
+        os.link(f, small / Path(f).name)
+    ref = single_thread_rate(files)
+    featx_cli_seconds(small.parent, work / "host-warm", batch)  # load libraries from disk once
+    best = 0.0
     for i in range(3):
-        res, _ = featx_extract(data, work / f"host-{i}", "mobilenetv3small", "none", 32, batch)
-        rate = res.computed / res.compute_seconds
-        if rate > best:
-            best, best_res = rate, res
-    return best, ref, best_res
+        small_s = featx_cli_seconds(small.parent, work / f"host-s{i}", batch)
+        full_s = featx_cli_seconds(data, work / f"host-{i}", batch)
+        best = max(best, (n - n // 10) / max(full_s - small_s, 1e-3))
+    return best, ref
+
+
+def featx_cli_seconds(data: Path, cache: Path, batch: int) -> float:
+    """Seconds of a `featx extract` subprocess (this checkout's code) with an almost free model."""
+    cmd = [sys.executable, "-m", "featx.cli", "--cache-dir", str(cache), "extract", "-q", "--backbone",
+           "mobilenetv3small", "--weights", "none", "--image-size", "32", "--batch-size", str(batch), str(data)]
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    t = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"featx extract failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - t
 
 
 def model_ceiling(backbone, weights, size, batch, precision, seconds: float = 10.0) -> float:
@@ -306,7 +329,7 @@ def main(argv=None):
     ap.add_argument("--memory-backbone", default="mobilenetv2")
     ap.add_argument("--memory-image-size", type=int, default=64)
     ap.add_argument("--skip-compare", action="store_true", help="only the memory test")
-    ap.add_argument("--host-images", type=int, default=1600, help="photo-like JPEGs for host scaling (0 to skip)")
+    ap.add_argument("--host-images", type=int, default=3000, help="photo-like JPEGs for host scaling (0 to skip)")
     ap.add_argument("--ceilings", action="store_true", default=None, help="model alone and host alone [on a GPU]")
     ap.add_argument("--profile", action="store_true", help="per-stage time tables of the featx runs")
     ap.add_argument("--synthetic", type=int, default=0, help="instead of --data, N synthetic JPEGs of --synthetic-px")
@@ -366,15 +389,14 @@ def main(argv=None):
                     stage_table("host pipeline alone", host_res)
 
         if args.host_images:
-            rate, ref, host = host_scaling(work, args.host_images, batch)
+            rate, ref = host_scaling(work, args.host_images, batch)
             print(f"\nHost scaling: featx (mobilenetv3small, weights none, 32 px, batch {batch}) "
                   f"over {args.host_images} photo-like 500x375 JPEGs against one thread doing the same per-image "
                   f"work, {os.cpu_count()} cores (target >= 1.6x on 2):\n")
             print("| run | images/s | vs single thread |\n|---|---|---|")
             print(f"| single-thread loop (read, sha256, Pillow draft decode, resize) | {ref:.0f} | 1.00x |")
-            print(f"| featx extract, pipeline time (best of 3) | {rate:.0f} | **{rate / ref:.2f}x** |")
-            if args.profile:
-                stage_table("host scaling run", host)
+            print(f"| featx extract subprocess ({args.host_images}-image run minus {args.host_images // 10}-image run, best of 3) "
+                  f"| {rate:.0f} | **{rate / ref:.2f}x** |")
 
         sizes = [int(s) for s in args.memory_sizes.split(",") if s]
         if sizes:
