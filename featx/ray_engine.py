@@ -260,7 +260,7 @@ def _decode(batch: dict, size: int, known) -> dict:
     pixels = np.zeros((n, size, size, 3), np.uint8)
     for i, (path, label, split) in enumerate(zip(batch["path"], batch["label"], batch["split"])):
         item = ImageItem(str(path), str(label) or None, str(split))
-        prep = _Run._prepare(runner, item, None, cached, bad)
+        prep = _Run._prepare(runner, item, cached, bad)
         if prep.pixels is not None:
             pixels[i] = prep.pixels
         out["path"].append(item.path)

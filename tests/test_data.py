@@ -402,9 +402,10 @@ def test_exif_orientation(tmp_path, monkeypatch):
         return real_draft(self, mode, size)
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
-    small = read_image(path, (100, 20))  # height 100, width 20
+    small = read_image(path, (100, 20), decoder="pillow")  # height 100, width 20
     assert calls == [("RGB", (100, 20))]  # (width, height) of the stored image
     assert small.shape == (100, 20, 3) and small[5, 10, 0] > 200 and small[-5, 10, 0] < 50
+    np.testing.assert_array_equal(read_image(path, (100, 20)), small)  # simplejpeg, when installed
 
 
 def test_large_jpeg_drafted_close_to_full_decode(tmp_path):
@@ -555,3 +556,75 @@ def test_sha256_file(tmp_path):
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
     (tmp_path / "e").write_bytes(b"")
     assert sha256_file(str(tmp_path / "e")) == hashlib.sha256(b"").hexdigest()
+
+
+# ---------------------------------------------------------------- simplejpeg (the "fast" extra) against Pillow
+
+
+def _jpeg_bytes(arr, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _jpeg_cases():
+    rng = np.random.default_rng(3)
+    base = np.asarray(Image.fromarray(rng.integers(0, 256, (30, 40, 3), np.uint8)).resize((500, 375), Image.BICUBIC))
+    cases = {
+        "420": _jpeg_bytes(base, quality=90),
+        "444": _jpeg_bytes(base, subsampling=0),
+        "progressive": _jpeg_bytes(base, progressive=True),
+        "gray": _jpeg_bytes(base[..., 0]),
+        "tiny": _jpeg_bytes(base[:5, :7]),
+    }
+    buf = io.BytesIO()
+    Image.fromarray(base).convert("CMYK").save(buf, "JPEG")
+    cases["cmyk"] = buf.getvalue()
+    for o in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = o
+        cases[f"exif{o}"] = _jpeg_bytes(base, exif=exif.tobytes())
+    return cases
+
+
+@pytest.mark.parametrize("size", [None, 1, 32, (40, 90), 128, 224, 600])
+def test_simplejpeg_gives_pillows_pixels(size):
+    pytest.importorskip("simplejpeg")
+    for name, data in _jpeg_cases().items():
+        fast, slow = read_image(data, size), read_image(data, size, decoder="pillow")
+        assert fast.shape == slow.shape, name
+        # Identical in practice (Pillow bundles libjpeg-turbo too); the
+        # tolerance only allows for a differently built libjpeg.
+        assert np.abs(fast.astype(int) - slow).max() <= 2, name
+        used = D._read_jpeg_turbo(D._simplejpeg(), data, D._target_size(size), "bilinear") is not None
+        assert used == (name != "cmyk"), name  # CMYK goes to Pillow
+
+
+def test_simplejpeg_path_reports_bad_jpegs_as_pillow_does():
+    pytest.importorskip("simplejpeg")
+    good = _jpeg_bytes(np.full((64, 64, 3), 128, np.uint8))
+    for data in (good[: len(good) // 2], good[:2] + b"\x00" * 40):
+        with pytest.raises(BadImage) as fast:
+            read_image(data, 32)
+        with pytest.raises(BadImage) as slow:
+            read_image(data, 32, decoder="pillow")
+        assert str(fast.value) == str(slow.value)
+
+
+def test_without_simplejpeg_pillow_decodes(monkeypatch):
+    data = _jpeg_bytes(np.full((64, 48, 3), 200, np.uint8))
+    monkeypatch.setattr(D, "_simplejpeg", lambda: None)
+    assert read_image(data, 16).shape == (16, 16, 3)
+    with pytest.raises(ValueError, match="decoder"):
+        read_image(data, 16, decoder="turbo")
+
+
+def test_jpeg_exif_detection_walks_markers():
+    from featx.data import _jpeg_has_exif
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    plain = _jpeg_bytes(np.zeros((16, 16, 3), np.uint8))
+    assert not _jpeg_has_exif(plain)
+    assert _jpeg_has_exif(_jpeg_bytes(np.zeros((16, 16, 3), np.uint8), exif=exif.tobytes()))
+    assert _jpeg_has_exif(plain[:2] + b"junk")  # odd layout: Pillow decides

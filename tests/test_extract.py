@@ -159,6 +159,33 @@ def test_strict_makes_bad_files_fatal_and_keeps_the_cache(tiny_dataset, cache_di
     assert featx.load_features(tiny_dataset, cache_dir=cache_dir).X.shape[0] == 12
 
 
+def test_pipeline_rows_equal_the_model_on_each_image(tmp_path, cache_dir):
+    """Batches in flight, a last short batch, duplicates and bad files: every row is its own image's."""
+    from featx import backbones as B
+    from featx.data import read_image
+
+    data = make_dataset(tmp_path / "d", per_class=11, size=(48, 40))
+    (data / "cats" / "copy.png").write_bytes((data / "dogs" / "dogs_3.png").read_bytes())
+    (data / "cats" / "bad.png").write_bytes(b"nope")
+    res = run(data, cache_dir, batch_size=4, workers=3)
+    assert (res.computed, res.reused, len(res.skipped)) == (22, 1, 1)
+    assert set(res.stage_seconds) == set(extract_mod.STAGES) and res.stage_seconds["model"] > 0
+    f = featx.load_features(data, cache_dir=cache_dir)
+    model = B.build_feature_model(res.extraction.spec)
+    expected = model.predict(np.stack([read_image(p, 32) for p in f.paths]), verbose=0)
+    np.testing.assert_allclose(f.X, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_writer_thread_errors_reach_the_caller(tiny_dataset, cache_dir, monkeypatch):
+    def full(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(featx.cache.Extraction, "write_shard", full)
+    monkeypatch.setattr(extract_mod, "FLUSH_SECONDS", 0.0)  # a flush after every batch
+    with pytest.raises(OSError, match="No space left"):
+        run(tiny_dataset, cache_dir, batch_size=2)
+
+
 def test_corrupt_shard_is_a_miss_with_a_warning(tiny_dataset, cache_dir):
     res = run(tiny_dataset, cache_dir)
     shard = res.extraction.shards()[0]

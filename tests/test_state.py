@@ -131,16 +131,18 @@ def test_moved_weights_file(tmp_path):
 
 def test_several_taps_from_one_pass_equal_separate_extractions(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "d", per_class=5)
+    import sys
+
     calls = []
-    real = featx.backbones.build_feature_model
+    extract_mod = sys.modules["featx.extract"]
 
-    def counting(*a, **k):
-        model = real(*a, **k)
-        predict = model.predict_on_batch
-        model.predict_on_batch = lambda x: calls.append(len(x)) or predict(x)
-        return model
+    class Counting(extract_mod._Forward):
+        def __init__(self, model):
+            super().__init__(model)
+            dispatch = self.dispatch
+            self.dispatch = lambda x: calls.append(len(x)) or dispatch(x)
 
-    monkeypatch.setattr(featx.backbones, "build_feature_model", counting)
+    monkeypatch.setattr(extract_mod, "_Forward", Counting)
     multi = featx.extract(data, "vgg16", taps=[0, 1, 2], batch_size=16, cache_dir=tmp_path / "multi", **TINY)
     assert calls == [16] and multi.computed == 10  # one forward pass over the 10 images, all taps at once
     assert [s.tap for s in multi.specs] == ["output", "block4_pool", "block3_pool"]
