@@ -17,7 +17,10 @@ featx fit-head --head logreg
 featx compare
 featx finetune --unfreeze-blocks 1 --epochs 2 --no-export                          # phase two
 featx predict -q -k 2 --out head_preds.csv "$data"                                # latest head
-featx predict --model "$(cat models/latest)" -k 2 --out model_preds.csv "$data"   # fine-tuned model
+featx predict --model latest -k 2 --out model_preds.csv "$data"                 # the latest fine-tuned model
+featx extract --backbone vgg16 --weights "$weights" --image-size "$size" --taps 0,1 "$data"   # one more tap, one pass
+featx fit-head --head auto --time-budget 30                                        # head x tap x normalisation search
+featx inspect --seeds 2                                                            # leakage, label issues, budget, calibration
 head -3 head_preds.csv model_preds.csv
 featx cache list
 echo "outputs in $work"

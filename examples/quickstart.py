@@ -27,8 +27,10 @@ args = ap.parse_args()
 work = Path(tempfile.mkdtemp(prefix="featx-example-"))
 cache = args.cache_dir or work / "cache"
 
-# Phase one: the backbone runs once; a second call would reuse every row.
-result = featx.extract(args.data, args.backbone, weights=args.weights, image_size=args.image_size, cache_dir=cache)
+# Phase one: the backbone runs once; a second call would reuse every row. Two
+# taps from that one pass: the last block's pooled output and the block before.
+result = featx.extract(args.data, args.backbone, weights=args.weights, image_size=args.image_size, taps=[0, 1],
+                       cache_dir=cache)
 print(result.summary())
 
 features = featx.load_features(args.data, cache_dir=cache)
@@ -39,6 +41,12 @@ for kind in ("logreg", "lightgbm", "dense"):
     fit = featx.fit_head(kind, data=args.data, cache_dir=cache, out=work / f"head-{kind}")
     val = fit.metrics["splits"]["val"]
     print(f"{kind:>8}: val accuracy {val['accuracy']:.3f}, macro-F1 {val['macro_f1']:.3f} ({fit.fit_seconds:.2f}s)")
+
+# Let featx pick head kind x tap (or both fused) x normalisation by the same protocol.
+auto = featx.fit_head("auto", data=args.data, cache_dir=cache, out=work / "head-auto", time_budget=30)
+print(auto.leaderboard)
+print(f"    auto: {auto.metrics['head']} on {' + '.join(auto.metrics['extractions'])}, "
+      f"val accuracy {auto.metrics['splits']['val']['accuracy']:.3f}")
 
 # Label a few images with the logistic head (cached features are reused).
 images = [item.path for item in featx.discover(args.data).items[:3]]

@@ -215,6 +215,8 @@ class FeatxFolder(click.Path):
         self.want = want
 
     def convert(self, value, param, ctx):
+        if value == "latest":
+            return value  # the newest of its kind under the featx home
         value = super().convert(value, param, ctx)
         folder = value if os.path.isdir(value) else os.path.dirname(value) or "."
         try:
@@ -609,7 +611,7 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, selection, folds,
 @click.argument("data", nargs=-1, required=True, type=click.Path())
 @click.option("--head", type=FeatxFolder("head"), help="A head folder (from `featx fit-head`) [default: the latest].")
 @click.option("--model", type=FeatxFolder("model"),
-              help="A fine-tuned model: its folder or model.keras (from `featx finetune`).")
+              help="A fine-tuned model: its folder or model.keras (from `featx finetune`), or 'latest'.")
 @click.option("--imagenet", is_flag=True, help="ImageNet labels from the backbone's full classifier.")
 @click.option("-b", "--backbone", default="inceptionv3", show_default=True, help="With --imagenet: the backbone.")
 @click.option("-k", "--top-k", type=POSITIVE_INT, default=1, show_default=True, help="Labels and probabilities per image.")
@@ -637,6 +639,7 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
       featx predict new_images/
       featx predict --head heads/resnet50-dense-20261122-101500 -k 3 --out preds.csv photos/
       featx predict --model models/resnet50-finetune-20261122-110000 new_images/
+      featx predict --model latest new_images/
       featx predict --imagenet --backbone inceptionv3 -k 5 photo.jpg
     """
     from . import api
@@ -648,7 +651,10 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
         preds = api.predict_imagenet(source, backbone, top_k=top_k, batch_size=batch_size)
     elif model:
         from .finetuning import predict_images
+        from .outputs import latest_dir
 
+        if model == "latest":
+            model = str(latest_dir("model", obj["home"]))
         preds = predict_images(model, source, top_k=top_k, batch_size=batch_size, split=split)
     else:
         preds = api.predict(source, head=head, cache_dir=obj["cache_dir"], batch_size=batch_size, progress=not quiet,

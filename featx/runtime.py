@@ -98,4 +98,10 @@ def import_keras():
             pass  # let the keras import below report it
     import keras
 
+    if not os.environ.get("FEATX_VERBOSE"):
+        # TensorFlow's Python logger warns about retracing when many small
+        # models are fitted in turn (the head search): noise, not a problem.
+        import logging
+
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     return keras

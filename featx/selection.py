@@ -41,7 +41,7 @@ DENSE_GRID = tuple(
     {"hidden": h, "dropout": d, "lr": lr}
     for h, d, lr in itertools.product([(256,), (512, 128)], [0.5, 0.3], [1e-3, 3e-4])
 )
-DENSE_BUDGET_S = 60.0
+DENSE_BUDGET_S = 20.0
 DEFAULT_FOLDS = 5
 
 # Normalisations worth trying per head kind: the logistic and dense heads
