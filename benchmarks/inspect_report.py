@@ -13,8 +13,8 @@
 
 Usage::
 
-    python benchmarks/inspect.py                     # the 10k x 2,048 scale run
-    python benchmarks/inspect.py --hymenoptera       # both
+    python benchmarks/inspect_report.py                     # the 10k x 2,048 scale run
+    python benchmarks/inspect_report.py --hymenoptera       # both
 """
 
 from __future__ import annotations
