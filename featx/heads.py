@@ -115,10 +115,30 @@ class _Head(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(proba, axis=1)]
 
     def _check_X(self, X):
-        """Validated and normalised features, ready for the model."""
+        """Validated and normalised features, ready for the model.
+
+        ``X`` may be a :class:`featx.Features` (what ``load_features``
+        returns): the head then checks that they come from the extraction it
+        was fitted on, which a width check alone cannot tell (two backbones,
+        sizes or weights often give the same width).
+        """
         check_is_fitted(self, "classes_")
+        if hasattr(X, "extraction") and hasattr(X, "X"):
+            self._check_extraction(X)
+            X = X.X
         X = validate_data(self, X, reset=False, dtype=np.float32)
         return normalise(X, self.normalise, getattr(self, "norm_stats_", None))
+
+    def _check_extraction(self, features) -> None:
+        man = getattr(self, "manifest_", None) or {}
+        expected = [e.get("name") for e in man.get("extractions") or []] or [man.get("extraction")]
+        got = features.extraction.name
+        if expected[0] and got != expected[0]:
+            raise HeadError(
+                f"{type(self).__name__} was fitted on features of extraction {expected[0]}, but these are of {got} "
+                "(another backbone, size, tap or weights). Refit the head on them, or load the features it was "
+                "fitted on."
+            )
 
     def save(self, directory: str | os.PathLike, manifest: dict | None = None) -> Path:
         """Write the head (and ``manifest.json``) into ``directory``.
@@ -143,6 +163,7 @@ class _Head(ClassifierMixin, BaseEstimator):
         )
         man.setdefault("created", time.time())
         (d / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True))
+        self.manifest_ = man
         return d
 
 

@@ -160,3 +160,17 @@ def test_several_taps_from_one_pass_equal_separate_extractions(tmp_path, monkeyp
     assert more.computed == 10 and more.extractions[0].rows() == 10  # tap 0's rows were not written twice
     with pytest.raises(featx.FeatxError, match="cut_blocks or taps"):
         featx.extract(data, "vgg16", taps=[0, 1], cut_blocks=1, cache_dir=tmp_path / "multi", **TINY)
+
+
+def test_a_head_refuses_features_of_another_extraction_of_the_same_width(project, tmp_path):
+    root, data = project
+    featx.extract(data, "vgg16", weights="none", image_size=40, cache_dir=root / "cache", progress=False)
+    own = featx.load_features(data, cache_dir=root / "cache", extraction="vgg16-32px")
+    other = featx.load_features(data, cache_dir=root / "cache", extraction="vgg16-40px")
+    assert own.X.shape[1] == other.X.shape[1] == 512
+    fitted = api.fit_head("logreg", cache_dir=root / "cache", extraction=own.extraction.name, out=tmp_path / "h", C=1.0)
+    for head in (fitted.head, featx.load_head(tmp_path / "h")):
+        assert head.predict_proba(own).shape == (len(own), 2)
+        with pytest.raises(HeadError, match="fitted on features of extraction vgg16-32px.*but these are of vgg16-40px"):
+            head.predict_proba(other)
+    featx.extract(data, "vgg16", cache_dir=root / "cache", **TINY)  # keep the 32 px dataset the latest
