@@ -82,11 +82,9 @@ def _human_bytes(n: int) -> str:
 
 
 def _table(rows: list[list], headers: list[str]) -> str:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    from .outputs import text_table
+
+    return text_table(rows, headers)
 
 
 # --------------------------------------------------------------------------- option types

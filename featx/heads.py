@@ -65,8 +65,13 @@ def _class_weights(y_idx: np.ndarray, n_classes: int, class_weight) -> dict[int,
     if class_weight is None:
         return None
     if class_weight == "balanced":
-        counts = np.bincount(y_idx, minlength=n_classes).astype(float)
-        return {i: len(y_idx) / (n_classes * c) if c else 0.0 for i, c in enumerate(counts)}
+        from sklearn.utils.class_weight import compute_class_weight
+
+        present = np.unique(y_idx)
+        weights = compute_class_weight("balanced", classes=present, y=y_idx) * len(present) / n_classes
+        out = dict.fromkeys(range(n_classes), 0.0)  # a class absent from these rows weighs nothing
+        out.update({int(c): float(w) for c, w in zip(present, weights)})
+        return out
     if isinstance(class_weight, dict):
         return {int(k): float(v) for k, v in class_weight.items()}
     raise HeadError(f"class_weight must be None, 'balanced' or a dict. Received: class_weight={class_weight!r}")

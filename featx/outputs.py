@@ -19,6 +19,15 @@ HOME_ENV = "FEATX_HOME"
 _WHAT = {"head": DEFAULT_HEADS_DIR, "model": DEFAULT_MODELS_DIR}
 
 
+def text_table(rows, headers) -> str:
+    """Rows as a plain text table under a dashed header line (every table featx prints)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def home_dir(home: str | os.PathLike | None = None) -> Path:
     """Where heads/ and models/ go: ``home``, else ``$FEATX_HOME``, else the current directory."""
     return Path(home if home is not None else (os.environ.get(HOME_ENV) or "."))

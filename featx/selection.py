@@ -343,11 +343,9 @@ def feature_set_names(names: Sequence[str], max_sets: int = 16) -> list[tuple[st
 
 def leaderboard_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     """A plain text table (``featx compare`` and ``fit-head --head auto`` print the same one)."""
-    cells = [list(columns)] + [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    from .outputs import text_table
+
+    return text_table([[r.get(c, "") for c in columns] for r in rows], columns)
 
 
 def heads_split_record(
