@@ -24,7 +24,7 @@ from .errors import FeatxError, HeadError, WeightsError
 from .features import Features, find_view, load_features, make_splits
 from .heads import HEADS, align_proba, head_class, load_head, make_head, read_manifest
 from .outputs import Predictions, default_dir, latest_head, results_dir, set_latest
-from .spec import ExtractionSpec, one_pass_groups, specs_of_manifest
+from .spec import one_pass_groups, specs_of_manifest
 from .metrics import classification_metrics, format_report, plot_confusion, plot_curves
 
 
@@ -409,7 +409,7 @@ def predict(
     man = read_manifest(head_dir)
     est = load_head(head_dir)
     classes = [str(c) for c in man["classes"]]
-    specs = head_specs(head_dir, man)
+    specs = specs_of_manifest(man, where=f"Head {head_dir}")
     columns: list[dict[str, np.ndarray]] = [{} for _ in specs]
     order: list[str] = []
     skipped: dict[str, str] = {}
@@ -436,14 +436,6 @@ def predict(
 
         proba = apply_temperature(proba, man["temperature"])
     return Predictions(paths, proba, classes, list(skipped.items()), str(head_dir))
-
-
-def head_specs(head_dir: Path, man: dict) -> list[ExtractionSpec]:
-    """The extraction specs a head reads, in its feature order (several for a fused head)."""
-    try:
-        return specs_of_manifest(man, where=f"Head {head_dir}")
-    except FeatxError as exc:
-        raise HeadError(f"{exc} Refit the head.") from None
 
 
 def predict_imagenet(

@@ -32,7 +32,7 @@ from .cache import Cache, DatasetView, Extraction
 from .data import Dataset, ImageItem, discover, read_image
 from .errors import BadImage, DataError, DecoderUnavailable
 from .runtime import backend_name, gpu_available
-from .spec import ExtractionSpec, resolve_spec
+from .spec import ExtractionSpec, one_pass_groups, resolve_spec
 
 # A shard is flushed every FLUSH_SECONDS of computing (or FLUSH_ROWS rows):
 # that bounds what a killed run loses. FEATX_FLUSH_SECONDS overrides it.
@@ -107,8 +107,7 @@ class _Settings:
         self = cls.__new__(cls)
         self.specs = list(specs)
         self.spec, self._weights, self._override = self.specs[0], weights, override
-        one_pass = {(x.backbone, x.weights, x.input_size, x.preprocessing, x.pooling, x.precision) for x in self.specs}
-        if len(one_pass) != 1:
+        if len(one_pass_groups(self.specs)) != 1:
             raise DataError("Specs extracted together must differ only in their tap.")
         self.backbone = B.get_backbone(self.spec.backbone)
         self.size = self.spec.input_size

@@ -32,7 +32,7 @@ from .errors import BadImage, FeatxError, HeadError
 from .heads import load_head, read_manifest
 from .outputs import Predictions
 from .runtime import import_keras
-from .spec import ExtractionSpec, one_pass_groups, specs_of_manifest
+from .spec import one_pass_groups, specs_of_manifest
 
 AUGMENTATIONS = ("flip", "rotate", "zoom", "shift", "contrast")
 
@@ -115,19 +115,6 @@ def _head_model(keras, head_dir: Path, man: dict):
     return keras.Model(inp, out, name="head")
 
 
-def head_specs(head_dir: Path, man: dict) -> list[ExtractionSpec]:
-    """The extractions a head was fitted on, in its feature order (several for a fused head)."""
-    try:
-        return specs_of_manifest(man, where=f"Head {head_dir}")
-    except FeatxError as exc:
-        raise HeadError(f"{exc} Refit the head.") from None
-
-
-def head_spec(head_dir: Path, man: dict) -> ExtractionSpec:
-    """The (first) extraction a head was fitted on."""
-    return head_specs(head_dir, man)[0]
-
-
 def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | None = None, seed: int = 0,
                      weights: str | os.PathLike | None = None, native: tuple | None = None):
     """Backbone(s) + trained head as one Keras model on RGB uint8 pixels.
@@ -151,7 +138,7 @@ def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | No
     keras = import_keras()
     head_dir = Path(head_dir)
     man = read_manifest(head_dir)
-    specs = head_specs(head_dir, man)
+    specs = specs_of_manifest(man, where=f"Head {head_dir}")
     sizes = {s.input_size for s in specs}
     if len(sizes) > 1:
         raise FinetuneError(f"Head {head_dir} fuses extractions at several input sizes ({sorted(sizes)}); an "
@@ -453,18 +440,6 @@ def _split_rows(man: dict, cache_dir, seed: int | None = None):
     return feats, sp, note
 
 
-def _backbone_features(model, base, pixels: np.ndarray) -> np.ndarray:
-    """The pooled features the end-to-end model computes before its head (inference mode)."""
-    keras = import_keras()
-    x = keras.ops.cast(pixels, "float32")  # the Input layer's own cast
-    for layer in model.layers:
-        if layer is base:
-            break
-        if not isinstance(layer, keras.layers.InputLayer):
-            x = layer(x, training=False)
-    return np.asarray(base.predict(keras.ops.convert_to_numpy(x), batch_size=32, verbose=0), dtype=np.float64)
-
-
 def _parity_sample(y: np.ndarray, sample: int) -> np.ndarray:
     """Up to ``sample`` row indices, taken round-robin from every class."""
     by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
@@ -494,11 +469,7 @@ def parity_check(model, base, head_dir: Path, sp, size: int, precision: str, sam
     if not kept:
         raise FinetuneError("No validation image could be decoded for the parity check.")
     rows = rows[kept]
-    features = _FEATURES.get(model)
-    if features is not None:
-        rebuilt_f = np.asarray(features.predict(pixels, batch_size=32, verbose=0), dtype=np.float64)
-    else:
-        rebuilt_f = _backbone_features(model, base, pixels)
+    rebuilt_f = np.asarray(_FEATURES[model].predict(pixels, batch_size=32, verbose=0), dtype=np.float64)
     cached_f = sp.val.X[rows].astype(np.float64)
     scale = max(float(np.abs(cached_f).max()), 1e-6)
     diff = float(np.abs(rebuilt_f - cached_f).max()) / scale
@@ -591,7 +562,7 @@ def finetune(
                             "Run `featx fit-head --head dense` (or logreg) first, or pass --head DIR.")
     log(f"head: {head_dir}")
     feats, sp, split_note = _split_rows(man, cache_dir)
-    settings = head_spec(head_dir, man)
+    settings = specs_of_manifest(man, where=f"Head {head_dir}")[0]
     size = settings.input_size
     read, native = None, None
     if feats.view.layout == "arrays":

@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import backbones as B
-from .errors import CacheError, FeatxError, FeatxValueError, WeightsError
+from .errors import CacheError, FeatxError, FeatxValueError, HeadError, WeightsError
 from .runtime import backend_name, resolve_precision
 
 # Version 2: the tap layer, the backend for mixed precision and the ImageNet
@@ -152,8 +152,12 @@ class ExtractionSpec:
 
 def specs_of_manifest(man: dict, where: str = "") -> list[ExtractionSpec]:
     """The specs a head reads, in its feature order: its ``extractions`` (a fused
-    head has several), or the manifest's own record."""
-    return [ExtractionSpec.from_record(r, where=where) for r in (man.get("extractions") or [man])]
+    head has several), or the manifest's own record. A :class:`HeadError` when
+    the manifest has none usable."""
+    try:
+        return [ExtractionSpec.from_record(r, where=where) for r in (man.get("extractions") or [man])]
+    except FeatxError as exc:
+        raise HeadError(f"{exc} Refit the head.") from None
 
 
 def one_pass_groups(specs) -> list[list[int]]:
