@@ -127,7 +127,7 @@ def fit_head(
     refit_all: bool = False,
     class_weight: str | None = None,
     top_k: int = 5,
-    time_budget: float = 90.0,
+    time_budget: float | None = None,
     auto_heads: Sequence[str] = ("logreg", "lightgbm", "dense"),
     log=None,
     home: str | os.PathLike | None = None,
@@ -165,9 +165,15 @@ def fit_head(
     class_weight : None or "balanced"
     top_k : int
         k of the top-k accuracy.
-    time_budget : float
-        Seconds ``head="auto"`` may spend searching (its first stage, the
-        logistic screen, always completes; later trials stop at the budget).
+    time_budget : float, optional
+        Seconds the search may take. ``head="auto"``: 90 by default (its
+        first stage, the logistic screen, always completes; later trials
+        stop at the budget). ``head="dense"``: 20 by default
+        (``selection.DENSE_BUDGET_S``); configurations past it are skipped,
+        and with ``selection="auto"`` on data without a val split, when the
+        first fold shows that K folds and the refit would take longer, the
+        head is chosen on that fold instead (its held-out rows become the
+        validation split; ``selection="cv"`` always runs every fold).
     auto_heads : sequence of str
         The head kinds ``head="auto"`` tries.
     log : callable, optional
@@ -228,7 +234,7 @@ def fit_head(
                 [j for i in combo for j in range(offsets[i], offsets[i + 1])]
                 for combo in ([tuple(labels_.index(n) for n in s) for s in feature_set_names(labels_)])}
         trials = search({k: X[:, cols] for k, cols in sets.items()}, y, protocol, kinds=list(auto_heads), base=base,
-                        budget_s=time_budget, log=log)
+                        budget_s=90.0 if time_budget is None else time_budget, log=log)
         best = trials[0]
         kind = best.kind
         chosen_cols = sets[best.features]
@@ -239,7 +245,16 @@ def fit_head(
         train, val, test = (None if f is None else _columns(f, chosen_cols) for f in (train, val, test))
     else:
         kind = head
-        best, trials = select(kind, X, y, protocol, {**base, **params}, "+".join(labels_), log=log)
+        best, trials = select(kind, X, y, protocol, {**base, **params}, "+".join(labels_), log=log,
+                              budget_s=time_budget, holdout_ok=selection == "auto")
+        if best.holdout is not None:
+            # Cross-validation would take too long: chosen on fold 1, whose model is kept.
+            fit_rows, val_rows = best.holdout
+            full_cv = protocol.describe()
+            train, val = train.subset(fit_rows), train.subset(val_rows)
+            X, y = X[np.concatenate([fit_rows, val_rows])], y[np.concatenate([fit_rows, val_rows])]
+            protocol, protocol_kind, made_val = val_protocol(len(fit_rows), len(val_rows), seed), "val", True
+            val_split = len(val_rows) / (len(fit_rows) + len(val_rows))
     final_params = {**base, **best.params}
     if protocol_kind == "cv":
         est = make_head(kind, **{**final_params, **best.chosen}).fit(X, y)
@@ -284,7 +299,8 @@ def fit_head(
         "feature_widths": widths,
         "featx_version": __version__,
         "refit_all": record["refit_all"],
-        "val_from": ("stratified split of train" if made_val else "val split") if protocol_kind == "val" else None,
+        "val_from": (("fold 1 of " + full_cv + " (time budget)" if best.holdout is not None
+                      else "stratified split of train") if made_val else "val split") if protocol_kind == "val" else None,
         "selection": record,
     }
     if made_val:
@@ -296,7 +312,8 @@ def fit_head(
         "head": kind, "extraction": ext.name, "extractions": [p.extraction.name for p in parts],
         "source": first.view.source, "fit_seconds": fit_s, "refit_all": record["refit_all"], "classes": names,
         "splits": by_split, "selection": {"protocol": protocol_kind, "folds": protocol.folds, "chosen": best.chosen,
-                                          "normalise": best.normalise, "score": best.mean, "spread": best.std},
+                                          "normalise": best.normalise, "score": best.mean, "spread": best.std,
+                                          "note": best.holdout_note},
         "leaderboard": board,
     }
     if cv:
@@ -321,7 +338,11 @@ def fit_head(
         report.insert(1, f"   cv: accuracy {cv['accuracy']:.4f} +- {cv['std']:.4f}  ({cv['folds']}-fold on train; "
                          f"the head is refit on all of train)")
     chosen = " ".join(f"{k}={v}" for k, v in best.chosen.items())
-    report.insert(0, f"selection: {protocol.describe()}; chosen {kind} normalise={best.normalise}"
+    described_protocol = protocol.describe()
+    if best.holdout is not None:
+        described_protocol = (f"fold 1 of {full_cv}, its {len(val)} held-out rows kept as the validation split "
+                              f"({best.holdout_note.split(': ', 1)[1]}; --time-budget or --selection cv for the full CV)")
+    report.insert(0, f"selection: {described_protocol}; chosen {kind} normalise={best.normalise}"
                      + (f" {chosen}" if chosen else ""))
     described = feats.describe() if len(parts) == 1 else (
         f"{' + '.join(_part_labels(parts))} on {first.view.source} ({len(feats)} images; {len(names)} classes)")

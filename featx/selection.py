@@ -41,7 +41,7 @@ DENSE_GRID = tuple(
     {"hidden": h, "dropout": d, "lr": lr}
     for h, d, lr in itertools.product([(256,), (512, 128)], [0.5, 0.3], [1e-3, 3e-4])
 )
-DENSE_BUDGET_S = 20.0
+DENSE_BUDGET_S = 20.0  # seconds; also decides CV or one held-out fold (select's holdout_ok)
 DEFAULT_FOLDS = 5
 
 # Normalisations worth trying per head kind: the logistic and dense heads
@@ -117,6 +117,9 @@ class Trial:
     skipped: str = ""
     estimator: object = None
     screen: bool = False
+    holdout: tuple | None = None
+    holdout_note: str = ""
+    note: str = ""
 
     @property
     def mean(self) -> float:
@@ -136,7 +139,7 @@ class Trial:
                "params": _short(self.chosen or self.params), f"{protocol}_acc": round(self.mean, 4) if self.scores else ""}
         if protocol == "cv":
             row["cv_std"] = round(self.std, 4) if len(self.scores) > 1 else ""
-        row.update(fit_s=round(self.seconds, 2), note=self.skipped or ("screen: fold 1 only" if self.screen else ""))
+        row.update(fit_s=round(self.seconds, 2), note=self.skipped or self.note or ("screen: fold 1 only" if self.screen else ""))
         return row
 
 
@@ -223,12 +226,19 @@ def grid_for(kind: str, fixed: dict) -> list[dict]:
 
 
 def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: dict, features: str = "",
-           budget_s: float | None = None, log=None) -> tuple[Trial, list[Trial]]:
+           budget_s: float | None = None, log=None, holdout_ok: bool = False) -> tuple[Trial, list[Trial]]:
     """Score every configuration of :func:`grid_for` and return the best with all trials.
 
     Ties go to the configuration tried first (the defaults, the smallest C).
     The dense head's grid stops at ``budget_s`` (``DENSE_BUDGET_S`` by
     default); the configurations left out are returned marked as skipped.
+
+    With ``holdout_ok`` (the default selection, not an explicit ``cv``), a
+    dense head whose first fold shows that K folds and the refit would take
+    more than ``budget_s`` is chosen on that fold instead: the fold's
+    held-out rows become a validation split and the fold model is kept, as
+    the ``val`` protocol does. ``best.holdout`` is then the (fit rows,
+    validation rows) pair, else None.
     """
     if kind == "logreg" and fixed.get("C") is None:
         t = time.perf_counter()
@@ -247,8 +257,30 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
     if budget_s is None and kind == "dense":
         budget_s = DENSE_BUDGET_S
     trials: list[Trial] = []
+    grid = grid_for(kind, fixed)
     start = time.perf_counter()
-    for cfg in grid_for(kind, fixed):
+    holdout = None
+    if holdout_ok and kind == "dense" and protocol.kind == "cv" and budget_s is not None:
+        first = evaluate(kind, X, y, Protocol("val", protocol.pairs[:1], protocol.seed), grid[0], features,
+                         keep_estimator=True)
+        projected = first.seconds * (len(protocol.pairs) + 1)
+        if projected > budget_s:
+            holdout = protocol.pairs[0]
+            protocol = Protocol("val", [holdout], protocol.seed)
+            first.note = (f"fold 1 of {protocol_folds(holdout, len(y))} only: CV + refit would take "
+                          f"~{projected:.0f}s, over the {budget_s:.0f}s budget")
+            trials.append(first)
+            if log:
+                log(f"  {kind} {_short(grid[0]) or 'defaults'}: {first.mean:.4f} ({first.seconds:.1f}s); {first.note}")
+        else:
+            rest = evaluate(kind, X, y, Protocol("cv", protocol.pairs[1:], protocol.seed), grid[0], features)
+            first.scores += rest.scores
+            first.seconds += rest.seconds
+            first.chosen = {**first.chosen, **_mean_chosen(first, rest, len(protocol.pairs))}
+            first.estimator = None
+            trials.append(first)
+        grid = grid[1:]
+    for cfg in grid:
         if trials and budget_s is not None and time.perf_counter() - start + trials[-1].seconds > budget_s:
             trials.append(Trial(kind, cfg, features, skipped=f"time budget {budget_s:.0f}s"))
             continue
@@ -260,7 +292,23 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
                 f"{trial.mean:.4f} +- {trial.std:.4f} ({trial.seconds:.1f}s)")
     done = [t for t in trials if t.scores]
     best = max(done, key=lambda t: (round(t.mean, 10), -done.index(t)))
+    best.holdout = holdout
+    best.holdout_note = trials[0].note if holdout is not None else ""
     return best, trials
+
+
+def protocol_folds(pair, n: int) -> str:
+    """``"5"`` for a pair that holds out a fifth of ``n`` rows."""
+    return str(int(round(n / max(len(pair[1]), 1))))
+
+
+def _mean_chosen(first: Trial, rest: Trial, k: int) -> dict:
+    """Early-stopped sizes averaged over all k folds, from fold 1's and the others' means."""
+    out = {}
+    for key in ("epochs", "n_estimators"):
+        if key in first.chosen and key in rest.chosen:
+            out[key] = max(1, int(round((first.chosen[key] + rest.chosen[key] * (k - 1)) / k)))
+    return out
 
 
 def search(

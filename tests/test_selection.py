@@ -108,6 +108,55 @@ def test_select_by_cv_picks_the_best_mean_and_averages_tree_counts():
     assert trees.chosen["n_estimators"] < 200
 
 
+def test_dense_cv_that_would_overrun_its_budget_is_chosen_on_fold_one():
+    X, y = blobs(n=90)
+    p = cv_protocol(np.unique(y, return_inverse=True)[1], ["a", "b", "c"], folds=3)
+    fixed = {"seed": 0, "epochs": 3, "hidden": (8,), "dropout": 0.5, "lr": 1e-3}
+    # a budget no fit can meet: the default selection keeps fold 1 as its validation split
+    best, trials = select("dense", X, y, p, fixed, budget_s=1e-6, holdout_ok=True)
+    fit_rows, val_rows = best.holdout
+    np.testing.assert_array_equal(fit_rows, p.pairs[0][0])
+    np.testing.assert_array_equal(val_rows, p.pairs[0][1])
+    assert len(best.scores) == 1 and "fold 1 of 3 only" in best.note and best.estimator is not None
+    assert best.scores[0] == (best.estimator.predict(X[val_rows]) == y[val_rows]).mean()
+    assert trials[0] is best and len(trials) == 1
+    # an explicit CV (holdout_ok False) runs every fold whatever the budget
+    best, _ = select("dense", X, y, p, fixed, budget_s=1e-6)
+    assert best.holdout is None and len(best.scores) == 3
+    # within the budget, the default selection is the full CV too, fold 1 included once
+    best, trials = select("dense", X, y, p, fixed, budget_s=1e6, holdout_ok=True)
+    assert best.holdout is None and len(trials[0].scores) == 3 and trials[0].estimator is None
+    assert trials[0].chosen["epochs"] >= 1
+
+
+def test_best_epoch_is_the_one_early_stopping_restores():
+    from featx.heads import _best_epoch
+
+    assert _best_epoch([1.0, 0.5, 0.4995, 0.6], 1e-3) == 2  # 0.4995 is not better by more than 0.001
+    assert _best_epoch([1.0, 0.5, 0.498, 0.6], 1e-3) == 3
+    assert _best_epoch([0.3], 1e-3) == 1
+
+
+def test_default_dense_selection_falls_back_to_a_recorded_fold(tmp_path, flat):
+    """Too slow for K folds + refit: fold 1's held-out rows become a recorded val split that finetune reuses."""
+    from featx.finetuning import _split_rows
+
+    res = api.fit_head("dense", data=flat, cache_dir=tmp_path / "c", out=tmp_path / "h", time_budget=1e-6,
+                       epochs=2, hidden=(8,), dropout=0.5, lr=1e-3)
+    man = json.loads((tmp_path / "h" / "manifest.json").read_text())
+    sel = man["selection"]
+    assert sel["protocol"] == "val" and sel["train_sha256_count"] + len(sel["val_sha256"]) == 21
+    assert man["val_from"].startswith("fold 1 of 5-fold CV on train")
+    assert "val" in res.metrics["splits"] and "cv" not in res.metrics and "fold 1 of" in res.report
+    assert "over the 0s budget" in res.metrics["selection"]["note"]
+    feats, splits, note = _split_rows(man, tmp_path / "c")
+    assert sorted(splits.val.sha256.tolist()) == sel["val_sha256"] and note == ""
+    # asked for explicitly, CV runs all folds and refits
+    res = api.fit_head("dense", data=flat, cache_dir=tmp_path / "c", out=tmp_path / "h2", time_budget=1e-6,
+                       selection="cv", epochs=2, hidden=(8,), dropout=0.5, lr=1e-3)
+    assert res.metrics["cv"]["folds"] == 5 and len(res.metrics["cv"]["scores"]) == 5
+
+
 def test_split_record_keys():
     rec = heads_split_record("val", train_sha256=["b", "a"], val_sha256=["d", "c"], seed=3, val_split=0.2)
     assert rec["protocol"] == "val" and rec["folds"] is None and rec["seed"] == 3 and rec["val_split"] == 0.2
