@@ -171,8 +171,8 @@ def fit_head(
         stop at the budget). ``head="dense"``: 20 by default
         (``selection.DENSE_BUDGET_S``); configurations past it are skipped,
         and with ``selection="auto"`` on data without a val split, when the
-        first fold shows that K folds and the refit would take longer, the
-        head is chosen on that fold instead (its held-out rows become the
+        first fold shows that K folds and the refit would take more than 2
+        budgets (40 s by default), the head is chosen on that fold instead (its held-out rows become the
         validation split; ``selection="cv"`` always runs every fold).
     auto_heads : sequence of str
         The head kinds ``head="auto"`` tries.

@@ -535,7 +535,7 @@ def cache_compact(obj):
               help="Feature normalisation before the head [default: none; searched by --head auto].")
 @click.option("--time-budget", type=POSITIVE_FLOAT,
               help="Seconds the search may take [default: 90 for auto, where the logreg screen always completes; "
-                   "20 for dense, where data too large for K folds + refit in it is chosen on fold 1].")
+                   "20 for dense, where data too large for K folds + refit in 2 budgets is chosen on fold 1].")
 @click.option("--auto-heads", type=HeadKinds(), default="logreg,lightgbm,dense", show_default=True,
               help="auto: the head kinds to try, comma-separated.")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Weigh classes inversely to their frequency.")

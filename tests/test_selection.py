@@ -129,6 +129,27 @@ def test_dense_cv_that_would_overrun_its_budget_is_chosen_on_fold_one():
     assert trials[0].chosen["epochs"] >= 1
 
 
+def test_a_skipped_configuration_does_not_let_the_next_one_through(monkeypatch):
+    """Each dense fit 'takes' 12 s on a fake clock; a 20 s budget admits the first only, never a later one."""
+    import types
+
+    from featx import selection as S
+
+    clock = [0.0]
+    monkeypatch.setattr(S, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def fake_evaluate(kind, X, y, protocol, params, features="", keep_estimator=False, deadline=None):
+        clock[0] += 12.0
+        return S.Trial(kind, dict(params), features, scores=[0.5], seconds=12.0)
+
+    monkeypatch.setattr(S, "evaluate", fake_evaluate)
+    X, y = blobs(n=30)
+    p = S.val_protocol(20, 10)
+    best, trials = S.select("dense", X, y, p, {"seed": 0}, budget_s=20.0)
+    assert [bool(t.scores) for t in trials] == [True] + [False] * (len(S.DENSE_GRID) - 1)
+    assert all("time budget" in t.skipped for t in trials[1:])
+
+
 def test_best_epoch_is_the_one_early_stopping_restores():
     from featx.heads import _best_epoch
 
@@ -148,7 +169,7 @@ def test_default_dense_selection_falls_back_to_a_recorded_fold(tmp_path, flat):
     assert sel["protocol"] == "val" and sel["train_sha256_count"] + len(sel["val_sha256"]) == 21
     assert man["val_from"].startswith("fold 1 of 5-fold CV on train")
     assert "val" in res.metrics["splits"] and "cv" not in res.metrics and "fold 1 of" in res.report
-    assert "over the 0s budget" in res.metrics["selection"]["note"]
+    assert "over 2 x the 0s budget" in res.metrics["selection"]["note"]
     feats, splits, note = _split_rows(man, tmp_path / "c")
     assert sorted(splits.val.sha256.tolist()) == sel["val_sha256"] and note == ""
     # asked for explicitly, CV runs all folds and refits
