@@ -236,10 +236,12 @@ def host_scaling(work: Path, n: int, batch: int) -> tuple[float, float]:
     return best, ref
 
 
-def featx_cli_seconds(data: Path, cache: Path, batch: int) -> float:
+def featx_cli_seconds(data: Path, cache: Path, batch: int | None) -> float:
     """Seconds of a `featx extract` subprocess (this checkout's code) with an almost free model."""
     cmd = [sys.executable, "-m", "featx.cli", "--cache-dir", str(cache), "extract", "-q", "--backbone",
-           "mobilenetv3small", "--weights", "none", "--image-size", "32", "--batch-size", str(batch), str(data)]
+           "mobilenetv3small", "--weights", "none", "--image-size", "32", str(data)]
+    if batch:  # else featx's own default for 32 px
+        cmd[-1:-1] = ["--batch-size", str(batch)]
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     t = time.perf_counter()
@@ -340,7 +342,7 @@ def main(argv=None):
     from featx.runtime import backend_name, gpu_available
 
     E = importlib.import_module("featx.extract")
-    batch = args.batch_size or E.default_batch_size(gpu_available())
+    batch = args.batch_size or E.default_batch_size(gpu_available(), args.image_size)
     ceilings = gpu_available() if args.ceilings is None else args.ceilings
     work = Path(tempfile.mkdtemp(prefix="featx-bench-"))
     try:
@@ -389,7 +391,7 @@ def main(argv=None):
                     stage_table("host pipeline alone", host_res)
 
         if args.host_images:
-            rate, ref = host_scaling(work, args.host_images, batch)
+            rate, ref = host_scaling(work, args.host_images, args.batch_size)
             print(f"\nHost scaling: featx (mobilenetv3small, weights none, 32 px, batch {batch}) "
                   f"over {args.host_images} photo-like 500x375 JPEGs against one thread doing the same per-image "
                   f"work, {os.cpu_count()} cores (target >= 1.6x on 2):\n")
