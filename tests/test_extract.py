@@ -176,6 +176,53 @@ def test_pipeline_rows_equal_the_model_on_each_image(tmp_path, cache_dir):
     np.testing.assert_allclose(f.X, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("ahead", [extract_mod.AHEAD_BYTES, 0])
+def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypatch, ahead):
+    """The model builds on its own thread; images decoded meanwhile wait for it (up to AHEAD_BYTES)."""
+    import threading
+
+    data = make_dataset(tmp_path / "d", per_class=40, size=(32, 32))
+    building, built = threading.Event(), threading.Event()
+    decoded_while_building = []
+    real_model, real_prepare = extract_mod._Run._model, extract_mod._Run._prepare
+
+    def slow_model(self):
+        building.set()
+        time.sleep(1.0)
+        try:
+            return real_model(self)
+        finally:
+            built.set()
+
+    def prepare(self, *a, **k):
+        out = real_prepare(self, *a, **k)
+        if building.is_set() and not built.is_set():
+            decoded_while_building.append(out.item.path)
+        return out
+
+    monkeypatch.setattr(extract_mod._Run, "_model", slow_model)
+    monkeypatch.setattr(extract_mod._Run, "_prepare", prepare)
+    monkeypatch.setattr(extract_mod, "AHEAD_BYTES", ahead)
+    res = run(data, cache_dir, batch_size=2, workers=2)
+    assert res.computed == 80
+    if ahead:  # with room to wait in, the rest of the data is decoded during the build
+        assert len(decoded_while_building) >= 40
+    else:  # no room: at most the decode window (3 tasks of 8) runs ahead
+        assert len(decoded_while_building) <= 3 * extract_mod.CHUNK
+    f = featx.load_features(data, cache_dir=cache_dir)
+    assert len(f) == 80 and len(set(f.sha256)) == 80
+
+
+def test_a_model_that_fails_to_build_fails_the_run_and_leaves_no_extraction(tiny_dataset, cache_dir, monkeypatch):
+    def offline(self):
+        raise featx.errors.WeightsError("ImageNet weights for vgg16 cannot be downloaded (offline).")
+
+    monkeypatch.setattr(extract_mod._Run, "_model", offline)
+    with pytest.raises(featx.errors.WeightsError, match="offline"):
+        run(tiny_dataset, cache_dir)
+    assert Cache(cache_dir).extractions() == []
+
+
 def test_writer_thread_errors_reach_the_caller(tiny_dataset, cache_dir, monkeypatch):
     def full(self, *a, **k):
         raise OSError(28, "No space left on device")
