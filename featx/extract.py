@@ -704,18 +704,19 @@ class _Writer:
 
 def default_batch_size(on_gpu: bool, image_size: int | None = None) -> int:
     """Images per forward pass when none is given: 128 on a GPU; on a CPU 64,
-    or 256 for inputs of 64 px or less.
+    or 256 for inputs of 32 px or less.
 
     On a GPU a larger batch keeps the device busy while the host prepares
     the next. On a CPU each call has a fixed cost: with mobilenetv3small at
     32 px the model's CPU time per image is 0.25 ms at batch 32, 0.22 at 64
-    and 0.17 at 256, on cores the decoders need. With inputs above 64 px
-    the model's own work dominates and more than 64 only delays the first
-    shard (a VGG16 batch of 256 at 128 px is 17 s on 2 cores).
+    and 0.17 at 256, on cores the decoders need. At 64 px the model's own
+    work already dominates: batch 256 was no faster than 64 with
+    mobilenetv2 and held 200 MB more activations; more than 64 only delays
+    the first shard (a VGG16 batch of 256 at 128 px is 17 s on 2 cores).
     """
     if on_gpu:
         return 128
-    return 256 if image_size is not None and image_size <= 64 else 64
+    return 256 if image_size is not None and image_size <= 32 else 64
 
 
 class _TapSet:
