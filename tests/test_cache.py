@@ -79,7 +79,7 @@ def test_memo_stats_before_reading_so_an_edit_during_the_read_is_seen(tiny_datas
     again = run(tiny_dataset, cache_dir)
     assert (again.computed, again.reused) == (1, 11)  # the memo did not pin the old hash to the new mtime
     f = featx.load_features(tiny_dataset, cache_dir=cache_dir)
-    assert f.sha256[list(f.paths).index(str(victim))] == featx.cache.sha256_file(victim)
+    assert f.sha256[list(f.paths).index(str(victim))] == featx.data.sha256_file(victim)
 
 
 @pytest.mark.parametrize("failure", [OSError("decoder png not available"), ImportError("libpng"), MemoryError()],
@@ -114,7 +114,7 @@ def test_bad_marks_carry_the_decoder_version_and_old_memos_migrate(tmp_path, mon
     memo.remember_bad([(sha(2), "not an image")])
     assert memo.bad() == {sha(2): "not an image"}
     memo.close()
-    monkeypatch.setattr(cache_mod, "decoder_version", lambda: "Pillow 99.0.0; featx format 1")
+    monkeypatch.setattr(featx.memo, "decoder_version", lambda: "Pillow 99.0.0; featx format 1")
     memo = Memo(path)
     assert memo.bad() == {}  # a new Pillow gets another chance at every bad file
     memo.close()
