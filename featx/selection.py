@@ -270,7 +270,7 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
         if projected > CV_BUDGETS * budget_s:
             holdout = protocol.pairs[0]
             protocol = Protocol("val", [holdout], protocol.seed)
-            first.note = (f"fold 1 of {protocol_folds(holdout, len(y))} only: CV + refit would take "
+            first.note = (f"fold 1 of {_folds_of(holdout, len(y))} only: CV + refit would take "
                           f"~{projected:.0f}s, over {CV_BUDGETS} x the {budget_s:.0f}s budget")
             trials.append(first)
             if log:
@@ -282,6 +282,9 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
             first.chosen = {**first.chosen, **_mean_chosen(first, rest, len(protocol.pairs))}
             first.estimator = None
             trials.append(first)
+            if log:
+                log(f"  {kind} {_short(grid[0]) or 'defaults'} {grid[0].get('normalise', 'none')}: "
+                    f"{first.mean:.4f} +- {first.std:.4f} ({first.seconds:.1f}s)")
         grid = grid[1:]
     for cfg in grid:
         # the next fit is expected to cost what the last one fitted did (a skipped trial cost nothing)
@@ -302,7 +305,7 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
     return best, trials
 
 
-def protocol_folds(pair, n: int) -> str:
+def _folds_of(pair, n: int) -> str:
     """``"5"`` for a pair that holds out a fifth of ``n`` rows."""
     return str(int(round(n / max(len(pair[1]), 1))))
 
