@@ -252,7 +252,8 @@ def fit_head(
             fit_rows, val_rows = best.holdout
             full_cv = protocol.describe()
             train, val = train.subset(fit_rows), train.subset(val_rows)
-            X, y = X[np.concatenate([fit_rows, val_rows])], y[np.concatenate([fit_rows, val_rows])]
+            rows = np.concatenate([fit_rows, val_rows])  # the val protocol's order: fit rows, then scored rows
+            X, y = X[rows], y[rows]
             protocol, protocol_kind, made_val = val_protocol(len(fit_rows), len(val_rows), seed), "val", True
             val_split = len(val_rows) / (len(fit_rows) + len(val_rows))
     final_params = {**base, **best.params}

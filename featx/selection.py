@@ -162,16 +162,20 @@ def refit_counts(ests: Sequence) -> dict:
 
 
 def evaluate(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, params: dict, features: str = "",
-             keep_estimator: bool = False, deadline: float | None = None) -> Trial:
+             keep_estimator: bool = False, deadline: float | None = None, start: Trial | None = None) -> Trial:
     """Fit ``kind(**params)`` on each pair's fit rows and score accuracy on its score rows.
 
     Past ``deadline`` (a ``time.perf_counter()`` value) the remaining folds
     are not fitted and the trial comes back unscored, marked as skipped.
+    ``start``, a trial of the same configuration on the first pair that kept
+    its estimator, is continued from: that fit, score and time are reused.
     """
     trial = Trial(kind, dict(params), features)
-    t = time.perf_counter()
+    t = time.perf_counter() - (start.seconds if start else 0.0)
     ests = []
-    for fit_rows, score_rows in protocol.pairs:
+    if start is not None:
+        trial.scores, ests = list(start.scores), [start.estimator]
+    for fit_rows, score_rows in protocol.pairs[len(ests):]:
         if deadline is not None and ests and time.perf_counter() > deadline:
             trial.scores, trial.skipped = [], f"time budget (stopped after {len(ests)} of {len(protocol.pairs)} fits)"
             trial.seconds = time.perf_counter() - t
@@ -262,61 +266,38 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
     trials: list[Trial] = []
     grid = grid_for(kind, fixed)
     start = time.perf_counter()
-    holdout = None
+    holdout, first = None, None
     if holdout_ok and kind == "dense" and protocol.kind == "cv" and budget_s is not None:
+        # fold 1 of the defaults tells what the full CV and refit would cost
         first = evaluate(kind, X, y, Protocol("val", protocol.pairs[:1], protocol.seed), grid[0], features,
                          keep_estimator=True)
         projected = first.seconds * (len(protocol.pairs) + 1)
         if projected > CV_BUDGETS * budget_s:
+            first.note = (f"fold 1 of {len(protocol.pairs)} only: CV + refit would take "
+                          f"~{projected:.0f}s, over {CV_BUDGETS} x the {budget_s:.0f}s budget")
             holdout = protocol.pairs[0]
             protocol = Protocol("val", [holdout], protocol.seed)
-            first.note = (f"fold 1 of {_folds_of(holdout, len(y))} only: CV + refit would take "
-                          f"~{projected:.0f}s, over {CV_BUDGETS} x the {budget_s:.0f}s budget")
-            trials.append(first)
-            if log:
-                log(f"  {kind} {_short(grid[0]) or 'defaults'}: {first.mean:.4f} ({first.seconds:.1f}s); {first.note}")
+    for i, cfg in enumerate(grid):
+        if i == 0 and first is not None:  # fold 1 is fitted: kept as it is, or the CV goes on from it
+            trial = first if holdout is not None else evaluate(kind, X, y, protocol, cfg, features, start=first)
         else:
-            rest = evaluate(kind, X, y, Protocol("cv", protocol.pairs[1:], protocol.seed), grid[0], features)
-            first.scores += rest.scores
-            first.seconds += rest.seconds
-            first.chosen = {**first.chosen, **_mean_chosen(first, rest, len(protocol.pairs))}
-            first.estimator = None
-            trials.append(first)
-            if log:
-                log(f"  {kind} {_short(grid[0]) or 'defaults'} {grid[0].get('normalise', 'none')}: "
-                    f"{first.mean:.4f} +- {first.std:.4f} ({first.seconds:.1f}s)")
-        grid = grid[1:]
-    for cfg in grid:
-        # the next fit is expected to cost what the last one fitted did (a skipped trial cost nothing)
-        last = max((t.seconds for t in trials if t.scores), default=0.0)
-        if trials and budget_s is not None and time.perf_counter() - start + last > budget_s:
-            trials.append(Trial(kind, cfg, features, skipped=f"time budget {budget_s:.0f}s"))
-            continue
-        deadline = start + budget_s if trials and budget_s is not None else None
-        trial = evaluate(kind, X, y, protocol, cfg, features, keep_estimator=protocol.kind == "val", deadline=deadline)
+            # the next fit is expected to cost what the last one fitted did (a skipped trial cost nothing)
+            last = max((t.seconds for t in trials if t.scores), default=0.0)
+            if trials and budget_s is not None and time.perf_counter() - start + last > budget_s:
+                trials.append(Trial(kind, cfg, features, skipped=f"time budget {budget_s:.0f}s"))
+                continue
+            deadline = start + budget_s if trials and budget_s is not None else None
+            trial = evaluate(kind, X, y, protocol, cfg, features, keep_estimator=protocol.kind == "val",
+                             deadline=deadline)
         trials.append(trial)
         if log:
             log(f"  {kind} {_short(cfg) or 'defaults'} {cfg.get('normalise', 'none')}: "
-                f"{trial.mean:.4f} +- {trial.std:.4f} ({trial.seconds:.1f}s)")
+                f"{trial.mean:.4f} +- {trial.std:.4f} ({trial.seconds:.1f}s)" + (f"; {trial.note}" if trial.note else ""))
     done = [t for t in trials if t.scores]
     best = max(done, key=lambda t: (round(t.mean, 10), -done.index(t)))
     best.holdout = holdout
     best.holdout_note = trials[0].note if holdout is not None else ""
     return best, trials
-
-
-def _folds_of(pair, n: int) -> str:
-    """``"5"`` for a pair that holds out a fifth of ``n`` rows."""
-    return str(int(round(n / max(len(pair[1]), 1))))
-
-
-def _mean_chosen(first: Trial, rest: Trial, k: int) -> dict:
-    """Early-stopped sizes averaged over all k folds, from fold 1's and the others' means."""
-    out = {}
-    for key in ("epochs", "n_estimators"):
-        if key in first.chosen and key in rest.chosen:
-            out[key] = max(1, int(round((first.chosen[key] + rest.chosen[key] * (k - 1)) / k)))
-    return out
 
 
 def search(
