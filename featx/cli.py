@@ -111,38 +111,37 @@ DROPOUT = _FiniteFloat(0, 1, max_open=True)
 POSITIVE_FLOAT = _FiniteFloat(0, min_open=True)
 
 
-class Widths(click.ParamType):
+class _IntList(click.ParamType):
+    """Comma-separated integers -> a tuple; subclasses say what is valid and how to say so."""
+
+    what = valid = example = ""
+    minimum = 0
+    distinct = False
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            ints = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"expected {self.what} like {self.example}; got {value!r}", param, ctx)
+        if not ints or min(ints) < self.minimum or (self.distinct and len(set(ints)) != len(ints)):
+            self.fail(f"expected {self.valid} like {self.example}; got {value!r}", param, ctx)
+        return ints
+
+
+class Widths(_IntList):
     """``--hidden 256`` or ``512,128``: positive hidden-layer widths -> a tuple of ints."""
 
     name = "W[,W...]"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            widths = tuple(int(v) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(f"expected widths like 256 or 512,128; got {value!r}", param, ctx)
-        if not widths or min(widths) < 1:
-            self.fail(f"expected positive widths like 256 or 512,128; got {value!r}", param, ctx)
-        return widths
+    what, valid, example, minimum = "widths", "positive widths", "256 or 512,128", 1
 
 
-class Taps(click.ParamType):
+class Taps(_IntList):
     """``--taps 0,1,2``: distinct block counts before the end -> a tuple of ints."""
 
     name = "K[,K...]"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            taps = tuple(int(v) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(f"expected block counts like 0,1,2; got {value!r}", param, ctx)
-        if not taps or min(taps) < 0 or len(set(taps)) != len(taps):
-            self.fail(f"expected distinct block counts >= 0 like 0,1,2; got {value!r}", param, ctx)
-        return taps
+    what, valid, example, distinct = "block counts", "distinct block counts >= 0", "0,1,2", True
 
 
 class LayersOrAll(click.ParamType):
