@@ -7,7 +7,12 @@ Measures, in one run, on the same backbone, weights and input size:
 2. plain Keras, one call: ``model.predict(ds)`` over
    ``image_dataset_from_directory(...).map(preprocess).prefetch(AUTOTUNE)``,
    the strongest plain way (on JAX, without tf.data: a ``keras.utils.PyDataset``
-   with worker threads and one ``predict`` call);
+   with worker threads and one ``predict`` call). Both run in a fresh Python
+   with ``import keras`` and the framework's own defaults. Where TensorFlow
+   leaves its oneDNN CPU kernels off by itself (CPUs without AVX-512
+   VNNI/BF16 or AMX) and featx turns them on, the one-call way runs once
+   more with ``TF_ENABLE_ONEDNN_OPTS=1``, so the table shows how much of the
+   gap is that kernel choice alone;
 3. featx cold extraction into an empty cache, warm re-run (target < 2% of
    cold), and after adding 10% new images (target < 15% of cold);
 4. host scaling: featx with a model that costs almost nothing
@@ -33,10 +38,12 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import glob
 import hashlib
 import importlib
 import io
+import json
 import os
 import random
 import shutil
@@ -52,10 +59,10 @@ from _common import parser  # noqa: E402  (benchmarks/ is on sys.path when run a
 
 
 def _model_and_preprocess(backbone, weights, size, precision):
-    from featx import backbones as B
-    from featx.runtime import import_keras
+    import keras  # as a plain user does: the framework's own defaults, not featx's import_keras
 
-    keras = import_keras()
+    from featx import backbones as B
+
     bb = B.get_backbone(backbone)
     if precision == "mixed":
         keras.config.set_dtype_policy("mixed_float16")
@@ -136,6 +143,42 @@ def plain_loop(data: Path, model, preprocess, size: int, batch: int) -> tuple[in
                       for f in files[i:i + batch]])
         model.predict(preprocess(x), verbose=0)
     return len(files), time.perf_counter() - t
+
+
+PLAIN_WAYS = {"per-batch": plain_per_batch, "one-call": plain_one_call}
+
+
+def plain_in_child(ways: list[str], args, batch: int, env: dict | None = None) -> list[tuple[str, int, float]]:
+    """Run plain ways in a fresh Python (this script with --plain-run), so that the
+    framework starts with its own defaults, or with ``env`` added; [(name, images, seconds)]."""
+    cmd = [sys.executable, __file__, "--plain-run", ",".join(ways), "--data", str(args.data), "--backbone",
+           args.backbone, "--weights", str(args.weights), "--image-size", str(args.image_size), "--batch-size",
+           str(batch), "--precision", args.precision]
+    base = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    done = subprocess.run(cmd, env={**base, **(env or {})}, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"plain Keras run failed:\n{done.stderr[-2000:]}")
+    return [tuple(json.loads(line)) for line in done.stdout.splitlines() if line.startswith("[")]
+
+
+def plain_run(ways: list[str], args) -> None:
+    """The child of :func:`plain_in_child`: a warm-up batch, then each way, one JSON line each."""
+    import numpy as np
+
+    keras, model, preprocess = _model_and_preprocess(args.backbone, args.weights, args.image_size, args.precision)
+    model.predict(preprocess(np.zeros((args.batch_size, args.image_size, args.image_size, 3), "float32")), verbose=0)
+    for way in ways:
+        name, n, seconds = PLAIN_WAYS[way](args.data, args.backbone, args.weights, args.image_size, args.batch_size,
+                                           args.precision)
+        print(json.dumps([name, n, seconds]), flush=True)
+
+
+def onednn_default() -> bool | None:
+    """Whether TensorFlow turns its oneDNN CPU kernels on by itself here (None: no TensorFlow)."""
+    code = "import tensorflow; from tensorflow.python.util import _pywrap_util_port as p; print(p.IsMklEnabled())"
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return done.stdout.split()[-1] == "True" if done.returncode == 0 and done.stdout.split() else None
 
 
 def featx_extract(data, cache: Path, backbone, weights, size, batch, precision="float32", workers=None):
@@ -337,7 +380,10 @@ def main(argv=None):
     ap.add_argument("--synthetic", type=int, default=0, help="instead of --data, N synthetic JPEGs of --synthetic-px")
     ap.add_argument("--synthetic-px", type=int, default=400)
     ap.add_argument("--precision", default="float32", choices=["auto", "float32", "mixed"])
+    ap.add_argument("--plain-run", help=argparse.SUPPRESS)  # internal: the plain ways' child process
     args = ap.parse_args(argv)
+    if args.plain_run:
+        return plain_run(args.plain_run.split(","), args)
 
     from featx.runtime import backend_name, gpu_available
 
@@ -350,10 +396,17 @@ def main(argv=None):
             args.data = synthetic(work / "synthetic-data", args.synthetic, args.synthetic_px)
         if not args.skip_compare:
             common = (args.backbone, args.weights, args.image_size, batch, args.precision)
-            # Warm the page cache and the framework once so no way pays for it.
-            plain_per_batch(args.data, *common)
-            name_b, n, per_batch_s = plain_per_batch(args.data, *common)
-            name_o, n_o, one_call_s = plain_one_call(args.data, *common)
+            for f in _image_files(args.data):  # the page cache, warm for every run
+                f.read_bytes()
+            # The plain ways in fresh processes with the framework's defaults;
+            # featx's import turns oneDNN on (featx.runtime.fast_cpu_kernels).
+            (name_b, n, per_batch_s), (name_o, n_o, one_call_s) = plain_in_child(["per-batch", "one-call"], args, batch)
+            tensorflow = backend_name() == "tensorflow" and onednn_default() is False
+            if tensorflow:  # how much of the gap is the kernel choice alone
+                (_, n_d, onednn_s), = plain_in_child(["one-call"], args, batch, {"TF_ENABLE_ONEDNN_OPTS": "1"})
+            from featx.runtime import import_keras
+
+            import_keras()  # every featx run below starts with the framework imported, as the plain ways do
             res, cold_s = featx_extract(args.data, work / "cache-a", *common)
             warm, warm_s = featx_extract(args.data, work / "cache-a", *common)
             base = work / "grow"
@@ -367,6 +420,11 @@ def main(argv=None):
             rows = [
                 (f"plain Keras ({name_b})", n, per_batch_s, f"{one_call_s / per_batch_s:.2f}x"),
                 (f"plain Keras ({name_o})", n_o, one_call_s, "1.00x"),
+            ]
+            if tensorflow:
+                rows.append((f"plain Keras ({name_o}), TF_ENABLE_ONEDNN_OPTS=1", n_d, onednn_s,
+                             f"{one_call_s / onednn_s * n_d / n_o:.2f}x"))
+            rows += [
                 ("featx cold extraction", res.total, cold_s, f"**{one_call_s / cold_s * res.total / n_o:.2f}x**"),
                 ("featx warm re-run", warm.total, warm_s, f"{100 * warm_s / cold_s:.1f}% of cold"),
                 (f"featx +{len(held)} new images ({grown.computed} computed)", grown.total, grow_s,

@@ -64,6 +64,20 @@ def quiet_frameworks() -> None:
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 
 
+def fast_cpu_kernels() -> None:
+    """Turn on TensorFlow's oneDNN CPU kernels before it is imported, unless the user chose.
+
+    TensorFlow enables them by default only on CPUs with AVX-512 VNNI, BF16
+    or AMX. On the others (any AVX2 CPU, AMD's included) its own kernels
+    run instead: on a 2-core AVX2 EPYC, VGG16 at 128 px took 66 ms per image
+    with them and 52 ms with oneDNN, ResNet50 21 against 17 ms; a dense head
+    fitted as fast either way. ``TF_ENABLE_ONEDNN_OPTS=0`` keeps TensorFlow's
+    own choice. Results differ from the other kernels' only by float
+    round-off.
+    """
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
 @contextlib.contextmanager
 def _stderr_to_devnull():
     """Point file descriptor 2 at /dev/null (C++ code writes there directly)."""
@@ -90,6 +104,7 @@ def import_keras():
     if "keras" in sys.modules:
         return sys.modules["keras"]
     quiet_frameworks()
+    fast_cpu_kernels()
     if backend_name() == "tensorflow" and "tensorflow" not in sys.modules and not os.environ.get("FEATX_VERBOSE"):
         try:
             with _stderr_to_devnull():

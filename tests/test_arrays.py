@@ -1,9 +1,6 @@
 """Images that are not files: arrays, .npz, keras.datasets and streams through the same cache."""
 
 import csv
-import io
-import sys
-import zipfile
 
 import numpy as np
 import pytest

@@ -1,10 +1,14 @@
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from featx import backbones as B
 from featx.errors import FeatxError, UnknownBackbone, WeightsError
+from featx.runtime import fast_cpu_kernels
 
 # One member of each family, built for real with random weights at a small
 # size: the registry's numbers must be the model's numbers.
@@ -184,3 +188,22 @@ def test_offline_imagenet_message_names_the_file(tmp_path, monkeypatch):
     assert "\n" not in msg
     assert f"Keras looks for {tmp_path / 'models' / fname}: download {fetched[0]} and put it there" in msg
     assert "--weights PATH" in msg
+
+
+def test_tensorflow_gets_onednn_cpu_kernels():
+    # TensorFlow leaves them off by itself on CPUs without AVX-512 VNNI/BF16
+    # or AMX, where they are about 20% faster for convolutions.
+    code = (
+        "from featx.runtime import import_keras; import_keras()\n"
+        "from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "KERAS_BACKEND": "tensorflow"},
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split()[-1] == "True"
+
+
+def test_a_users_onednn_choice_is_kept(monkeypatch):
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    fast_cpu_kernels()
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"

@@ -1,6 +1,7 @@
 """Phase two: rebuild, parity, what trains, BatchNorm, saving, errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -132,7 +133,9 @@ def test_finetune_saves_a_self_contained_model(project, tmp_path):
         f"np.save(r'{tmp_path / 'p.npy'}', m.predict(np.load(r'{tmp_path / 'x.npy'}'), verbose=0)); "
         "assert 'featx' not in sys.modules"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+    # the same CPU kernels as this process (featx turns oneDNN on): other kernels differ by round-off
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "", "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0")}
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=env)
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), res.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
