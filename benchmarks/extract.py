@@ -72,6 +72,12 @@ def _model_and_preprocess(backbone, weights, size, precision):
 
 
 def _has_tf_data() -> bool:
+    """Whether the plain ways can use tf.data: TensorFlow is the backend (on JAX the
+    preprocessing runs in Keras ops, which cannot run inside a tf.data map)."""
+    from featx.runtime import backend_name
+
+    if backend_name() != "tensorflow":
+        return False
     try:
         import tensorflow  # noqa: F401  (image_dataset_from_directory needs tf.data)
     except ImportError:

@@ -176,6 +176,37 @@ def test_pipeline_rows_equal_the_model_on_each_image(tmp_path, cache_dir):
     np.testing.assert_allclose(f.X, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_jax_backend_gives_tensorflows_features(tmp_path, cache_dir):
+    """The GPU path (JAX: a jitted stateless call, dispatched before the previous
+    batch is fetched) run on the CPU: TensorFlow's rows, in full and short batches."""
+    pytest.importorskip("jax")
+    import keras
+
+    data = make_dataset(tmp_path / "d", per_class=6, size=(48, 40))
+    keras.utils.set_random_seed(3)
+    wfile = tmp_path / "vgg.weights.h5"
+    keras.applications.VGG16(weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3)).save_weights(wfile)
+    run(data, cache_dir, weights=str(wfile))
+    ref = featx.load_features(data, cache_dir=cache_dir)
+    code = f"""
+import numpy as np, featx
+from featx.runtime import backend_name
+for batch in (4, 10):  # 12 images: three full batches of 4; 10, then 2 padded to 8
+    cache = r"{tmp_path}" + f"/jax{{batch}}"
+    res = featx.extract(r"{data}", "vgg16", weights=r"{wfile}", image_size=32, batch_size=batch, cache_dir=cache,
+                        progress=False, precision="float32")
+    f = featx.load_features(r"{data}", cache_dir=cache)
+    np.save(cache + ".npy", f.X)
+    print(backend_name(), batch, res.computed, list(f.paths) == {list(ref.paths)!r})
+"""
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KERAS_BACKEND": "jax"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[-3:-1] == ["jax 4 12 True", "jax 10 12 True"]
+    for batch in (4, 10):
+        np.testing.assert_allclose(np.load(tmp_path / f"jax{batch}.npy"), ref.X, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("ahead", [extract_mod.AHEAD_BYTES, 0])
 def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypatch, ahead):
     """The model builds on its own thread; images decoded meanwhile wait for it (up to AHEAD_BYTES)."""
