@@ -1,6 +1,7 @@
 """What the benchmark scripts share: the real dataset, the offline weights, their options."""
 
 import argparse
+import os
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -20,3 +21,9 @@ def parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--weights", default=str(VGG_HED) if VGG_HED.exists() else "none")
     ap.add_argument("--image-size", type=int, default=128)
     return ap
+
+
+def framework_env(**extra: str) -> dict:
+    """This process's environment for a child Python with the framework's own CPU-kernel
+    choice (featx's import sets TF_ENABLE_ONEDNN_OPTS when unset), plus ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}, **extra}

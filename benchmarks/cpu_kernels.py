@@ -21,14 +21,17 @@ import subprocess
 import sys
 import time
 
+from _common import framework_env  # benchmarks/ is on sys.path when run as a script
+
 DEFAULT = "vgg16:128,resnet50:224,mobilenetv2:224,efficientnetb0:224,densenet121:224,inceptionv3:299,convnexttiny:224"
 
 
 def measure(backbone: str, size: int, batch: int, seconds: float) -> dict:
     """The child: featx's feature model alone, ms of wall and CPU time per image."""
+    import importlib
+
     import numpy as np
 
-    import importlib
     from featx import backbones as B
     from featx.runtime import import_keras
 
@@ -61,8 +64,6 @@ def main(argv=None) -> None:
         name, size = args.child.split(":")
         print(json.dumps(measure(name, int(size), args.batch_size, args.seconds)))
         return
-    base = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    base["TF_CPP_MIN_LOG_LEVEL"] = "3"
     print(f"cores {os.cpu_count()}, batch {args.batch_size}, float32, random weights; ms per image\n")
     print("| backbone | px | TensorFlow's kernels: wall | CPU | oneDNN: wall | CPU | speed-up |")
     print("|---|---|---|---|---|---|---|")
@@ -72,7 +73,8 @@ def main(argv=None) -> None:
         for flag in ("0", "1"):
             cmd = [sys.executable, __file__, "--child", item, "--batch-size", str(args.batch_size),
                    "--seconds", str(args.seconds)]
-            done = subprocess.run(cmd, env={**base, "TF_ENABLE_ONEDNN_OPTS": flag}, capture_output=True, text=True)
+            env = framework_env(TF_ENABLE_ONEDNN_OPTS=flag, TF_CPP_MIN_LOG_LEVEL="3")
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"{item} failed:\n{done.stderr[-2000:]}")
             got.append(json.loads(done.stdout.splitlines()[-1]))

@@ -55,7 +55,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import parser  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import framework_env, parser  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def _model_and_preprocess(backbone, weights, size, precision):
@@ -154,37 +154,37 @@ def plain_loop(data: Path, model, preprocess, size: int, batch: int) -> tuple[in
 PLAIN_WAYS = {"per-batch": plain_per_batch, "one-call": plain_one_call}
 
 
-def plain_in_child(ways: list[str], args, batch: int, env: dict | None = None) -> list[tuple[str, int, float]]:
-    """Run plain ways in a fresh Python (this script with --plain-run), so that the
-    framework starts with its own defaults, or with ``env`` added; [(name, images, seconds)]."""
+def plain_in_child(ways: list[str], args, batch: int, **env: str) -> tuple[bool | None, list[tuple[str, int, float]]]:
+    """Run plain ways in a fresh Python (this script with --plain-run), so that the framework
+    starts with its own defaults, or with ``env`` added. Returns whether TensorFlow ran its
+    oneDNN kernels there (None on another backend) and [(name, images, seconds)]."""
     cmd = [sys.executable, __file__, "--plain-run", ",".join(ways), "--data", str(args.data), "--backbone",
            args.backbone, "--weights", str(args.weights), "--image-size", str(args.image_size), "--batch-size",
            str(batch), "--precision", args.precision]
-    base = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    done = subprocess.run(cmd, env={**base, **(env or {})}, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=framework_env(**env), capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"plain Keras run failed:\n{done.stderr[-2000:]}")
-    return [tuple(json.loads(line)) for line in done.stdout.splitlines() if line.startswith("[")]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith(("[", "{"))]
+    return lines[0]["onednn"], [tuple(line) for line in lines[1:]]
 
 
 def plain_run(ways: list[str], args) -> None:
-    """The child of :func:`plain_in_child`: a warm-up batch, then each way, one JSON line each."""
+    """The child of :func:`plain_in_child`: whether oneDNN is on, a warm-up batch, then
+    each way; one JSON line each."""
     import numpy as np
 
     keras, model, preprocess = _model_and_preprocess(args.backbone, args.weights, args.image_size, args.precision)
+    onednn = None
+    if keras.backend.backend() == "tensorflow":  # on JAX Keras may import TensorFlow, but not run it
+        from tensorflow.python.util import _pywrap_util_port as port
+
+        onednn = port.IsMklEnabled()
+    print(json.dumps({"onednn": onednn}), flush=True)
     model.predict(preprocess(np.zeros((args.batch_size, args.image_size, args.image_size, 3), "float32")), verbose=0)
     for way in ways:
         name, n, seconds = PLAIN_WAYS[way](args.data, args.backbone, args.weights, args.image_size, args.batch_size,
                                            args.precision)
         print(json.dumps([name, n, seconds]), flush=True)
-
-
-def onednn_default() -> bool | None:
-    """Whether TensorFlow turns its oneDNN CPU kernels on by itself here (None: no TensorFlow)."""
-    code = "import tensorflow; from tensorflow.python.util import _pywrap_util_port as p; print(p.IsMklEnabled())"
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    return done.stdout.split()[-1] == "True" if done.returncode == 0 and done.stdout.split() else None
 
 
 def featx_extract(data, cache: Path, backbone, weights, size, batch, precision="float32", workers=None):
@@ -406,10 +406,11 @@ def main(argv=None):
                 f.read_bytes()
             # The plain ways in fresh processes with the framework's defaults;
             # featx's import turns oneDNN on (featx.runtime.fast_cpu_kernels).
-            (name_b, n, per_batch_s), (name_o, n_o, one_call_s) = plain_in_child(["per-batch", "one-call"], args, batch)
-            tensorflow = backend_name() == "tensorflow" and onednn_default() is False
-            if tensorflow:  # how much of the gap is the kernel choice alone
-                (_, n_d, onednn_s), = plain_in_child(["one-call"], args, batch, {"TF_ENABLE_ONEDNN_OPTS": "1"})
+            onednn, ((name_b, n, per_batch_s), (name_o, n_o, one_call_s)) = plain_in_child(
+                ["per-batch", "one-call"], args, batch)
+            kernels_differ = onednn is False  # TensorFlow left oneDNN off by itself, and featx turns it on
+            if kernels_differ:  # how much of the gap is the kernel choice alone
+                _, ((_, n_d, onednn_s),) = plain_in_child(["one-call"], args, batch, TF_ENABLE_ONEDNN_OPTS="1")
             from featx.runtime import import_keras
 
             import_keras()  # every featx run below starts with the framework imported, as the plain ways do
@@ -427,7 +428,7 @@ def main(argv=None):
                 (f"plain Keras ({name_b})", n, per_batch_s, f"{one_call_s / per_batch_s:.2f}x"),
                 (f"plain Keras ({name_o})", n_o, one_call_s, "1.00x"),
             ]
-            if tensorflow:
+            if kernels_differ:
                 rows.append((f"plain Keras ({name_o}), TF_ENABLE_ONEDNN_OPTS=1", n_d, onednn_s,
                              f"{one_call_s / onednn_s * n_d / n_o:.2f}x"))
             rows += [
