@@ -13,6 +13,70 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # tests are CPU-only and fl
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
+REPO = Path(__file__).resolve().parents[1]
+# Paths git may show as new after a run that are the runner's own, not a test's
+_RUNNER_LEFTOVERS = ("__pycache__", ".pytest_cache", ".egg-info")
+
+
+def _isolate(mp: pytest.MonkeyPatch, work: Path) -> None:
+    """Point every place featx writes by default (cwd, home, cache, temp files) into ``work``."""
+    for sub in ("cwd", "home", "tmp"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    mp.chdir(work / "cwd")
+    mp.setenv("FEATX_HOME", str(work / "home"))
+    mp.setenv("FEATX_CACHE_DIR", str(work / "cache"))
+    mp.setenv("TMPDIR", str(work / "tmp"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_workspace(tmp_path_factory):
+    """Module- and session-scoped fixtures run here, never in the checkout."""
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, tmp_path_factory.mktemp("session-work"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_workspace(tmp_path_factory):
+    """Each test gets its own working directory, featx home, cache and TMPDIR.
+
+    A test that wants the defaults (``./cache``, ``./heads``) changes into a
+    folder of its own and removes the variables itself.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, tmp_path_factory.mktemp("work"))
+        yield
+
+
+def _checkout_state() -> set[str] | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return {line for line in out.stdout.splitlines() if not any(x in line for x in _RUNNER_LEFTOVERS)}
+
+
+def pytest_sessionstart(session):
+    session.config._featx_checkout = _checkout_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run fails if it changed the checkout it ran from (a test wrote outside its folder)."""
+    before = getattr(session.config, "_featx_checkout", None)
+    after = _checkout_state()
+    if before is None or after is None or os.environ.get("FEATX_SKIP_CHECKOUT_CHECK"):
+        return
+    changed = sorted(after ^ before)
+    if changed:
+        print("\nfeatx: the test run changed the checkout it ran from (a test wrote outside its tmp folder):")
+        for line in changed[:20]:
+            print("   ", line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def make_image(path: Path, size=(40, 32), color=None, seed=0, fmt=None):

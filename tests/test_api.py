@@ -33,6 +33,7 @@ def split_data(tmp_path):
 def test_mission_commands_in_sequence(tmp_path, monkeypatch, split_data):
     """extract, then fit-head with no data argument, then predict, in one folder."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     cache = tmp_path / "cache"
     r = invoke(*EXTRACT, split_data, cache_dir=cache)
     assert r.exit_code == 0, r.output
@@ -128,6 +129,7 @@ def test_head_refuses_features_of_other_settings(tmp_path, split_data):
 
 def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     cache = tmp_path / "cache"
     cases = []
     # nothing extracted yet

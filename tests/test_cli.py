@@ -362,6 +362,7 @@ def partial_splits(tmp_path_factory):
     make_dataset(root / "data", classes=("cats",), per_class=3, splits=["test"])
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
+        mp.delenv("FEATX_HOME")  # results go under the folder it changed into
         r = invoke("extract", "-q", "-b", "vgg16", "--weights", "none", "--image-size", "32", data,
                    "--cache-dir", root / "cache")
     return root, data, r
@@ -373,6 +374,7 @@ def test_splits_with_some_classes_extract_and_fit(partial_splits, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "warning" not in r.output.lower() and "27 images" in r.output
     monkeypatch.chdir(root)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     r = invoke("fit-head", "--head", "logreg", "--cache-dir", root / "cache")
     assert r.exit_code == 0, r.output
     assert "3 classes" in r.output and "test: accuracy" in r.output
@@ -384,6 +386,7 @@ def test_splits_with_some_classes_extract_and_fit(partial_splits, monkeypatch):
 def test_predict_model_with_a_real_head_says_what_model_expects(partial_splits, monkeypatch):
     root, data, _ = partial_splits
     monkeypatch.chdir(root)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     out = root / "h-logreg"
     if not out.exists():
         assert invoke("fit-head", "--head", "logreg", "--out", out, "--cache-dir", root / "cache").exit_code == 0

@@ -157,6 +157,7 @@ def test_one_epoch_reduces_training_loss(project):
 def test_cli_finetune_then_predict_with_model(project, tmp_path, monkeypatch):
     root, data, heads = project
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     r = CliRunner().invoke(cli, ["--cache-dir", str(root / "cache"), "finetune", "--head", str(heads["vgg16"]),
                                  "--unfreeze", "4", "--epochs", "1", "--batch-size", "8", "--augment", "flip,rotate=0.1",
                                  "--no-export"])
@@ -174,6 +175,7 @@ def test_cli_finetune_then_predict_with_model(project, tmp_path, monkeypatch):
 def test_finetune_errors(project, tmp_path, monkeypatch):
     root, data, heads = project
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     run = lambda *a: CliRunner().invoke(cli, ["--cache-dir", str(root / "cache"), "finetune", *map(str, a)])
     r = run("--unfreeze", "3")
     assert r.exit_code == 1 and "No head has been saved under" in r.output

@@ -360,6 +360,7 @@ def tiny_extracted(tmp_path_factory):
 def test_cli_inspect_on_extracted_images(tiny_extracted, monkeypatch):
     root, data = tiny_extracted
     monkeypatch.chdir(root)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     r = invoke("inspect", "--seeds", "2", cache_dir=root / "cache")
     assert r.exit_code == 0, r.output
     out = Path(r.output.strip().splitlines()[-1].split()[1].rstrip(":"))
@@ -371,6 +372,7 @@ def test_cli_inspect_on_extracted_images(tiny_extracted, monkeypatch):
 def test_fit_head_calibrate_stores_temperature_and_predict_applies_it(tiny_extracted, monkeypatch):
     root, data = tiny_extracted
     monkeypatch.chdir(root)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     res = featx.fit_head("logreg", cache_dir=root / "cache", calibrate=True, C=100.0, out=root / "heads" / "cal")
     c = res.metrics["calibration"]
     man = json.loads((res.directory / "manifest.json").read_text())
@@ -429,6 +431,7 @@ def test_real_copies_are_near_duplicates(tmp_path):
 @pytest.mark.slow
 def test_cli_end_to_end_on_hymenoptera(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     cache = tmp_path / "cache"
     r = invoke(*EXTRACT, HYMENOPTERA, cache_dir=cache)
     assert r.exit_code == 0, r.output

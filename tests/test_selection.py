@@ -261,6 +261,7 @@ def test_fusion_joins_by_image_and_predict_uses_every_extraction(tmp_path):
 
 def test_head_auto_searches_and_saves_a_usable_head(tmp_path, flat, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     r = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path / "c"), "fit-head", "--head", "auto", "--data",
                                  str(flat), "--auto-heads", "logreg,lightgbm", "--folds", "3", "--out", str(tmp_path / "h")])
     assert r.exit_code == 0, r.output

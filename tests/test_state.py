@@ -54,6 +54,7 @@ def test_file_lists_get_views_of_their_own(tmp_path):
 def test_latest_pointer_follows_out_and_is_relative(project, tmp_path, monkeypatch):
     root, data = project
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
     first = api.fit_head("logreg", cache_dir=root / "cache", C=1.0).directory
     elsewhere = api.fit_head("logreg", cache_dir=root / "cache", out=tmp_path / "x" / "h", C=0.5).directory
     pointer = (tmp_path / "heads" / "latest").read_text().strip()
