@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The GPU check in one call (issue: "The GPU run"). On the device machine, from the repo root:
+#   device run:  bash benchmarks/gpu_check.sh            (carry: .whl, made here by benchmarks/gpu_wheels.sh)
+#   anywhere:    bash benchmarks/gpu_check.sh --dry      (tiny sizes; what the test runs)
+# Installs what the device lacks from .whl/ (keras, namex, optree, simplejpeg: its image has JAX but no
+# TensorFlow or Keras), picks Keras's backend (TensorFlow if importable, else JAX), then runs
+# benchmarks/gpu_check.py, which writes $OUT/gpu.json and $OUT/gpu.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu-check-out}"
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/featx-site .whl/*.whl
+    export PYTHONPATH="/tmp/featx-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -z "${KERAS_BACKEND:-}" ]; then
+    if python3 -c "import tensorflow" 2> /dev/null; then export KERAS_BACKEND=tensorflow; else export KERAS_BACKEND=jax; fi
+fi
+{ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } \
+    > "$OUT/device.txt" 2>&1 || true
+python3 benchmarks/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu.log"
