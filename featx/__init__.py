@@ -25,6 +25,7 @@ _LAZY = {
     "read_image": "data",
     "ExtractResult": "extract",
     "Features": "features",
+    "FeatureExtractor": "transformer",
     "load_features": "features",
     "DenseHead": "heads",
     "LogisticHead": "heads",
