@@ -135,8 +135,13 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         tags.transformer_tags.preserves_dtype = []  # float32 out, whatever comes in
         return tags
 
-    def fit(self, X=None, y=None):
-        """Check the parameters; nothing is learned. Returns ``self``."""
+    def fit(self, X, y=None):
+        """Check the parameters; nothing is learned and ``X`` is not read (``transform`` reads it).
+
+        Returns
+        -------
+        self
+        """
         self._check_params()
         return self
 
