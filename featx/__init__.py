@@ -34,6 +34,7 @@ _LAZY = {
     "make_head": "heads",
     "latest_head": "outputs",
     "fit_head": "api",
+    "export": "tables",
     "predict": "api",
     "predict_imagenet": "api",
     "compare": "api",
