@@ -139,3 +139,16 @@ def test_without_pyarrow_parquet_names_the_extra_and_npz_works(extracted, tmp_pa
     r = CliRunner().invoke(cli, ["--cache-dir", str(extracted["cache"]), "export", str(tmp_path / "f.parquet")])
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "featx[arrow]" in r.output
     assert featx.export(tmp_path / "f.npz", cache_dir=extracted["cache"]).rows == 12
+
+
+def test_importing_featx_and_the_export_command_loads_no_pyarrow():
+    import subprocess
+
+    code = ("import sys, featx, featx.tables\n"
+            "from click.testing import CliRunner\n"
+            "from featx.cli import cli\n"
+            "assert CliRunner().invoke(cli, ['export', '--help']).exit_code == 0\n"
+            "assert featx.export.__module__ == 'featx.tables'\n"
+            "assert 'pyarrow' not in sys.modules, 'pyarrow imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
