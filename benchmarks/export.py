@@ -36,7 +36,7 @@ import json, sys, time
 import featx
 t = time.perf_counter()
 res = featx.export(sys.argv[1], data=sys.argv[2], cache_dir=sys.argv[3], format=sys.argv[4])
-print(json.dumps({"seconds": time.perf_counter() - t, "rows": res.rows, "bytes": res.bytes, "peak_rss_mib": %s}))
+print(json.dumps({"seconds": time.perf_counter() - t, "rows": res.rows, "bytes": res.size_bytes, "peak_rss_mib": %s}))
 """ % PEAK
 
 # The cache's part alone: every row read in the export's chunks, nothing written.

@@ -64,23 +64,25 @@ class ExportResult:
     columns: list[str]
     widths: list[int]
     seconds: float
-    bytes: int = 0
+    size_bytes: int = 0
     extractions: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         emb = ", ".join(f"{c} [{w}]" for c, w in zip(self.columns[4:], self.widths))
-        return (f"wrote {self.rows} rows ({emb}) to {self.path} ({self.format}, {self.bytes / 2**20:.1f} MiB) "
+        return (f"wrote {self.rows} rows ({emb}) to {self.path} ({self.format}, {self.size_bytes / 2**20:.1f} MiB) "
                 f"in {self.seconds:.1f}s")
 
 
 @dataclass
 class _Part:
+    """One embedding column and the extraction it is read from."""
+
     column: str
     extraction: Extraction
+    width: int = 0  # the extraction's feature width unless given (a fused Features is wider)
 
-    @property
-    def width(self) -> int:
-        return int(self.extraction.meta["feature_width"])
+    def __post_init__(self):
+        self.width = int(self.width or self.extraction.meta["feature_width"])
 
 
 # --------------------------------------------------------------------------- what to export
@@ -194,7 +196,7 @@ def _strings(split, label_idx, class_names) -> tuple[list, list]:
 
 def features_table(f):
     """A :class:`~featx.features.Features` as a pyarrow Table with the columns and metadata of :func:`export`."""
-    parts = [_Part("embedding", f.extraction)]
+    parts = [_Part("embedding", f.extraction, int(np.shape(f.X)[1]))]
     schema = _schema(parts, _metadata(parts, f.view))
     split, label = _strings(f.split, f.y, f.class_names)
     batch = _batch(schema, list(f.sha256), list(f.paths), split, label, [f.X])

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .errors import BadImage, FeatxValueError
+from .errors import BadImage, CacheError, FeatxValueError
 
 ON_BAD = ("raise", "nan")
 # Normalisations that work row by row: a "standard" z-score would have to be
@@ -243,8 +243,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             if width is None and cut == 0:
                 width = get_backbone(self.backbone).feature_width
             if width is None:
-                raise BadImage(f"The width of {self.backbone}'s tap cut_blocks={cut} is known once one image has "
-                               "been extracted through it; transform a readable image first.")
+                raise CacheError(f"The width of {self.backbone}'s tap cut_blocks={cut} is known once one image has "
+                                 "been extracted through it; transform a readable image first.")
             widths.append(int(width))
         return widths
 
