@@ -63,6 +63,16 @@ class Features:
     def only(self, split: str) -> "Features":
         return self.subset(self.split == split)
 
+    def to_arrow(self):
+        """These rows as a pyarrow Table, with the columns and metadata of ``featx export`` (``featx[arrow]``)."""
+        from .tables import features_table
+
+        return features_table(self)
+
+    def to_pandas(self):
+        """These rows as a pandas DataFrame (``embedding``: one float32 array per row)."""
+        return self.to_arrow().to_pandas()
+
     def describe(self) -> str:
         s = self.settings
         counts = ", ".join(f"{sp or 'unlabeled'} {int((self.split == sp).sum())}" for sp in self.splits)
