@@ -28,17 +28,25 @@ CLI_TINY = ["extract", "-q", "-b", "vgg16", "--weights", "none", "--image-size",
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
+    # Ray's files live in this session's temp folder, reached through a short link: its unix
+    # socket paths (session dir + sockets/plasma_store) must stay under 107 bytes.
+    short = Path("/tmp") / f"fxray-{os.getpid()}"
+    if short.is_symlink():
+        short.unlink()
+    short.symlink_to(tmp_path_factory.mktemp("ray"), target_is_directory=True)
     # Workers (of this driver and of the CLI drivers started below) must import this checkout's featx.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+                 _temp_dir=str(short))
     yield ray
     if started:
         ray.shutdown()
+    short.unlink()
 
 
 def shard_rows(extraction) -> list[str]:
