@@ -45,6 +45,10 @@ SPLIT_ALIASES = {
 }
 SPLIT_ORDER = ("train", "val", "test")
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+# featx's own decoding code (read_image and its helpers). A file that failed to
+# decode is remembered as bad under this number (see featx.memo): bump it with
+# any fix that may decode files read_image refused before, so they are retried.
+DECODER_VERSION = 2
 
 # Pillow warns (DecompressionBombWarning) on opening an image over its limit,
 # before read_image refuses that image with a reason the caller reports; the

@@ -3,7 +3,7 @@
 ``memo.sqlite`` at the cache root maps (path, size, mtime_ns) to the sha256
 of the file's bytes, so an unchanged tree is never read twice, and keeps
 the sha256 of images that failed to decode, per decoder version, so a bad
-file is not retried until Pillow changes. It only ever saves work: losing
+file is not retried until Pillow or featx's decoder changes. It only ever saves work: losing
 it costs a re-hash, never a wrong feature.
 """
 
@@ -16,18 +16,20 @@ from pathlib import Path
 from typing import Iterable
 
 from .data import sha256_file
-from .spec import FORMAT_VERSION
 
 
 def decoder_version() -> str:
-    """What decides whether bytes decode: Pillow's version and featx's format.
+    """What decides whether bytes decode: Pillow's version and featx's decoder.
 
     A file is remembered as bad under this string only; when Pillow is
-    upgraded (a plugin added, a decoder bug fixed) the file is tried again.
+    upgraded (a plugin added, a decoder bug fixed) or featx's own decoding
+    code changes (:data:`featx.data.DECODER_VERSION`), the file is tried again.
     """
     import PIL
 
-    return f"Pillow {PIL.__version__}; featx format {FORMAT_VERSION}"
+    from . import data
+
+    return f"Pillow {PIL.__version__}; featx decoder {data.DECODER_VERSION}"
 
 
 class Memo:

@@ -120,6 +120,18 @@ def test_bad_marks_carry_the_decoder_version_and_old_memos_migrate(tmp_path, mon
     memo.close()
 
 
+def test_a_file_marked_bad_by_a_featx_decoder_bug_is_tried_again_after_the_fix(tmp_path, monkeypatch):
+    memo = Memo(tmp_path / "memo.sqlite")
+    memo.remember_bad([(sha(3), "cannot decode: ValueError: a featx bug")])
+    assert memo.bad() == {sha(3): "cannot decode: ValueError: a featx bug"}
+    memo.close()
+    monkeypatch.setattr(featx.data, "DECODER_VERSION", getattr(featx.data, "DECODER_VERSION", 1) + 1,
+                        raising=False)  # the fix
+    memo = Memo(tmp_path / "memo.sqlite")
+    assert memo.bad() == {}
+    memo.close()
+
+
 # ---------------------------------------------------------------- 2. concurrency
 
 
