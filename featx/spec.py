@@ -21,6 +21,8 @@ from either is the same object.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -259,17 +261,39 @@ def _resolved(cache) -> dict:
         return {}
 
 
+@contextlib.contextmanager
+def _resolved_lock(cache):
+    """Exclusive right to rewrite resolved.json (released by the kernel if we die).
+
+    Without it two resolvers would each read the file, add their entry and
+    replace it, and the later one would drop the earlier one's entry. A cache
+    where the lock file cannot be made is read-only: nothing is written there.
+    """
+    try:
+        fh = open(Path(cache.root) / ".resolved.lock", "a+b")
+    except OSError:
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _remember(cache, section: str, key: str, value) -> None:
     """Best effort: a read-only cache still works, it only forgets."""
     path = Path(cache.root) / "resolved.json"
-    data = _resolved(cache)
-    data.setdefault(section, {})[key] = value
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    with _resolved_lock(cache):
+        data = _resolved(cache)  # read under the lock: another resolver may have added its entry
+        data.setdefault(section, {})[key] = value
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+        try:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
 
 def _tap_layer(cache, bb: B.Backbone, size: int, cut_blocks: int) -> str:
