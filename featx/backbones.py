@@ -383,10 +383,11 @@ def _weights_error(
     msg = str(exc)
     if weights.kind == "imagenet":
         url = _URL.search(msg)
-        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
         if url:
+            from .runtime import keras_cache_dir
+
             fname = url.group(0).rsplit("/", 1)[-1]
-            where = os.path.join(keras_home, "models", fname)
+            where = os.path.join(keras_cache_dir("models"), fname)
             return WeightsError(
                 f"ImageNet weights for {backbone.name} could not be downloaded (no network?). Keras "
                 f"looks for {where}: download {url.group(0)} and put it there, {alternative}."
