@@ -74,7 +74,6 @@ class Memo:
             self._db = _connect_readonly(self.path)
             self._bad_has_decoder = self._db is not None and "decoder" in self._columns("bad")
             return
-        self._warned = False
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         wanted = "delete" if is_network_filesystem(self.path.parent) else "wal"
         # The mode in force: a switch needs the database to itself, and waits for the next opener otherwise.
