@@ -6,8 +6,16 @@ import json
 import threading
 import time
 
+import numpy as np
+import pytest
+
+import featx
 import featx.spec as S
+from featx import api
 from featx.cache import Cache
+from featx.errors import FeatxError, HeadError, WeightsMismatch
+
+from conftest import make_dataset, make_image
 
 
 def test_concurrent_resolvers_keep_each_others_entries(tmp_path, monkeypatch):
@@ -33,16 +41,6 @@ def test_concurrent_resolvers_keep_each_others_entries(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- the rebuilt model is the recorded one
 
-import numpy as np
-import pytest
-
-import featx
-from featx import api
-from featx.errors import FeatxError, HeadError, WeightsMismatch
-
-from conftest import make_dataset, make_image
-
-
 def _manifest_without_fingerprint(head_dir):
     path = head_dir / "manifest.json"
     man = json.loads(path.read_text())
@@ -58,11 +56,7 @@ def test_predict_refuses_a_backbone_rebuilt_with_other_weights(tmp_path, monkeyp
     data = make_dataset(tmp_path / "data", per_class=3)
     featx.extract(data, "vgg16", weights="none", image_size=32, cache_dir=cache, progress=False)
     ext = featx.load_features(cache_dir=cache).extraction
-    loaded = ext.meta["loaded_weights"]
-    assert loaded.startswith("sha256:") and ext.spec.loaded == loaded
     head = api.fit_head("logreg", cache_dir=cache, out=tmp_path / "h", C=1.0)
-    man = json.loads((head.directory / "manifest.json").read_text())
-    assert [r["loaded_weights"] for r in man["extractions"]] == [loaded]
     new = [make_image(tmp_path / "new" / f"{i}.png", seed=50 + i) for i in range(2)]
 
     # A Keras upgrade whose initialisers draw other numbers for the same seed
@@ -79,6 +73,11 @@ def test_predict_refuses_a_backbone_rebuilt_with_other_weights(tmp_path, monkeyp
     assert len(featx.load_features(cache_dir=cache).extraction.index()) == rows  # nothing cached under the old key
     with pytest.raises(WeightsMismatch, match="does not have the weights"):  # extracting more refuses too
         featx.extract(new[1:], "vgg16", weights="none", image_size=32, cache_dir=cache, progress=False)
+    # what was checked: the hash the extraction recorded, which its head's manifest carries
+    loaded = ext.meta["loaded_weights"]
+    assert loaded.startswith("sha256:") and ext.spec.loaded == loaded
+    man = json.loads((head.directory / "manifest.json").read_text())
+    assert [r["loaded_weights"] for r in man["extractions"]] == [loaded]
 
     # A head from before featx recorded the hash is not checked
     _manifest_without_fingerprint(head.directory)
