@@ -499,19 +499,20 @@ def predict_imagenet(
         with _quiet_stdout():
             names = _imagenet_names()
     except Exception:
-        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        from .runtime import keras_cache_dir
+
         raise WeightsError(
             "The ImageNet class names could not be downloaded (no network?). Keras looks for "
-            f"{os.path.join(keras_home, 'models', 'imagenet_class_index.json')}: put that file there."
+            f"{os.path.join(keras_cache_dir('models'), 'imagenet_class_index.json')}: put that file there."
         ) from None
     return Predictions(paths, proba, names, skipped, f"imagenet:{bb.name}")
 
 
 def _imagenet_names() -> list[str]:
     """The 1000 ImageNet class names, in output order (Keras' class index file)."""
-    from keras.src.applications import imagenet_utils
+    from .runtime import import_keras
 
-    decoded = imagenet_utils.decode_predictions(np.eye(1000, dtype="float32"), top=1)
+    decoded = import_keras().applications.imagenet_utils.decode_predictions(np.eye(1000, dtype="float32"), top=1)
     return [row[0][1] for row in decoded]
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import struct
 import sys
 import zipfile
@@ -49,6 +50,7 @@ import numpy as np
 
 from .data import SPLIT_ALIASES, SPLIT_ORDER, Dataset, ImageItem, _target_size
 from .errors import DataError
+from .runtime import keras_cache_dir
 
 LAYOUT = "arrays"
 ANONYMOUS = "<arrays>"  # replaced by arrays:<hash> when the view is recorded
@@ -590,39 +592,21 @@ def _keras_dataset(which: str, log) -> dict:
 
     keras = import_keras()
     # Keras announces downloads on stdout, which belongs to featx's own output.
-    with _recording_downloads() as targets, contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr):
         try:
             (x_tr, y_tr), (x_te, y_te) = getattr(keras.datasets, which).load_data()
         except Exception as exc:
-            origin, target = targets[-1] if targets else ("", "")
-            if target:
+            # keras.utils.get_file names the URL it failed on ("URL fetch failure on <url>: ...").
+            url = re.search(r"https?://\S+?(?=[:\s]|$)", str(exc))
+            if url:
                 raise DataError(
-                    f"keras:{which} could not be downloaded (no network?). Keras looks for {target}: download "
-                    f"{origin} and put it there."
+                    f"keras:{which} could not be downloaded (no network?). Keras fetches {url.group(0)} into "
+                    f"{keras_cache_dir('datasets')}: download it there, or run this where there is a network."
                 ) from None
             raise DataError(f"keras:{which} could not be loaded: {str(exc).splitlines()[0][:200]}") from None
     if log:
         log(f"keras:{which}: x_train {x_tr.shape} {x_tr.dtype}, y_train; x_test {x_te.shape} {x_te.dtype}, y_test")
     return {"train": (x_tr, y_tr), "test": (x_te, y_te)}
-
-
-@contextlib.contextmanager
-def _recording_downloads():
-    """Record (origin, file) of each download ``keras.utils.get_file`` attempts."""
-    from keras.src.utils import file_utils
-
-    original = file_utils.urlretrieve
-    targets: list[tuple[str, str]] = []
-
-    def urlretrieve(url, filename, *args, **kwargs):
-        targets.append((url, os.fspath(filename)))
-        return original(url, filename, *args, **kwargs)
-
-    file_utils.urlretrieve = urlretrieve
-    try:
-        yield targets
-    finally:
-        file_utils.urlretrieve = original
 
 
 __all__ = ["ArrayItem", "ArrayError", "as_dataset", "is_array_data", "row_key", "resize_pixels", "row_reader"]

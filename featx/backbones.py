@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
+import hashlib
 import io
 import numbers
 import os
@@ -383,10 +384,11 @@ def _weights_error(
     msg = str(exc)
     if weights.kind == "imagenet":
         url = _URL.search(msg)
-        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
         if url:
+            from .runtime import keras_cache_dir
+
             fname = url.group(0).rsplit("/", 1)[-1]
-            where = os.path.join(keras_home, "models", fname)
+            where = os.path.join(keras_cache_dir("models"), fname)
             return WeightsError(
                 f"ImageNet weights for {backbone.name} could not be downloaded (no network?). Keras "
                 f"looks for {where}: download {url.group(0)} and put it there, {alternative}."
@@ -471,38 +473,21 @@ def build_backbone(
     return model
 
 
-@contextlib.contextmanager
-def _capture_downloads(found: list):
-    """Record the files ``keras.utils.get_file`` hands to the applications."""
-    from keras.src.utils import file_utils
+def loaded_fingerprint(model) -> str:
+    """``sha256:<hex>`` over a built model's weight arrays, in layer order, as loaded.
 
-    original = file_utils.get_file
-
-    def get_file(*args, **kwargs):
-        path = original(*args, **kwargs)
-        found.append(str(path))
-        return path
-
-    file_utils.get_file = get_file
-    try:
-        yield found
-    finally:
-        file_utils.get_file = original
-
-
-def imagenet_weights_file(backbone: Backbone | str) -> str:
-    """The ImageNet weights file Keras loads for the headless backbone.
-
-    Downloads it the first time, as Keras does (offline: a one-line
-    :class:`WeightsError` naming the file and where to put it). Its sha256
-    is what keys ImageNet extractions.
+    What a weights file, a seed or Keras' ImageNet file really put into the
+    network: the same file on another backend, or after a Keras upgrade that
+    loads it differently, gives another hash. Shapes and dtypes are hashed
+    too, so arrays cut at other places cannot collide. About 0.1 s per 100 MB
+    of weights, once per model build.
     """
-    bb = get_backbone(backbone)
-    with _capture_downloads([]) as found:
-        build_backbone(bb, Weights("imagenet", None, "imagenet"), bb.input_size)
-    if not found:
-        raise WeightsError(f"Keras loaded ImageNet weights for {bb.name} without naming a file; cannot key them.")
-    return found[-1]
+    h = hashlib.sha256()
+    for w in model.weights:
+        arr = np.ascontiguousarray(np.asarray(w))
+        h.update(f"{arr.dtype.str}{arr.shape}".encode())
+        h.update(memoryview(arr).cast("B"))
+    return f"sha256:{h.hexdigest()}"
 
 
 def build_feature_model(spec, weights: Weights | None = None, include_preprocessing: bool = True):
@@ -519,6 +504,8 @@ def build_feature_model(spec, weights: Weights | None = None, include_preprocess
     keras = import_keras()
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     spec = specs[0]
+    for s in specs:
+        s.check_rebuildable()
     weights = weights or spec.load_weights()
     previous = keras.config.dtype_policy()
     if spec.precision == "mixed":
@@ -526,9 +513,11 @@ def build_feature_model(spec, weights: Weights | None = None, include_preprocess
     try:
         cuts = [s.cut_blocks for s in specs]
         model = feature_model(spec.backbone, weights, spec.input_size, spec.pooling, cuts if len(cuts) > 1 else cuts[0],
-                              include_preprocessing=include_preprocessing)
+                              include_preprocessing=include_preprocessing, preprocessing=spec.preprocessing)
     finally:
         keras.config.set_dtype_policy(previous)
+    for s in specs:  # the weights the extraction recorded, or a one-line refusal saying what differs
+        s.check_loaded(model._featx_loaded)
     tapped = getattr(model, "_featx_tap", "output")
     for s, t in zip(specs, [tapped] if isinstance(tapped, str) else tapped):
         if t != s.tap:
@@ -606,6 +595,7 @@ def feature_model(
     pooling: str = "avg",
     cut_blocks: int | Sequence[int] = 0,
     include_preprocessing: bool = True,
+    preprocessing: str | None = None,
 ):
     """A Keras model from images to pooled feature vectors.
 
@@ -618,6 +608,9 @@ def feature_model(
     all in one forward pass: the output is their pooled features side by
     side, in that order (``model._featx_widths`` gives each one's width), and
     the layers after the deepest tap are not in the model at all.
+    ``preprocessing`` (default: the registry's for the family) is the mode
+    an extraction recorded; ``model._featx_loaded`` is the
+    :func:`loaded_fingerprint` of the backbone's weights.
     """
     from .runtime import import_keras
 
@@ -631,8 +624,10 @@ def feature_model(
     if cuts == [0]:
         base = build_backbone(bb, weights, input_size, pooling=pooling)
         names = ["output"]
+        loaded = loaded_fingerprint(base)
     else:
         full = build_backbone(bb, weights, input_size, pooling=pooling if 0 in cuts else None)
+        loaded = loaded_fingerprint(full)
         named = blocks(full, bb)
         if max(cuts) >= len(named):
             raise FeatxError(
@@ -660,8 +655,9 @@ def feature_model(
         widths = [int(o.shape[-1]) for o in outs]
     if include_preprocessing:
         size = int(base.input.shape[1])
-        inp, x = pixels_input(size, bb.preprocessing)
+        inp, x = pixels_input(size, preprocessing or bb.preprocessing)
         base = keras.Model(inp, base(x), name=f"featx_{base.name}")
     base._featx_tap = names[0] if len(names) == 1 else names
+    base._featx_loaded = loaded
     base._featx_widths = [int(base.output.shape[-1])] if len(names) == 1 else widths
     return base

@@ -552,6 +552,12 @@ class Cache:
         self.ensure()
         try:
             return Memo(path)
+        except sqlite3.OperationalError as exc:
+            # Locked past the busy timeout, disk full, an I/O error, a file system without
+            # working locks: the file may be fine. Never moved aside; this run reads what it can.
+            warnings.warn(f"featx: the memo {path} cannot be written ({exc}); going on with it read-only "
+                          "(see docs/filesystems.md)")
+            return Memo(path, readonly=True)
         except sqlite3.DatabaseError as exc:  # not a database any more: it only saved work
             aside = path.with_name(f"memo.sqlite.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             for suffix in ("", "-wal", "-shm"):

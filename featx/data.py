@@ -13,7 +13,7 @@ Layouts understood by :func:`discover`:
 An image is recognised by its extension (:data:`IMAGE_EXTENSIONS`), except in
 a CSV, where every listed file is taken: the list is explicit.
 
-:func:`read_image` decodes any common format to RGB uint8, applying EXIF
+:func:`read_image` decodes any common format to RGB uint8, applying the EXIF (or XMP)
 orientation, and raises :class:`~featx.errors.BadImage` with a short reason
 for anything it cannot decode. With the ``fast`` extra (simplejpeg), JPEGs are
 decoded by libjpeg-turbo outside the GIL, at the DCT scale Pillow would pick,
@@ -45,6 +45,10 @@ SPLIT_ALIASES = {
 }
 SPLIT_ORDER = ("train", "val", "test")
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+# featx's own decoding code (read_image and its helpers). A file that failed to
+# decode is remembered as bad under this number (see featx.memo): bump it with
+# any fix that may decode files read_image refused before, so they are retried.
+DECODER_VERSION = 2
 
 # Pillow warns (DecompressionBombWarning) on opening an image over its limit,
 # before read_image refuses that image with a reason the caller reports; the
@@ -607,7 +611,7 @@ def read_image(
     Returns
     -------
     ndarray of uint8, shape (H, W, 3)
-        EXIF orientation applied; transparency composited onto white;
+        EXIF (or XMP) orientation applied; transparency composited onto white;
         16-bit images scaled to 8-bit.
 
     Raises
@@ -700,12 +704,34 @@ def _stored_size(target: tuple[int, int], orientation: int | None) -> tuple[int,
 
 @functools.cache
 def _simplejpeg():
-    """The simplejpeg module (the ``fast`` extra), or None when it is not installed."""
+    """The simplejpeg module (the ``fast`` extra), or None when it is not installed
+    or does not decode as this Pillow does.
+
+    The cache key does not name the decoder, so the two must give the same
+    pixels bit for bit. Each bundles its own libjpeg-turbo; builds whose
+    IDCT or upsampling differ are caught here, once per process, on a small
+    JPEG at full and reduced DCT scale, and then Pillow decodes every file.
+    """
     try:
         import simplejpeg
     except ImportError:
         return None
-    return simplejpeg
+    from PIL import Image
+
+    probe = np.add.outer(np.arange(48), np.arange(64) * 3).astype(np.uint8)
+    rgb = np.stack([probe, probe[::-1], probe.T[:48, :48].repeat(2, 1)[:, :64] ^ probe], axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=75)
+    data = buf.getvalue()
+    try:
+        agree = all(
+            np.array_equal(_read_jpeg_turbo(simplejpeg, data, target, "bilinear"),
+                           read_image(data, None if target is None else target[::-1], decoder="pillow"))
+            for target in (None, (32, 24))
+        )
+    except Exception:
+        agree = False
+    return simplejpeg if agree else None
 
 
 def _read_jpeg_turbo(turbo, data: bytes, target: tuple[int, int] | None, resample: str) -> np.ndarray | None:
@@ -728,8 +754,8 @@ def _read_jpeg_turbo(turbo, data: bytes, target: tuple[int, int] | None, resampl
     if colorspace not in ("YCbCr", "Gray") or width * height > MAX_PIXELS:
         return None  # Pillow raises the decompression-bomb error with its usual wording
     orientation = None
-    if _jpeg_has_exif(data):
-        # Pillow parses the EXIF (header only, no pixels) of the files that have it.
+    if _jpeg_may_be_oriented(data):
+        # Pillow parses the Exif and XMP (header only, no pixels) of the files that have them.
         try:
             with Image.open(io.BytesIO(data)) as img:
                 orientation = _orientation(img)
@@ -758,12 +784,14 @@ def _read_jpeg_turbo(turbo, data: bytes, target: tuple[int, int] | None, resampl
     return np.array(img, dtype=np.uint8)
 
 
-def _jpeg_has_exif(data: bytes) -> bool:
-    """Whether a JPEG holds an APP1 Exif segment before its first scan.
+def _jpeg_may_be_oriented(data: bytes) -> bool:
+    """Whether a JPEG holds an APP1 segment (Exif or XMP) before its first scan.
 
-    Walks the marker segments (a few hops; ``bytes.find`` over the header
-    would cost more than hashing the file). An odd layout answers True,
-    which only means Pillow reads the orientation.
+    Pillow reads the orientation from either (XMP's ``tiff:Orientation``
+    when there is no Exif one), so a file with any APP1 segment has its
+    orientation read by Pillow. Walks the marker segments (a few hops;
+    ``bytes.find`` over the header would cost more than hashing the file).
+    An odd layout answers True, which only means Pillow reads the orientation.
     """
     i, end = 2, len(data)
     while i + 4 <= end:
@@ -775,7 +803,7 @@ def _jpeg_has_exif(data: bytes) -> bool:
             continue
         if marker == 0xDA:  # start of scan: the header is over
             return False
-        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
+        if marker == 0xE1:
             return True
         i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
     return True

@@ -34,6 +34,10 @@ class WeightsError(FeatxError):
     """Backbone weights that cannot be found, downloaded or loaded."""
 
 
+class WeightsMismatch(WeightsError):
+    """A rebuilt backbone whose loaded weights differ from those its extraction recorded."""
+
+
 class DataError(FeatxError):
     """A dataset that cannot be read: no images, mismatched classes, bad CSV."""
 

@@ -32,7 +32,7 @@ from .cache import Cache, DatasetView, Extraction
 from .data import Dataset, ImageItem, discover, read_image
 from .errors import BadImage, DataError, DecoderUnavailable
 from .runtime import backend_name, gpu_available
-from .spec import ExtractionSpec, one_pass_groups, resolve_spec
+from .spec import ExtractionSpec, note_loaded, one_pass_groups, resolve_spec
 
 # A shard is flushed every FLUSH_SECONDS of computing (or FLUSH_ROWS rows):
 # that bounds what a killed run loses. FEATX_FLUSH_SECONDS overrides it.
@@ -448,7 +448,9 @@ class _Run:
         if self.model is None:
             _persist_jax_compilations(self.cache.root / "jax-compilation")
             specs = self.opts.specs
-            self.model = B.build_feature_model(specs if len(specs) > 1 else specs[0], self.opts.weights)
+            model = B.build_feature_model(specs if len(specs) > 1 else specs[0], self.opts.weights)
+            note_loaded(self.extraction, model._featx_loaded)  # recorded by a new extraction, checked by an old one
+            self.model = model
             if isinstance(self.extraction, _TapSet):
                 self.extraction.widths = list(self.model._featx_widths)
         return self.model

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils._param_validation import (InvalidParameterError, Interval, StrOptions,
-                                            validate_parameter_constraints)
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import HeadError, HeadParamError
+from .params import Interval, Options, check_params
 from .normalise import NORMALISATIONS, normalise, normaliser_stats
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -37,9 +36,9 @@ HEAD_FILES = ("manifest.json", "model.keras", "history.json", "logreg.npz", "lig
               "metrics.json", "confusion.png", "curves.png")
 
 _SHARED_CONSTRAINTS = {
-    "class_weight": [None, StrOptions({"balanced"}), dict],
+    "class_weight": [None, Options({"balanced"}), dict],
     "seed": [Interval(Integral, 0, None, closed="left")],
-    "normalise": [StrOptions(set(NORMALISATIONS))],
+    "normalise": [Options(set(NORMALISATIONS))],
 }
 
 
@@ -85,11 +84,7 @@ class _Head(ClassifierMixin, BaseEstimator):
 
     def _check_params(self):
         """Check every parameter against ``_parameter_constraints`` (scikit-learn's declarative style)."""
-        try:
-            validate_parameter_constraints(self._parameter_constraints, self.get_params(deep=False),
-                                           caller_name=type(self).__name__)
-        except InvalidParameterError as exc:
-            raise HeadParamError(str(exc)) from None
+        check_params(self._parameter_constraints, self.get_params(deep=False), type(self).__name__, HeadParamError)
 
     def _encode(self, X, y):
         """Validate parameters and data, encode labels, learn and apply the normalisation."""
@@ -241,7 +236,7 @@ class DenseHead(_Head):
         **_SHARED_CONSTRAINTS,
         "hidden": [tuple, list, Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
-        "optimizer": [StrOptions({"adam", "sgd", "rmsprop"})],
+        "optimizer": [Options({"adam", "sgd", "rmsprop"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],

@@ -131,7 +131,10 @@ class RayEngine:
                     _Embedder, batch_format="numpy", batch_size=int(os.environ.get("FEATX_RAY_SHARD_ROWS", SHARD_ROWS)),
                     compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=self.num_gpus_per_worker or None,
                     fn_constructor_kwargs={
-                        "record": spec.record(), "weights": run.opts.weights, "shard_dir": str(shard_dir),
+                        # with the extraction's recorded weights hash, which each actor's model must match
+                        "record": {**spec.record(), **{k: v for k, v in getattr(ext, "meta", {}).items()
+                                                      if k == "loaded_weights"}},
+                        "weights": run.opts.weights, "shard_dir": str(shard_dir),
                         "extraction": ext.name, "batch_size": run.batch_size,
                         "on_gpu": bool(self.num_gpus_per_worker), "fault": os.environ.get(FAULT_ENV, ""),
                     },

@@ -32,6 +32,15 @@ def backend_name() -> str:
         return "tensorflow"
 
 
+def keras_cache_dir(subdir: str) -> str:
+    """The folder ``keras.utils.get_file`` downloads into (its documented default):
+    ``$KERAS_HOME/<subdir>``, ``~/.keras/<subdir>`` without it, ``/tmp/.keras`` where that is read-only."""
+    home = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
+    if not os.access(home, os.W_OK):
+        home = os.path.join("/tmp", ".keras")
+    return os.path.join(home, subdir)
+
+
 def gpu_available() -> bool:
     """Whether an NVIDIA GPU is visible to this process.
 

@@ -13,14 +13,28 @@ Its on-disk form is :meth:`ExtractionSpec.record`::
     {"settings": {...the fields of the key...},
      "weights_source": "imagenet" | "none" | "/path/to/file.weights.h5",
      "seed": 0,
+     "loaded_weights": "sha256:...",
      "versions": {"featx": ..., "keras": ..., "backend": ..., ...}}
 
 which is what ``meta.json`` and ``manifest.json`` hold, so a spec read back
 from either is the same object.
+
+``loaded_weights`` is a hash over the weight arrays of the backbone as Keras
+built and loaded it (:func:`featx.backbones.loaded_fingerprint`). Every
+model featx builds for an extraction (to extract, predict or fine-tune) is
+checked against it: the same weights file on another backend, another
+Keras, or ImageNet weights replaced in Keras' cache would give other
+features under the same key, and are refused instead (one line saying what
+differs). Records from before it was kept have none, and are not checked.
+ImageNet weights are keyed by this hash too: Keras publishes no API that
+names the file it loads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +44,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import backbones as B
-from .errors import CacheError, FeatxError, FeatxValueError, HeadError, WeightsError
+from .errors import CacheError, FeatxError, FeatxValueError, HeadError, WeightsError, WeightsMismatch
 from .runtime import backend_name, resolve_precision
 
 # Version 2: the tap layer, the backend for mixed precision and the ImageNet
@@ -52,7 +66,7 @@ class ExtractionSpec:
     """
 
     backbone: str
-    weights: str  # fingerprint: "sha256:...", "imagenet:sha256:...", "random:seed=0:tensorflow"
+    weights: str  # fingerprint: "sha256:...", "imagenet:loaded-sha256:...", "random:seed=0:tensorflow"
     input_size: int
     preprocessing: str
     pooling: str
@@ -65,6 +79,7 @@ class ExtractionSpec:
     weights_source: str = field(default="imagenet", compare=False)
     seed: int = field(default=0, compare=False)
     versions: tuple = field(default=(), compare=False)  # sorted (name, version) pairs
+    loaded: str = field(default="", compare=False)  # hash of the weight arrays as built; "" when not known
 
     @classmethod
     def key_fields(cls) -> tuple[str, ...]:
@@ -91,12 +106,15 @@ class ExtractionSpec:
 
     def record(self) -> dict:
         """The JSON form stored in ``meta.json`` and in head manifests."""
-        return {
+        out = {
             "settings": self.settings(),
             "weights_source": self.weights_source,
             "seed": self.seed,
             "versions": dict(self.versions),
         }
+        if self.loaded:
+            out["loaded_weights"] = self.loaded
+        return out
 
     @classmethod
     def from_record(cls, record: dict, where: str = "") -> "ExtractionSpec":
@@ -117,11 +135,53 @@ class ExtractionSpec:
             weights_source=str(record.get("weights_source") or "imagenet"),
             seed=int(record.get("seed") or 0),
             versions=tuple(sorted((str(k), str(v)) for k, v in versions.items())),
+            loaded=str(record.get("loaded_weights") or ""),
         )
 
     def with_weights_source(self, source: str) -> "ExtractionSpec":
-        return ExtractionSpec(**{**self.settings(), "weights_source": source, "seed": self.seed,
-                                 "versions": self.versions})
+        return dataclasses.replace(self, weights_source=source)
+
+    def check_rebuildable(self) -> None:
+        """Refuse a spec whose resizing or preprocessing this featx cannot reproduce.
+
+        Both are read from the spec, never from today's registry: a family
+        whose preprocessing changed in the registry still rebuilds the
+        extraction's own.
+        """
+        if self.resize != RESIZE:
+            raise FeatxError(
+                f"Extraction {self.dirname} resized its images by {self.resize!r}; this featx resizes by "
+                f"{RESIZE!r} only. Use the featx that made it, or extract again."
+            )
+        if self.preprocessing not in B.PREPROCESSING_MODES:
+            raise FeatxError(
+                f"Extraction {self.dirname} preprocessed its images by {self.preprocessing!r}, which this featx "
+                f"does not know ({', '.join(B.PREPROCESSING_MODES)}). Use the featx that made it, or extract again."
+            )
+
+    def check_loaded(self, loaded: str) -> None:
+        """Refuse a rebuilt backbone whose weights are not the ones this extraction recorded.
+
+        Says in one line what differs from the recorded versions (backend,
+        Keras, the backend's own version), or, where none does, the weights.
+        """
+        if not self.loaded or not loaded or loaded == self.loaded:
+            return
+        then, now = dict(self.versions), dict(versions())
+        labels = {"backend": "backend", "keras": "Keras", "tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+        changed = [f"{label} {then[k]} then, {now.get(k, 'none')} now" for k, label in labels.items()
+                   if k in then and then[k] != now.get(k)]
+        if not changed:
+            kind = self.weights.split(":", 1)[0]
+            changed = [{"imagenet": "the ImageNet weights file in Keras' cache was replaced",
+                        "random": "the random initialisation differs on this machine",
+                        }.get(kind, f"the weights file {self.weights_source} loads differently")]
+        raise WeightsMismatch(
+            f"The rebuilt {self.backbone} does not have the weights extraction {self.dirname} was made with "
+            f"(loaded weights {loaded.removeprefix('sha256:')[:12]} now, {self.loaded.removeprefix('sha256:')[:12]} "
+            f"then): {'; '.join(changed)}. Use the recorded setup, or `featx cache rm {self.dirname}` and extract "
+            "again (and refit its heads)."
+        )
 
     def load_weights(self, override: str | os.PathLike | None = None, hasher=None) -> B.Weights:
         """The weights to rebuild this extraction's model with.
@@ -204,10 +264,11 @@ def resolve_spec(
     """Resolve the user's options into a spec and the weights to load.
 
     A weights file is hashed (through the memo, so an unchanged file is not
-    read again); ImageNet weights are keyed by the sha256 of the file Keras
-    loads, found once per backbone and Keras version and remembered in the
-    cache. A cut is keyed by the name of the tapped layer. Neither needs a
-    model once it is remembered, so a warm run imports no framework.
+    read again); ImageNet weights are keyed by the hash of the arrays Keras
+    loads, found once per backbone, input size, Keras version and backend and
+    remembered in the cache until Keras' download folder changes. A cut is
+    keyed by the name of the tapped layer. Neither needs a model once it is
+    remembered, so a warm run imports no framework.
     """
     bb = B.get_backbone(backbone)
     if pooling not in POOLINGS:
@@ -219,10 +280,13 @@ def resolve_spec(
     try:
         w = B.resolve_weights(weights, seed, file_hasher=memo.hash_file, backend=backend)
         size = B.check_input_size(bb, image_size, w)
-        if w.kind == "imagenet":
-            w = B.Weights("imagenet", None, _imagenet_fingerprint(cache, bb, memo))
     finally:
         memo.close()
+    # Other weights get their hash when a model is first built for the extraction (note_loaded).
+    loaded = ""
+    if w.kind == "imagenet":
+        loaded = _imagenet_loaded(cache, bb, size, backend)
+        w = B.Weights("imagenet", None, f"imagenet:loaded-{loaded}")
     precision = resolve_precision(precision)
     tap = TAP_OUTPUT if cut_blocks == 0 else _tap_layer(cache, bb, size, cut_blocks)
     spec = ExtractionSpec(
@@ -238,8 +302,24 @@ def resolve_spec(
         weights_source=w.source,
         seed=w.seed,
         versions=versions(),
+        loaded=loaded,
     )
     return spec, w
+
+
+def note_loaded(extraction, loaded: str) -> None:
+    """After a model was built to extract into ``extraction``: check and record its weights' hash.
+
+    An extraction that recorded one must match it (one from before featx
+    recorded it is not checked); a new extraction records it in its
+    meta.json, written with its first shard.
+    """
+    parts = getattr(extraction, "parts", None) or ([extraction] if extraction is not None else [])
+    for ext in parts:
+        if ext.meta.get("loaded_weights"):
+            ext.spec.check_loaded(loaded)
+        elif ext.unsaved:
+            ext.meta["loaded_weights"] = loaded
 
 
 # --------------------------------------------------------------------------- what is remembered
@@ -259,17 +339,39 @@ def _resolved(cache) -> dict:
         return {}
 
 
+@contextlib.contextmanager
+def _resolved_lock(cache):
+    """Exclusive right to rewrite resolved.json (released by the kernel if we die).
+
+    Without it two resolvers would each read the file, add their entry and
+    replace it, and the later one would drop the earlier one's entry. A cache
+    where the lock file cannot be made is read-only: nothing is written there.
+    """
+    try:
+        fh = open(Path(cache.root) / ".resolved.lock", "a+b")
+    except OSError:
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _remember(cache, section: str, key: str, value) -> None:
     """Best effort: a read-only cache still works, it only forgets."""
     path = Path(cache.root) / "resolved.json"
-    data = _resolved(cache)
-    data.setdefault(section, {})[key] = value
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    with _resolved_lock(cache):
+        data = _resolved(cache)  # read under the lock: another resolver may have added its entry
+        data.setdefault(section, {})[key] = value
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+        try:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
 
 def _tap_layer(cache, bb: B.Backbone, size: int, cut_blocks: int) -> str:
@@ -288,14 +390,41 @@ def _tap_layer(cache, bb: B.Backbone, size: int, cut_blocks: int) -> str:
     return named[-(cut_blocks + 1)][1]
 
 
-def _imagenet_fingerprint(cache, bb: B.Backbone, memo) -> str:
-    """``imagenet:sha256:<hash of the file Keras loads>``, downloading it the first time."""
-    key = f"{bb.name}@keras-{_keras_version()}"
-    path = _resolved(cache).get("imagenet", {}).get(key)
-    if not path or not os.path.isfile(path):
-        path = B.imagenet_weights_file(bb)
-        _remember(cache, "imagenet", key, path)
-    return f"imagenet:sha256:{memo.hash_file(path)}"
+def _loaded_key(weights: str, backbone: str, size: int, backend: str) -> str:
+    # The input size matters: MobileNet's ImageNet file depends on it.
+    return f"{weights}|{backbone}|{size}px|keras-{_keras_version()}|{backend}"
 
 
-__all__ = ["ExtractionSpec", "resolve_spec", "specs_of_manifest", "one_pass_groups", "FORMAT_VERSION", "versions"]
+def _imagenet_loaded(cache, bb: B.Backbone, size: int, backend: str) -> str:
+    """The hash of ``bb``'s ImageNet weights as Keras loads them, building the model the first time.
+
+    Remembered per backbone, input size, Keras version and backend, with the
+    state of Keras' download folder: a file added or replaced there makes
+    the next resolve build the model again, so a replaced ImageNet file gets
+    a key of its own.
+    """
+    from .runtime import keras_cache_dir
+
+    key = _loaded_key("imagenet", bb.name, size, backend)
+    folder = _folder_state(keras_cache_dir("models"))
+    entry = _resolved(cache).get("imagenet-loaded", {}).get(key)
+    if isinstance(entry, dict) and entry.get("models") == folder and entry.get("loaded"):
+        return entry["loaded"]
+    model = B.build_backbone(bb, B.Weights("imagenet", None, "imagenet"), size)
+    loaded = B.loaded_fingerprint(model)
+    _remember(cache, "imagenet-loaded", key, {"loaded": loaded, "models": _folder_state(keras_cache_dir("models"))})
+    return loaded
+
+
+def _folder_state(folder: str) -> str:
+    """A short hash of the names, sizes and mtimes of the files in ``folder`` ("" when absent)."""
+    try:
+        with os.scandir(folder) as it:
+            rows = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in it if e.is_file())
+    except OSError:
+        return ""
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+__all__ = ["ExtractionSpec", "resolve_spec", "note_loaded", "specs_of_manifest", "one_pass_groups", "FORMAT_VERSION",
+           "versions"]

@@ -120,6 +120,72 @@ def test_bad_marks_carry_the_decoder_version_and_old_memos_migrate(tmp_path, mon
     memo.close()
 
 
+def test_a_file_marked_bad_by_a_featx_decoder_bug_is_tried_again_after_the_fix(tmp_path, monkeypatch):
+    memo = Memo(tmp_path / "memo.sqlite")
+    memo.remember_bad([(sha(3), "cannot decode: ValueError: a featx bug")])
+    assert memo.bad() == {sha(3): "cannot decode: ValueError: a featx bug"}
+    memo.close()
+    monkeypatch.setattr(featx.data, "DECODER_VERSION", getattr(featx.data, "DECODER_VERSION", 1) + 1,
+                        raising=False)  # the fix
+    memo = Memo(tmp_path / "memo.sqlite")
+    assert memo.bad() == {}
+    memo.close()
+
+
+@pytest.mark.parametrize("message", ["database is locked", "disk I/O error", "database or disk is full",
+                                     "unable to open database file"])
+def test_a_memo_that_cannot_be_opened_for_writing_is_kept_not_renamed(cache_dir, monkeypatch, message):
+    cache = Cache(cache_dir)
+    memo = cache.memo()
+    memo.remember([("/data/a.jpg", 1, 2, sha(1))])
+    memo.close()
+    real = featx.cache.Memo
+
+    def failing(path, readonly=False):
+        if not readonly:
+            raise sqlite3.OperationalError(message)
+        return real(path, readonly=True)
+
+    monkeypatch.setattr(featx.cache, "Memo", failing)
+    with pytest.warns(UserWarning, match=message):
+        memo = cache.memo()
+    assert memo.lookup({"/data/a.jpg": (1, 2)}) == {"/data/a.jpg": sha(1)}  # still there, read-only
+    memo.close()
+    assert (Path(cache_dir) / "memo.sqlite").exists() and not list(Path(cache_dir).glob("*corrupt*"))
+
+
+def test_a_memo_locked_by_another_connection_is_reported_and_skipped_not_raised(tmp_path, monkeypatch):
+    monkeypatch.setattr(featx.memo, "BUSY_TIMEOUT_S", 0.05)
+    path = tmp_path / "memo.sqlite"
+    memo = Memo(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # as another featx process writing for longer than the busy timeout
+    with pytest.warns(featx.errors.FeatxWarning, match="database is locked"):
+        memo.remember([("/data/a.jpg", 1, 2, sha(1))])
+        memo.remember_bad([(sha(2), "not an image")])  # reported once
+    other.execute("ROLLBACK")
+    other.close()
+    memo.remember([("/data/b.jpg", 3, 4, sha(3))])
+    assert memo.lookup({"/data/a.jpg": (1, 2), "/data/b.jpg": (3, 4)}) == {"/data/b.jpg": sha(3)}
+    memo.close()
+    assert path.exists() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_the_memo_uses_a_rollback_journal_on_network_file_systems(tmp_path, monkeypatch):
+    assert featx.memo.filesystem_type("/proc") == "proc"
+    memo = Memo(tmp_path / "local.sqlite")
+    assert memo.journal_mode == "wal" or featx.memo.is_network_filesystem(tmp_path)
+    memo.close()
+    monkeypatch.setattr(featx.memo, "filesystem_type", lambda path: "nfs4")
+    memo = Memo(tmp_path / "shared.sqlite")
+    assert memo.journal_mode == "delete"
+    assert memo._db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    memo.remember([("/data/a.jpg", 1, 2, sha(1))])
+    assert memo.lookup({"/data/a.jpg": (1, 2)}) == {"/data/a.jpg": sha(1)}
+    memo.close()
+    assert not (tmp_path / "shared.sqlite-wal").exists()
+
+
 # ---------------------------------------------------------------- 2. concurrency
 
 

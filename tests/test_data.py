@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, features
+from PIL import Image, ImageOps, features
 
 import featx.data as D
 from featx.data import (
@@ -567,19 +567,31 @@ def _jpeg_bytes(arr, **kw) -> bytes:
     return buf.getvalue()
 
 
+XMP_ORIENTATION_6 = (
+    b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+    b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+    b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+)
+
+
 def _jpeg_cases():
     rng = np.random.default_rng(3)
     base = np.asarray(Image.fromarray(rng.integers(0, 256, (30, 40, 3), np.uint8)).resize((500, 375), Image.BICUBIC))
     cases = {
         "420": _jpeg_bytes(base, quality=90),
+        "422": _jpeg_bytes(base, subsampling=1),
         "444": _jpeg_bytes(base, subsampling=0),
         "progressive": _jpeg_bytes(base, progressive=True),
         "gray": _jpeg_bytes(base[..., 0]),
+        "gray-progressive": _jpeg_bytes(base[..., 0], progressive=True),
         "tiny": _jpeg_bytes(base[:5, :7]),
+        # Orientation in XMP only (tiff:Orientation, no Exif): Pillow applies it.
+        "xmp6": _jpeg_bytes(base, xmp=XMP_ORIENTATION_6),
     }
-    buf = io.BytesIO()
-    Image.fromarray(base).convert("CMYK").save(buf, "JPEG")
-    cases["cmyk"] = buf.getvalue()
+    for mode in ("CMYK", "YCbCr"):
+        buf = io.BytesIO()
+        Image.fromarray(base).convert(mode).save(buf, "JPEG")
+        cases[mode.lower()] = buf.getvalue()
     for o in range(1, 9):
         exif = Image.Exif()
         exif[0x0112] = o
@@ -592,12 +604,34 @@ def test_simplejpeg_gives_pillows_pixels(size):
     pytest.importorskip("simplejpeg")
     for name, data in _jpeg_cases().items():
         fast, slow = read_image(data, size), read_image(data, size, decoder="pillow")
-        assert fast.shape == slow.shape, name
-        # Identical in practice (Pillow bundles libjpeg-turbo too); the
-        # tolerance only allows for a differently built libjpeg.
-        assert np.abs(fast.astype(int) - slow).max() <= 2, name
+        # The same pixels, bit for bit: the cache key does not name the decoder.
+        np.testing.assert_array_equal(fast, slow, err_msg=name)
         used = D._read_jpeg_turbo(D._simplejpeg(), data, D._target_size(size), "bilinear") is not None
         assert used == (name != "cmyk"), name  # CMYK goes to Pillow
+
+
+def test_an_xmp_oriented_jpeg_is_turned_by_both_decoders():
+    data = _jpeg_cases()["xmp6"]
+    with Image.open(io.BytesIO(data)) as img:
+        assert "exif" not in img.info  # no Exif at all: the orientation is in the XMP packet
+        upright = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    assert upright.shape == (500, 375, 3)
+    for decoder in ("auto", "pillow"):
+        np.testing.assert_array_equal(read_image(data, decoder=decoder), upright, err_msg=decoder)
+
+
+def test_a_simplejpeg_that_decodes_otherwise_is_not_used(monkeypatch):
+    simplejpeg = pytest.importorskip("simplejpeg")
+    decode = simplejpeg.decode_jpeg
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: decode(*a, **k) // 2 * 2)  # another IDCT
+    D._simplejpeg.cache_clear()
+    try:
+        assert D._simplejpeg() is None  # Pillow decodes every JPEG in this process
+        monkeypatch.undo()
+        D._simplejpeg.cache_clear()
+        assert D._simplejpeg() is simplejpeg
+    finally:
+        D._simplejpeg.cache_clear()
 
 
 def test_simplejpeg_path_reports_bad_jpegs_as_pillow_does():
@@ -619,12 +653,13 @@ def test_without_simplejpeg_pillow_decodes(monkeypatch):
         read_image(data, 16, decoder="turbo")
 
 
-def test_jpeg_exif_detection_walks_markers():
-    from featx.data import _jpeg_has_exif
+def test_jpeg_orientation_detection_walks_markers():
+    from featx.data import _jpeg_may_be_oriented
 
     exif = Image.Exif()
     exif[0x0112] = 6
     plain = _jpeg_bytes(np.zeros((16, 16, 3), np.uint8))
-    assert not _jpeg_has_exif(plain)
-    assert _jpeg_has_exif(_jpeg_bytes(np.zeros((16, 16, 3), np.uint8), exif=exif.tobytes()))
-    assert _jpeg_has_exif(plain[:2] + b"junk")  # odd layout: Pillow decides
+    assert not _jpeg_may_be_oriented(plain)
+    assert _jpeg_may_be_oriented(_jpeg_bytes(np.zeros((16, 16, 3), np.uint8), exif=exif.tobytes()))
+    assert _jpeg_may_be_oriented(_jpeg_bytes(np.zeros((16, 16, 3), np.uint8), xmp=XMP_ORIENTATION_6))
+    assert _jpeg_may_be_oriented(plain[:2] + b"junk")  # odd layout: Pillow decides

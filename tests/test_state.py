@@ -75,17 +75,19 @@ def test_key_holds_tap_layer_weights_hash_backend_and_versions(tmp_path, monkeyp
     mixed, _ = resolve_spec(cache, "vgg16", "none", 32, "avg", 0, "mixed")
     assert mixed.numerics == "tensorflow" and s0.numerics == ""
     assert dict(s0.versions)["keras"] and dict(s0.versions)["backend"] == "tensorflow"
-    # ImageNet weights are keyed by the bytes of the file Keras loaded, not by the word "imagenet"
-    files = [tmp_path / "w1.h5", tmp_path / "w2.h5"]
-    for i, f in enumerate(files):
-        f.write_bytes(bytes([i]) * 100)
-    monkeypatch.setattr(featx.backbones, "imagenet_weights_file", lambda bb: str(files[0]))
+    # ImageNet weights are keyed by a hash of the arrays Keras loaded, not by the word "imagenet",
+    # remembered until a file is added to or replaced in Keras' download folder.
+    (tmp_path / "kh" / "models").mkdir(parents=True)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    built = []
+    monkeypatch.setattr(featx.backbones, "build_backbone", lambda bb, w, size, pooling=None: built.append(size))
+    monkeypatch.setattr(featx.backbones, "loaded_fingerprint", lambda model: f"sha256:{len(built):064d}")
     k1 = resolve_spec(cache, "vgg16", "imagenet", None, "avg", 0, "float32")[0]
-    assert k1.weights.startswith("imagenet:sha256:")
-    (tmp_path / "c" / "resolved.json").unlink()
-    monkeypatch.setattr(featx.backbones, "imagenet_weights_file", lambda bb: str(files[1]))
+    assert k1.weights == f"imagenet:loaded-sha256:{1:064d}" and k1.loaded == f"sha256:{1:064d}"
+    assert resolve_spec(cache, "vgg16", "imagenet", None, "avg", 0, "float32")[0].key == k1.key and built == [224]
+    (tmp_path / "kh" / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"replaced")
     k2 = resolve_spec(cache, "vgg16", "imagenet", None, "avg", 0, "float32")[0]
-    assert k1.key != k2.key
+    assert built == [224, 224] and k1.key != k2.key
 
 
 def test_spec_round_trips_through_meta_and_manifest(project, tmp_path):
