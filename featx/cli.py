@@ -200,35 +200,26 @@ class HeadKinds(click.ParamType):
         return kinds
 
 
-class FeatxFolder(click.Path):
-    """A folder written by featx: a head (`fit-head`) or a fine-tuned model (`finetune`).
+# --head and --model take a result folder, a file in one, a pointer (heads/latest), the word
+# latest or latest-<kind>: featx.outputs.resolve_result reads them in the command, once the
+# featx home (--home, which may come later on the line) is known.
+HEAD_HELP = ("A head: its folder (from `featx fit-head`), the pointer heads/latest, 'latest' or 'latest-KIND' "
+             "(latest-logreg) [default: the latest].")
+MODEL_HELP = ("A fine-tuned model: its folder or model.keras (from `featx finetune`), the pointer models/latest, "
+              "or 'latest'.")
 
-    Reads the folder's manifest.json only to refuse the other kind with a
-    message saying which option takes it.
-    """
 
-    def __init__(self, want: str):
-        super().__init__(path_type=str)
-        self.want = want
+def _resolved(obj: dict, what: str, value: str | None) -> str | None:
+    """The folder a --head/--model value names (None stays None); a bad value is a usage error (exit 2)."""
+    if value is None:
+        return None
+    from .errors import HeadError
+    from .outputs import resolve_result
 
-    def convert(self, value, param, ctx):
-        if value == "latest":
-            return value  # the newest of its kind under the featx home
-        value = super().convert(value, param, ctx)
-        folder = value if os.path.isdir(value) else os.path.dirname(value) or "."
-        try:
-            with open(os.path.join(folder, "manifest.json")) as fh:
-                kind = json.load(fh).get("kind")
-        except (OSError, ValueError, AttributeError):
-            return value  # missing or unreadable: the command's own error says so
-        if self.want == "head" and kind == "end-to-end":
-            self.fail(f"{value} is a fine-tuned model (from `featx finetune`), not a head: "
-                      f"use --model {value}.", param, ctx)
-        if self.want == "model" and kind in HEAD_KINDS:
-            self.fail(f"{value} is a {kind} head (from `featx fit-head`), not a fine-tuned model: "
-                      f"use --head {value}, or `featx finetune --head {value}` to make a model from it.",
-                      param, ctx)
-        return value
+    try:
+        return str(resolve_result(what, value, obj["home"]))
+    except HeadError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'--{what}'") from None
 
 
 # --------------------------------------------------------------------------- shared options
@@ -607,9 +598,8 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, selection, folds,
 
 @cli.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path())
-@click.option("--head", type=FeatxFolder("head"), help="A head folder (from `featx fit-head`) [default: the latest].")
-@click.option("--model", type=FeatxFolder("model"),
-              help="A fine-tuned model: its folder or model.keras (from `featx finetune`), or 'latest'.")
+@click.option("--head", metavar="HEAD", help=HEAD_HELP)
+@click.option("--model", metavar="MODEL", help=MODEL_HELP)
 @click.option("--imagenet", is_flag=True, help="ImageNet labels from the backbone's full classifier.")
 @click.option("-b", "--backbone", default="inceptionv3", show_default=True, help="With --imagenet: the backbone.")
 @click.option("-k", "--top-k", type=POSITIVE_INT, default=1, show_default=True, help="Labels and probabilities per image.")
@@ -644,15 +634,13 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
 
     if sum(bool(x) for x in (head, model, imagenet)) > 1:
         raise FeatxError("Pass at most one of --head, --model and --imagenet.")
+    head, model = _resolved(obj, "head", head), _resolved(obj, "model", model)
     source = data[0] if len(data) == 1 else list(data)
     if imagenet:
         preds = api.predict_imagenet(source, backbone, top_k=top_k, batch_size=batch_size)
     elif model:
         from .finetuning import predict_images
-        from .outputs import latest_dir
 
-        if model == "latest":
-            model = str(latest_dir("model", obj["home"]))
         preds = predict_images(model, source, top_k=top_k, batch_size=batch_size, split=split)
     else:
         preds = api.predict(source, head=head, cache_dir=obj["cache_dir"], batch_size=batch_size, progress=not quiet,
@@ -710,8 +698,9 @@ def compare(obj, data, heads, out, seed, selection, folds, val_split):
 @click.option("-b", "--backbone", help="Use the latest extraction with this backbone.")
 @click.option("--extraction", help="An extraction name or prefix from `featx cache list`.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: inspect/<backbone>-<time> in the featx home].")
-@click.option("--head", type=click.Path(file_okay=False),
-              help="Head whose calibration to check [default: the latest head, if fitted on these features].")
+@click.option("--head", metavar="HEAD",
+              help="Head whose calibration to check, named as for `featx predict --head` "
+                   "[default: the latest head, if fitted on these features].")
 @click.option("--near-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
               help="Cosine similarity (standardised, L2-normalised features) for near duplicates.")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True,
@@ -740,6 +729,7 @@ def inspect(obj, data, backbone, extraction, out, head, near_threshold, folds, s
     """
     from .inspection import inspect as run
 
+    head = _resolved(obj, "head", head)
     report = run(data, backbone=backbone, extraction=extraction, cache_dir=obj["cache_dir"], out=out, head=head,
                  near_threshold=near_threshold, folds=folds, seeds=seeds, embedding=embedding, seed=seed,
                  log=lambda m: click.echo(m, err=True), home=obj["home"])
@@ -751,7 +741,9 @@ def inspect(obj, data, backbone, extraction, out, head, near_threshold, folds, s
 
 
 @cli.command()
-@click.option("--head", type=FeatxFolder("head"), help="A dense or logreg head [default: the latest fitted head].")
+@click.option("--head", metavar="HEAD",
+              help="A dense or logreg head: its folder, heads/latest, 'latest' or 'latest-dense' "
+                   "[default: the latest dense or logreg head].")
 @click.option("--unfreeze", type=LayersOrAll(), help="Unfreeze the backbone's last N layers, or 'all'.")
 @click.option("--unfreeze-blocks", type=POSITIVE_INT,
               help="Unfreeze the backbone's last K named blocks (e.g. 1 = conv5_block3).")
@@ -791,7 +783,8 @@ def finetune(obj, head, unfreeze, unfreeze_blocks, epochs, batch_size, lr, optim
     """
     from .finetuning import finetune as run
 
-    res = run(head, unfreeze=unfreeze, unfreeze_blocks=unfreeze_blocks, cache_dir=obj["cache_dir"], out=out,
+    res = run(_resolved(obj, "head", head), unfreeze=unfreeze, unfreeze_blocks=unfreeze_blocks,
+              cache_dir=obj["cache_dir"], out=out,
               epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
               class_weight=class_weight, patience=patience, seed=seed, export=not no_export, weights=weights,
               log=lambda m: click.echo(m, err=True), home=obj["home"])
