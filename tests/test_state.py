@@ -282,3 +282,19 @@ def test_two_runs_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypa
     b = outputs.default_dir(tmp_path / "heads", "vgg16", "logreg")  # before a's head is saved into it
     assert a != b and a.is_dir() and b.is_dir()
     assert (a.name, b.name) == ("vgg16-logreg-20261127-150000", "vgg16-logreg-20261127-150000-2")
+
+
+def test_results_have_short_reprs(project):
+    """repr(featx.extract(...)) printed every path and sha256 (59,833 characters on hymenoptera)."""
+    root, data = project
+    res = featx.extract(data, "vgg16", cache_dir=root / "cache", **TINY)  # warm: nothing computed
+    feats = featx.load_features(data, cache_dir=root / "cache")
+    paths = sorted(res.paths)
+    for obj, name in ((res, "ExtractResult("), (feats, "Features("), (feats.view, "DatasetView("),
+                      (feats.extraction, "Extraction(")):
+        text = repr(obj)
+        assert text.startswith(name) and len(text) < 700, text
+        assert not any(sha in text for sha in res.sha256), text
+        assert paths[len(paths) // 2] not in text  # the middle rows are left out
+    assert "24 images: 0 computed, 24 reused" in repr(res) and "(24)" in repr(res)
+    assert "24 rows x 512 features" in repr(feats) and "train 12, val 12" in repr(feats)
