@@ -298,3 +298,10 @@ def test_results_have_short_reprs(project):
         assert paths[len(paths) // 2] not in text  # the middle rows are left out
     assert "24 images: 0 computed, 24 reused" in repr(res) and "(24)" in repr(res)
     assert "24 rows x 512 features" in repr(feats) and "train 12, val 12" in repr(feats)
+
+
+def test_gitignore_covers_every_folder_featx_writes_in_the_home():
+    from conftest import REPO
+
+    ignored = set((REPO / ".gitignore").read_text().split())
+    assert {"/heads/", "/models/", "/inspect/"} <= ignored
