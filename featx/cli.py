@@ -270,9 +270,11 @@ def home_option(command):
     type=click.Path(file_okay=False),
     help="Folder for heads/ and models/ (env: FEATX_HOME) [default: the current folder].",
 )
+@click.option("--verbose", is_flag=True,
+              help="Show TensorFlow's, Keras' and Ray's own log lines (quiet by default).")
 @click.version_option(package_name="featx")
 @click.pass_context
-def cli(ctx, cache_dir, home):
+def cli(ctx, cache_dir, home, verbose):
     """Transfer learning on image folders, with the backbone run only once.
 
     \b
@@ -283,9 +285,12 @@ def cli(ctx, cache_dir, home):
 
     Run `featx COMMAND --help` for each command's options.
     """
-    ctx.obj = {"cache_dir": cache_dir, "home": _home_path(home)}
+    ctx.obj = {"cache_dir": cache_dir, "home": _home_path(home), "verbose": verbose}
     ctx.with_resource(_one_line_warnings())
-    quiet_frameworks()
+    if verbose:
+        os.environ["FEATX_VERBOSE"] = "1"  # read by runtime.import_keras and the Ray engine, here and in workers
+    else:
+        quiet_frameworks()
 
 
 # --------------------------------------------------------------------------- backbones
@@ -544,7 +549,7 @@ def cache_compact(obj):
 @click.option("--n-estimators", type=POSITIVE_INT, help="lightgbm: trees [default: early-stopped, up to 1000].")
 @click.option("--num-leaves", type=click.IntRange(2, 131072), default=15, show_default=True,
               help="lightgbm: leaves per tree.")
-@click.option("-v", "--verbose", is_flag=True, help="dense: show Keras' per-epoch output.")
+@click.option("-v", "--verbose", is_flag=True, help="dense: show Keras' per-epoch output (so does featx --verbose).")
 @cache_dir_option
 @home_option
 @click.pass_obj
@@ -572,7 +577,7 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, selection, folds,
 
     params = {
         "dense": dict(hidden=hidden, dropout=dropout, optimizer=optimizer, lr=lr,
-                      epochs=epochs, batch_size=batch_size, verbose=1 if verbose else 0),
+                      epochs=epochs, batch_size=batch_size, verbose=1 if verbose or obj.get("verbose") else 0),
         "logreg": dict(C=C),
         "lightgbm": dict(n_estimators=n_estimators, num_leaves=num_leaves),
         "auto": {},
