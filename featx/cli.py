@@ -25,6 +25,9 @@ from .runtime import quiet_frameworks
 # that parsing options imports neither.
 IMAGE_SIZES = (32, 1024)
 HEAD_KINDS = ("dense", "logreg", "lightgbm")
+# The --workers defaults as extract.py and ray_engine.py decide them; README.md and docs/cli.md say the same (tested).
+WORKERS_DEFAULT = "the CPU count, at least 2 and at most 16"
+RAY_WORKERS_DEFAULT = "the cluster's GPUs / --num-gpus-per-worker, or one per 4 CPUs"
 
 
 class _Group(click.Group):
@@ -278,10 +281,14 @@ def cli(ctx, cache_dir, home, verbose):
     """Transfer learning on image folders, with the backbone run only once.
 
     \b
-    1. featx extract --backbone resnet50 data/     cache pooled features
-    2. featx fit-head --head dense                 train a head in seconds
-    3. featx finetune --unfreeze 60                fine-tune end to end (optional)
-       featx predict new_images/                   label new images
+    featx extract --backbone resnet50 data/     cache pooled features (once)
+    featx fit-head --head dense                 train a head in seconds
+    featx predict new_images/                   label new images
+    featx inspect                               leakage, label errors, label budget, calibration
+    featx finetune --unfreeze-blocks 1          fine-tune backbone + head end to end (optional)
+    featx compare                               leaderboard: every head on every extraction
+    featx backbones                             the backbones featx can use
+    featx cache list                            what is cached (also: cache rm, cache compact)
 
     Run `featx COMMAND --help` for each command's options.
     """
@@ -335,7 +342,8 @@ def backbones(pattern, as_json):
                    "before it), each cached as its own extraction; `fit-head --head auto` searches them all.")
 @click.option("--batch-size", type=POSITIVE_INT, help="Images per forward pass [default: 128 on a GPU; on a CPU 64, or 256 at 32 px or less].")
 @click.option("--workers", type=POSITIVE_INT,
-              help="Threads reading and decoding images [default: CPU count]; with --engine ray, embedding actors.")
+              help=f"Threads reading and decoding images [default: {WORKERS_DEFAULT}]; with --engine ray, embedding "
+                   f"actors [default: {RAY_WORKERS_DEFAULT}].")
 @click.option(
     "--precision", type=click.Choice(["auto", "float32", "mixed"]), default="auto", show_default=True,
     help="auto: mixed float16 on a GPU, float32 on a CPU.",
@@ -367,7 +375,8 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
       featx extract -b vgg16 --weights vgg16_notop.weights.h5 --image-size 128 data/
       featx extract -b efficientnetb0 --cut-blocks 3 labels.csv
       featx extract -b vgg16 --taps 0,1,2 data/ && featx fit-head --head auto
-      featx extract --engine ray --address auto --num-gpus-per-worker 1 /mnt/shared/data/
+      featx extract --engine ray data/
+      featx extract --engine ray --address auto --num-gpus-per-worker 1 /mnt/shared/data/   (a GPU cluster)
       featx extract -b mobilenetv2 --image-size 96 data.npz
     """
     from .extract import extract as run
@@ -633,6 +642,8 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
       featx predict --head heads/resnet50-dense-20261122-101500 -k 3 --out preds.csv photos/
       featx predict --model models/resnet50-finetune-20261122-110000 new_images/
       featx predict --model latest new_images/
+      featx predict --head latest-logreg new_images/
+      featx predict --head heads/latest new_images/
       featx predict --imagenet --backbone inceptionv3 -k 5 photo.jpg
     """
     from . import api
