@@ -609,6 +609,9 @@ def _keras_dataset(which: str, log) -> dict:
 @contextlib.contextmanager
 def _recording_downloads():
     """Record (origin, file) of each download ``keras.utils.get_file`` attempts."""
+    from .runtime import import_keras
+
+    import_keras()  # first, so that TensorFlow's start-up log lines stay quiet
     from keras.src.utils import file_utils
 
     original = file_utils.urlretrieve

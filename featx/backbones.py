@@ -497,6 +497,9 @@ def build_backbone(
 @contextlib.contextmanager
 def _capture_downloads(found: list):
     """Record the files ``keras.utils.get_file`` hands to the applications."""
+    from .runtime import import_keras
+
+    import_keras()  # first, so that TensorFlow's start-up log lines stay quiet
     from keras.src.utils import file_utils
 
     original = file_utils.get_file

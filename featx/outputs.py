@@ -23,9 +23,7 @@ _WHAT = {"head": DEFAULT_HEADS_DIR, "model": DEFAULT_MODELS_DIR}
 MODEL_KIND = "end-to-end"  # the manifest kind of a fine-tuned model; heads carry their head kind
 # Kept in step with heads.HEADS (tested), so that resolving a path imports no head code.
 _HEAD_KINDS = ("dense", "logreg", "lightgbm")
-_RESULT_FILES = ("manifest.json", "metrics.json")
 _OTHER_KIND = {"head": MODEL_KIND, "model": "featx"}  # what a models/ (heads/) folder holds, for the message
-_RESULT_SUFFIXES = (".keras", ".npz", ".txt", ".json", ".png")
 
 
 def text_table(rows, headers) -> str:
@@ -127,7 +125,10 @@ def _newest(what: str, root: Path, want: str | None = None) -> Path | None:
         return None
     for d in entries:
         if d.is_dir() and _is_kind(what, _manifest_kind(d), want):
-            found.append(((d / "manifest.json").stat().st_mtime, d.name, d))
+            try:
+                found.append(((d / "manifest.json").stat().st_mtime, d.name, d))
+            except OSError:  # removed meanwhile
+                continue
     return max(found)[2] if found else None
 
 
@@ -202,7 +203,7 @@ def resolve_result(what: str, value: str | os.PathLike | None = None,
     if not path.exists():
         raise HeadError(f"{option} {text}: no such file or folder.")
     folder = path
-    if path.is_file() and (path.name in _RESULT_FILES or path.suffix in _RESULT_SUFFIXES):
+    if path.is_file() and not (path.name == "latest" or path.name.startswith("latest-")):
         folder = path.parent  # model.keras, manifest.json, logreg.npz...
     elif path.is_file():
         other = "model" if what == "head" else "head"

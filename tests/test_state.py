@@ -305,3 +305,9 @@ def test_gitignore_covers_every_folder_featx_writes_in_the_home():
 
     ignored = set((REPO / ".gitignore").read_text().split())
     assert {"/heads/", "/models/", "/inspect/"} <= ignored
+
+
+def test_path_resolution_knows_every_head_kind():
+    from featx import heads, outputs
+
+    assert set(outputs._HEAD_KINDS) == set(heads.HEADS)
