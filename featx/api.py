@@ -23,7 +23,7 @@ from .cache import Cache
 from .errors import FeatxError, HeadError, WeightsError
 from .features import Features, find_view, load_features, make_splits
 from .heads import HEADS, align_proba, head_class, load_head, make_head, read_manifest
-from .outputs import Predictions, default_dir, latest_head, results_dir, set_latest
+from .outputs import Predictions, default_dir, latest_head, resolve_result, results_dir, set_latest
 from .spec import one_pass_groups, specs_of_manifest
 from .metrics import classification_metrics, format_report, plot_confusion, plot_curves
 
@@ -413,6 +413,10 @@ def predict(
     written, so predicting never changes what ``fit-head`` uses next. A
     calibrated head's temperature is applied.
 
+    ``head`` is a head folder, a file in one, a pointer (``heads/latest``),
+    ``"latest"`` or ``"latest-<kind>"``; None means the latest head under
+    ``home`` (see :func:`featx.outputs.resolve_result`).
+
     ``data`` may also be images that are not files (:mod:`featx.arrays`):
     an array, ``(x, y)``, a dict of splits, an ``.npz`` file, ``keras:NAME``
     or a stream of batches. ``split`` picks one split of such data. Each
@@ -427,7 +431,7 @@ def predict(
     elif split is not None:
         raise FeatxError(f"split= picks a split of arrays or an .npz file; {data} is neither.")
 
-    head_dir = Path(head) if head else latest_head(home)
+    head_dir = resolve_result("head", head, home)
     man = read_manifest(head_dir)
     est = load_head(head_dir)
     classes = [str(c) for c in man["classes"]]

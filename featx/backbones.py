@@ -394,10 +394,33 @@ def _weights_error(
                 f"looks for {where}: download {url.group(0)} and put it there, {alternative}."
             )
         return WeightsError(f"ImageNet weights for {backbone.name} could not be loaded: {msg.splitlines()[0]}")
-    first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
     return WeightsError(
-        f"Weights file {weights.path} does not fit {backbone.name} (include_top=False): {first[:300]}"
+        f"Weights file {weights.path} does not fit {backbone.name} (include_top=False): {_one_sentence(msg, exc)} "
+        "Is it a weights file of another backbone, or of another input size with a classifier on top?"
     )
+
+
+def _one_sentence(msg: str, exc: Exception) -> str:
+    """Keras' load error as one complete sentence.
+
+    Its first line ends in "Example error message for object <Conv2D ...>:", the
+    example on the next line (which goes on to print the arrays): keep the
+    count, the layer and the shapes, and drop the rest.
+    """
+    lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__ + "."
+    first = lines[0]
+    example = re.match(r"(.*?)\s*Example error message for object <\w+ name=([^,>]+)[^>]*>:$", first)
+    if example:
+        detail = lines[1].split(" Target variable:")[0] if len(lines) > 1 else ""
+        shapes = re.search(r"variable\.shape=(\([^)]*\)).*value\.shape=(\([^)]*\))", detail)
+        first = example.group(1).rstrip(".") + f", the first in layer {example.group(2)}"
+        first += f" (the model wants shape {shapes.group(1)}, the file has {shapes.group(2)})." if shapes else "."
+    elif first.endswith(":"):
+        first = first[:-1] + "."
+    first = first[:300]
+    return first if first.endswith((".", "!", "?", ")")) else first + "."
 
 
 # --------------------------------------------------------------------------- models

@@ -100,6 +100,9 @@ class Extraction:
     def name(self) -> str:
         return self.root.name
 
+    def __repr__(self) -> str:
+        return f"Extraction({str(self.root)!r}" + (f", error={self.error!r})" if self.error else ")")
+
     @property
     def shard_dir(self) -> Path:
         return self.root / "shards"
@@ -508,6 +511,12 @@ class DatasetView:
     @property
     def id(self) -> str:
         return self.path.stem
+
+    def __repr__(self) -> str:
+        from .reprs import ends
+
+        return (f"DatasetView({self.source!r}, {self.layout}, {self.rows} rows, extraction {self.extraction}, "
+                f"classes {ends(self.class_names, 5)}, {len(self.skipped)} skipped)")
 
 
 # --------------------------------------------------------------------------- the cache

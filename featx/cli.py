@@ -25,6 +25,9 @@ from .runtime import quiet_frameworks
 # that parsing options imports neither.
 IMAGE_SIZES = (32, 1024)
 HEAD_KINDS = ("dense", "logreg", "lightgbm")
+# The --workers defaults as extract.py and ray_engine.py decide them; README.md and docs/cli.md say the same (tested).
+WORKERS_DEFAULT = "the CPU count, at least 2 and at most 16"
+RAY_WORKERS_DEFAULT = "the cluster's GPUs / --num-gpus-per-worker, or one per 4 CPUs"
 
 
 class _Group(click.Group):
@@ -200,35 +203,26 @@ class HeadKinds(click.ParamType):
         return kinds
 
 
-class FeatxFolder(click.Path):
-    """A folder written by featx: a head (`fit-head`) or a fine-tuned model (`finetune`).
+# --head and --model take a result folder, a file in one, a pointer (heads/latest), the word
+# latest or latest-<kind>: featx.outputs.resolve_result reads them in the command, once the
+# featx home (--home, which may come later on the line) is known.
+HEAD_HELP = ("A head: its folder (from `featx fit-head`), the pointer heads/latest, 'latest' or 'latest-KIND' "
+             "(latest-logreg) [default: the latest].")
+MODEL_HELP = ("A fine-tuned model: its folder or model.keras (from `featx finetune`), the pointer models/latest, "
+              "or 'latest'.")
 
-    Reads the folder's manifest.json only to refuse the other kind with a
-    message saying which option takes it.
-    """
 
-    def __init__(self, want: str):
-        super().__init__(path_type=str)
-        self.want = want
+def _resolved(obj: dict, what: str, value: str | None) -> str | None:
+    """The folder a --head/--model value names (None stays None); a bad value is a usage error (exit 2)."""
+    if value is None:
+        return None
+    from .errors import HeadError
+    from .outputs import resolve_result
 
-    def convert(self, value, param, ctx):
-        if value == "latest":
-            return value  # the newest of its kind under the featx home
-        value = super().convert(value, param, ctx)
-        folder = value if os.path.isdir(value) else os.path.dirname(value) or "."
-        try:
-            with open(os.path.join(folder, "manifest.json")) as fh:
-                kind = json.load(fh).get("kind")
-        except (OSError, ValueError, AttributeError):
-            return value  # missing or unreadable: the command's own error says so
-        if self.want == "head" and kind == "end-to-end":
-            self.fail(f"{value} is a fine-tuned model (from `featx finetune`), not a head: "
-                      f"use --model {value}.", param, ctx)
-        if self.want == "model" and kind in HEAD_KINDS:
-            self.fail(f"{value} is a {kind} head (from `featx fit-head`), not a fine-tuned model: "
-                      f"use --head {value}, or `featx finetune --head {value}` to make a model from it.",
-                      param, ctx)
-        return value
+    try:
+        return str(resolve_result(what, value, obj["home"]))
+    except HeadError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'--{what}'") from None
 
 
 # --------------------------------------------------------------------------- shared options
@@ -279,22 +273,31 @@ def home_option(command):
     type=click.Path(file_okay=False),
     help="Folder for heads/ and models/ (env: FEATX_HOME) [default: the current folder].",
 )
+@click.option("--verbose", is_flag=True,
+              help="Show TensorFlow's, Keras' and Ray's own log lines (quiet by default).")
 @click.version_option(package_name="featx")
 @click.pass_context
-def cli(ctx, cache_dir, home):
+def cli(ctx, cache_dir, home, verbose):
     """Transfer learning on image folders, with the backbone run only once.
 
     \b
-    1. featx extract --backbone resnet50 data/     cache pooled features
-    2. featx fit-head --head dense                 train a head in seconds
-    3. featx finetune --unfreeze 60                fine-tune end to end (optional)
-       featx predict new_images/                   label new images
+    featx extract --backbone resnet50 data/     cache pooled features (once)
+    featx fit-head --head dense                 train a head in seconds
+    featx predict new_images/                   label new images
+    featx inspect                               leakage, label errors, label budget, calibration
+    featx finetune --unfreeze-blocks 1          fine-tune backbone + head end to end (optional)
+    featx compare                               leaderboard: every head on every extraction
+    featx backbones                             the backbones featx can use
+    featx cache list                            what is cached (also: cache rm, cache compact)
 
     Run `featx COMMAND --help` for each command's options.
     """
-    ctx.obj = {"cache_dir": cache_dir, "home": _home_path(home)}
+    ctx.obj = {"cache_dir": cache_dir, "home": _home_path(home), "verbose": verbose}
     ctx.with_resource(_one_line_warnings())
-    quiet_frameworks()
+    if verbose:
+        os.environ["FEATX_VERBOSE"] = "1"  # read by runtime.import_keras and the Ray engine, here and in workers
+    else:
+        quiet_frameworks()
 
 
 # --------------------------------------------------------------------------- backbones
@@ -339,7 +342,8 @@ def backbones(pattern, as_json):
                    "before it), each cached as its own extraction; `fit-head --head auto` searches them all.")
 @click.option("--batch-size", type=POSITIVE_INT, help="Images per forward pass [default: 128 on a GPU; on a CPU 64, or 256 at 32 px or less].")
 @click.option("--workers", type=POSITIVE_INT,
-              help="Threads reading and decoding images [default: CPU count]; with --engine ray, embedding actors.")
+              help=f"Threads reading and decoding images [default: {WORKERS_DEFAULT}]; with --engine ray, embedding "
+                   f"actors [default: {RAY_WORKERS_DEFAULT}].")
 @click.option(
     "--precision", type=click.Choice(["auto", "float32", "mixed"]), default="auto", show_default=True,
     help="auto: mixed float16 on a GPU, float32 on a CPU.",
@@ -371,7 +375,8 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
       featx extract -b vgg16 --weights vgg16_notop.weights.h5 --image-size 128 data/
       featx extract -b efficientnetb0 --cut-blocks 3 labels.csv
       featx extract -b vgg16 --taps 0,1,2 data/ && featx fit-head --head auto
-      featx extract --engine ray --address auto --num-gpus-per-worker 1 /mnt/shared/data/
+      featx extract --engine ray data/
+      featx extract --engine ray --address auto --num-gpus-per-worker 1 /mnt/shared/data/   (a GPU cluster)
       featx extract -b mobilenetv2 --image-size 96 data.npz
     """
     from .extract import extract as run
@@ -553,7 +558,7 @@ def cache_compact(obj):
 @click.option("--n-estimators", type=POSITIVE_INT, help="lightgbm: trees [default: early-stopped, up to 1000].")
 @click.option("--num-leaves", type=click.IntRange(2, 131072), default=15, show_default=True,
               help="lightgbm: leaves per tree.")
-@click.option("-v", "--verbose", is_flag=True, help="dense: show Keras' per-epoch output.")
+@click.option("-v", "--verbose", is_flag=True, help="dense: show Keras' per-epoch output (so does featx --verbose).")
 @cache_dir_option
 @home_option
 @click.pass_obj
@@ -581,7 +586,7 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, selection, folds,
 
     params = {
         "dense": dict(hidden=hidden, dropout=dropout, optimizer=optimizer, lr=lr,
-                      epochs=epochs, batch_size=batch_size, verbose=1 if verbose else 0),
+                      epochs=epochs, batch_size=batch_size, verbose=1 if verbose or obj.get("verbose") else 0),
         "logreg": dict(C=C),
         "lightgbm": dict(n_estimators=n_estimators, num_leaves=num_leaves),
         "auto": {},
@@ -607,9 +612,8 @@ def fit_head(obj, kind, data, backbone, extraction, out, seed, selection, folds,
 
 @cli.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path())
-@click.option("--head", type=FeatxFolder("head"), help="A head folder (from `featx fit-head`) [default: the latest].")
-@click.option("--model", type=FeatxFolder("model"),
-              help="A fine-tuned model: its folder or model.keras (from `featx finetune`), or 'latest'.")
+@click.option("--head", metavar="HEAD", help=HEAD_HELP)
+@click.option("--model", metavar="MODEL", help=MODEL_HELP)
 @click.option("--imagenet", is_flag=True, help="ImageNet labels from the backbone's full classifier.")
 @click.option("-b", "--backbone", default="inceptionv3", show_default=True, help="With --imagenet: the backbone.")
 @click.option("-k", "--top-k", type=POSITIVE_INT, default=1, show_default=True, help="Labels and probabilities per image.")
@@ -638,21 +642,21 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
       featx predict --head heads/resnet50-dense-20261122-101500 -k 3 --out preds.csv photos/
       featx predict --model models/resnet50-finetune-20261122-110000 new_images/
       featx predict --model latest new_images/
+      featx predict --head latest-logreg new_images/
+      featx predict --head heads/latest new_images/
       featx predict --imagenet --backbone inceptionv3 -k 5 photo.jpg
     """
     from . import api
 
     if sum(bool(x) for x in (head, model, imagenet)) > 1:
         raise FeatxError("Pass at most one of --head, --model and --imagenet.")
+    head, model = _resolved(obj, "head", head), _resolved(obj, "model", model)
     source = data[0] if len(data) == 1 else list(data)
     if imagenet:
         preds = api.predict_imagenet(source, backbone, top_k=top_k, batch_size=batch_size)
     elif model:
         from .finetuning import predict_images
-        from .outputs import latest_dir
 
-        if model == "latest":
-            model = str(latest_dir("model", obj["home"]))
         preds = predict_images(model, source, top_k=top_k, batch_size=batch_size, split=split)
     else:
         preds = api.predict(source, head=head, cache_dir=obj["cache_dir"], batch_size=batch_size, progress=not quiet,
@@ -710,8 +714,9 @@ def compare(obj, data, heads, out, seed, selection, folds, val_split):
 @click.option("-b", "--backbone", help="Use the latest extraction with this backbone.")
 @click.option("--extraction", help="An extraction name or prefix from `featx cache list`.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: inspect/<backbone>-<time> in the featx home].")
-@click.option("--head", type=click.Path(file_okay=False),
-              help="Head whose calibration to check [default: the latest head, if fitted on these features].")
+@click.option("--head", metavar="HEAD",
+              help="Head whose calibration to check, named as for `featx predict --head` "
+                   "[default: the latest head, if fitted on these features].")
 @click.option("--near-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
               help="Cosine similarity (standardised, L2-normalised features) for near duplicates.")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True,
@@ -740,6 +745,7 @@ def inspect(obj, data, backbone, extraction, out, head, near_threshold, folds, s
     """
     from .inspection import inspect as run
 
+    head = _resolved(obj, "head", head)
     report = run(data, backbone=backbone, extraction=extraction, cache_dir=obj["cache_dir"], out=out, head=head,
                  near_threshold=near_threshold, folds=folds, seeds=seeds, embedding=embedding, seed=seed,
                  log=lambda m: click.echo(m, err=True), home=obj["home"])
@@ -751,7 +757,9 @@ def inspect(obj, data, backbone, extraction, out, head, near_threshold, folds, s
 
 
 @cli.command()
-@click.option("--head", type=FeatxFolder("head"), help="A dense or logreg head [default: the latest fitted head].")
+@click.option("--head", metavar="HEAD",
+              help="A dense or logreg head: its folder, heads/latest, 'latest' or 'latest-dense' "
+                   "[default: the latest dense or logreg head].")
 @click.option("--unfreeze", type=LayersOrAll(), help="Unfreeze the backbone's last N layers, or 'all'.")
 @click.option("--unfreeze-blocks", type=POSITIVE_INT,
               help="Unfreeze the backbone's last K named blocks (e.g. 1 = conv5_block3).")
@@ -791,7 +799,8 @@ def finetune(obj, head, unfreeze, unfreeze_blocks, epochs, batch_size, lr, optim
     """
     from .finetuning import finetune as run
 
-    res = run(head, unfreeze=unfreeze, unfreeze_blocks=unfreeze_blocks, cache_dir=obj["cache_dir"], out=out,
+    res = run(_resolved(obj, "head", head), unfreeze=unfreeze, unfreeze_blocks=unfreeze_blocks,
+              cache_dir=obj["cache_dir"], out=out,
               epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
               class_weight=class_weight, patience=patience, seed=seed, export=not no_export, weights=weights,
               log=lambda m: click.echo(m, err=True), home=obj["home"])

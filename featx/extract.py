@@ -69,6 +69,20 @@ class ExtractResult:
     specs: list[ExtractionSpec] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        from .reprs import block, ends
+
+        taps = [e.name if e is not None else "-" for e in self.extractions] or [
+            self.extraction.name if self.extraction else "nothing cached"]
+        return block("ExtractResult", [
+            f"{self.total} images: {self.computed} computed, {self.reused} reused, {len(self.skipped)} skipped "
+            f"in {self.seconds:.1f}s",
+            f"extraction: {self.spec.describe()} -> {', '.join(taps)}",
+            f"source: {self.view.source}" if self.view else "",
+            f"paths: {ends(self.paths, under=self.view.source if self.view else None)}",
+            f"skipped: {ends([p for p, _ in self.skipped])}" if self.skipped else "",
+        ])
+
     @property
     def images_per_second(self) -> float:
         return self.computed / self.compute_seconds if self.compute_seconds else 0.0

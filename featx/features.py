@@ -41,6 +41,17 @@ class Features:
     def __len__(self) -> int:
         return len(self.y)
 
+    def __repr__(self) -> str:
+        from .reprs import block, ends
+
+        return block("Features", [
+            f"{len(self)} rows x {self.X.shape[1] if self.X.ndim == 2 else '?'} features, {self.extraction.name}",
+            f"source: {self.view.source}",
+            "splits: " + ", ".join(f"{sp or 'unlabeled'} {int((self.split == sp).sum())}" for sp in self.splits),
+            f"classes: {ends(self.class_names, 5)}",
+            f"paths: {ends(self.paths, under=self.view.source)}",
+        ])
+
     @property
     def spec(self):
         """The :class:`~featx.spec.ExtractionSpec` these features were extracted with."""

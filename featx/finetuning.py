@@ -548,14 +548,14 @@ def finetune(
     FinetuneResult
     """
     from .heads import _class_weights
-    from .outputs import default_dir, results_dir, set_latest
+    from .outputs import default_dir, resolve_result, results_dir, set_latest
     from .metrics import classification_metrics, plot_curves
 
     # Every argument is checked before the backbone is built or an image read.
     _check_args(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, unfreeze=unfreeze,
                 unfreeze_blocks=unfreeze_blocks, optimizer=optimizer, class_weight=class_weight)
     aug = parse_augment(augment)
-    head_dir = Path(head) if head else seed_head(home)
+    head_dir = resolve_result("head", head, home) if head else seed_head(home)
     man = read_manifest(head_dir)
     if man.get("kind") not in SEED_KINDS:
         raise FinetuneError(f"Fine-tuning starts from a dense or logreg head; {head_dir} is a {man.get('kind')} head. "

@@ -405,7 +405,7 @@ class LogisticHead(_Head):
 
             n_min = np.bincount(y_idx).min()
             cv = LogisticRegressionCV(Cs=list(C_GRID), cv=min(3, max(2, n_min)), max_iter=self.max_iter,
-                                      class_weight=self.class_weight, random_state=self.seed)
+                                      class_weight=self.class_weight, random_state=self.seed, **_cv_explicit())
             C = float(np.atleast_1d(cv.fit(Xs, y_idx).C_)[0]) if n_min >= 2 else 1.0
         m = self._model(C).fit(Xs, y_idx)
         self.C_ = C
@@ -438,6 +438,25 @@ class LogisticHead(_Head):
             head.coef_, head.intercept_ = z["coef"], z["intercept"]
             head.C_ = float(z["C"])
         return head
+
+
+def _cv_explicit() -> dict:
+    """LogisticRegressionCV's settings whose defaults scikit-learn is changing, given explicitly.
+
+    Accuracy picks C, as it always has here (1.11 moves the default to log
+    loss); an L2 penalty, which 1.8+ spells ``l1_ratios=(0,)``; and the new
+    fitted attributes where they exist (``C_`` is read either way). Without
+    them scikit-learn 1.9 prints three FutureWarnings on every fit.
+    """
+    from sklearn.linear_model import LogisticRegressionCV
+
+    defaults = LogisticRegressionCV().get_params()
+    explicit = {"scoring": "accuracy"}
+    if defaults.get("penalty") == "deprecated":  # 1.8+: the penalty is set through l1_ratios
+        explicit["l1_ratios"] = (0.0,)
+    if "use_legacy_attributes" in defaults:
+        explicit["use_legacy_attributes"] = False
+    return explicit
 
 
 class LightGBMHead(_Head):

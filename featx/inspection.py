@@ -39,7 +39,7 @@ NEAR_THRESHOLD = 0.95
 
 Measured with the VGG16 HED weights at 128 px on hymenoptera: half-size and
 quality-30 copies score 0.994 to 1.0, the most similar two distinct photos
-0.884 (README, "Data checks"). Mirror images are near only for backbones
+0.884 (docs/benchmarks.md, "Data checks"). Mirror images are near only for backbones
 whose features are flip-invariant. Raise it for fewer, surer pairs."""
 
 BRUTE_FORCE_LIMIT = 200_000
@@ -349,7 +349,7 @@ def unit_rows(X: np.ndarray) -> np.ndarray:
     directions carry most of the variance (two components hold 90% of it
     with the VGG16 HED weights), and centred cosines of distinct photos then
     reach 0.99. On z-scores, copies keep 0.99 and distinct photos stay below
-    0.9 (README, "Data checks"). Dimensions that never vary are dropped.
+    0.9 (docs/benchmarks.md, "Data checks"). Dimensions that never vary are dropped.
     """
     X = np.asarray(X, dtype=np.float32)
     mean = X.mean(axis=0, dtype=np.float64).astype(np.float32)

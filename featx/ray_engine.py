@@ -25,6 +25,7 @@ own disk.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -38,6 +39,7 @@ from .cache import write_staged_shard
 from .data import ImageItem
 from .errors import CacheError, DataError, FeatxError
 from .extract import FLUSH_SECONDS, _padded, _progress, _Run
+from .runtime import stderr_to_devnull
 
 EXTRA = 'pip install "featx[ray]"'
 # Rows an actor embeds per call, written as one shard. A call is Ray's unit
@@ -52,6 +54,26 @@ FAULT_ENV = "FEATX_RAY_FAULT"
 _RESULT_COLUMNS = ("path", "sha", "status", "reason", "size", "mtime")
 
 
+def verbose() -> bool:
+    """``featx --verbose`` (FEATX_VERBOSE=1): Ray's own log lines and its workers' output are shown."""
+    return bool(os.environ.get("FEATX_VERBOSE"))
+
+
+def quiet_ray() -> None:
+    """Keep Ray's start-up and shutdown chatter off a featx run, unless --verbose.
+
+    Ray logs from C++ (``E ... core_worker.cc``: actor restart notes),
+    which reads ``RAY_BACKEND_LOG_LEVEL`` when the driver connects, and from
+    Python loggers (the token-authentication notice, Ray Data's banners),
+    which ``ray.init(logging_level=)`` and the ``ray`` logger's level set.
+    """
+    if verbose():
+        return
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def require():
     """The ``ray`` module, or a one-line error naming the extra to install."""
     try:
@@ -59,6 +81,7 @@ def require():
         import ray.data  # noqa: F401
     except ImportError as exc:
         raise FeatxError(f"--engine ray needs Ray ({exc}). Install the extra: {EXTRA}") from None
+    quiet_ray()
     return ray
 
 
@@ -88,7 +111,11 @@ class RayEngine:
         ray = require()
         if not ray.is_initialized():
             try:
-                ray.init(address=self.address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+                # Quiet unless --verbose: the C++ core worker says at start-up which log level it read
+                # from the environment, and Ray prints notices (token authentication) as it starts.
+                with contextlib.nullcontext() if verbose() else stderr_to_devnull():
+                    ray.init(address=self.address, include_dashboard=False, log_to_driver=verbose(),
+                             logging_level=logging.INFO if verbose() else logging.ERROR)
             except (ConnectionError, RuntimeError) as exc:
                 raise FeatxError(f"Could not start or join Ray (address={self.address!r}): {_first_line(exc)}") from None
         ext = run.extraction
@@ -102,6 +129,9 @@ class RayEngine:
         blocks = max(1, min(len(rows), 4 * actors, -(-len(rows) // DECODE_ROWS)))
 
         bar = _progress(len(todo), run.progress, f"extract {run.opts.backbone.name} (ray)")
+        # Rows come back a shard at a time, the first only once the actors are up: a rate
+        # (and so an ETA) read from them is noise (4:16:04 for a 40 s job), so the bar shows counts.
+        bar.bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]"
         memo_rows, bad_rows = [], []
         staged: set[str] = set()  # a call's name may come back in several blocks
         published: dict = {}  # ordered set of shard paths

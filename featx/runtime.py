@@ -88,7 +88,7 @@ def fast_cpu_kernels() -> None:
 
 
 @contextlib.contextmanager
-def _stderr_to_devnull():
+def stderr_to_devnull():
     """Point file descriptor 2 at /dev/null (C++ code writes there directly)."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -116,7 +116,7 @@ def import_keras():
     fast_cpu_kernels()
     if backend_name() == "tensorflow" and "tensorflow" not in sys.modules and not os.environ.get("FEATX_VERBOSE"):
         try:
-            with _stderr_to_devnull():
+            with stderr_to_devnull():
                 import tensorflow  # noqa: F401
         except ImportError:
             pass  # let the keras import below report it

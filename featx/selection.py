@@ -133,6 +133,11 @@ class Trial:
         return float(np.std(self.scores)) if len(self.scores) > 1 else 0.0
 
     @property
+    def score_text(self) -> str:
+        """``0.7059`` for a single score (a val split), ``0.7412 +- 0.0310`` over several (CV folds)."""
+        return f"{self.mean:.4f}" + (f" +- {self.std:.4f}" if len(self.scores) > 1 else "")
+
+    @property
     def normalise(self) -> str:
         return self.params.get("normalise", "none")
 
@@ -142,7 +147,8 @@ class Trial:
                "params": _short(self.chosen or self.params), f"{protocol}_acc": round(self.mean, 4) if self.scores else ""}
         if protocol == "cv":
             row["cv_std"] = round(self.std, 4) if len(self.scores) > 1 else ""
-        row.update(fit_s=round(self.seconds, 2), note=self.skipped or self.note or ("screen: fold 1 only" if self.screen else ""))
+        fitted = self.scores or self.seconds  # a configuration skipped before any fit has no fit time
+        row.update(fit_s=round(self.seconds, 2) if fitted else "", note=self.skipped or self.note or ("screen: fold 1 only" if self.screen else ""))
         return row
 
 
@@ -257,7 +263,7 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
         best = max(trials, key=lambda tr: (round(tr.mean, 10), -trials.index(tr)))
         if log:
             for tr in trials:
-                log(f"  logreg C={tr.params['C']} {fixed.get('normalise', 'none')}: {tr.mean:.4f} +- {tr.std:.4f}")
+                log(f"  logreg C={tr.params['C']} {fixed.get('normalise', 'none')}: {tr.score_text}")
         if protocol.kind == "val":
             best.estimator = evaluate(kind, X, y, protocol, best.params, features, keep_estimator=True).estimator
         return best, trials
@@ -283,8 +289,10 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
         else:
             # the next fit is expected to cost what the last one fitted did (a skipped trial cost nothing)
             last = max((t.seconds for t in trials if t.scores), default=0.0)
-            if trials and budget_s is not None and time.perf_counter() - start + last > budget_s:
-                trials.append(Trial(kind, cfg, features, skipped=f"time budget {budget_s:.0f}s"))
+            used = time.perf_counter() - start
+            if trials and budget_s is not None and used + last > budget_s:
+                trials.append(Trial(kind, cfg, features, skipped=f"time budget {budget_s:.0f}s: not fitted, {used:.0f}s "
+                                                                 f"used and the last fit took {last:.0f}s"))
                 continue
             deadline = start + budget_s if trials and budget_s is not None else None
             trial = evaluate(kind, X, y, protocol, cfg, features, keep_estimator=protocol.kind == "val",
@@ -292,7 +300,7 @@ def select(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, fixed: d
         trials.append(trial)
         if log:
             log(f"  {kind} {_short(cfg) or 'defaults'} {cfg.get('normalise', 'none')}: "
-                f"{trial.mean:.4f} +- {trial.std:.4f} ({trial.seconds:.1f}s)" + (f"; {trial.note}" if trial.note else ""))
+                f"{trial.score_text} ({trial.seconds:.1f}s)" + (f"; {trial.note}" if trial.note else ""))
     done = [t for t in trials if t.scores]
     best = max(done, key=lambda t: (round(t.mean, 10), -done.index(t)))
     best.holdout = holdout
@@ -346,7 +354,7 @@ def search(
             best, _ = select(first, feature_sets[t.features], y, protocol, {**base, "normalise": t.normalise}, t.features)
             trials.append(best)
             if log:
-                log(f"{t.features} {first} {t.normalise}: {best.mean:.4f} +- {best.std:.4f} ({_short(best.chosen)})")
+                log(f"{t.features} {first} {t.normalise}: {best.score_text} ({_short(best.chosen)})")
     trials += stage1
     done = set()
     for kind in (k for k in kinds if k != first):
@@ -357,14 +365,15 @@ def search(
                 continue
             done.add((kind, name, norm))
             cfg = {**base, "normalise": norm}
-            if time.perf_counter() - start > budget_s:
-                trials.append(Trial(kind, cfg, name, skipped=f"time budget {budget_s:.0f}s"))
+            used = time.perf_counter() - start
+            if used > budget_s:
+                trials.append(Trial(kind, cfg, name, skipped=f"time budget {budget_s:.0f}s: not fitted, {used:.0f}s used"))
                 continue
             trial = evaluate(kind, feature_sets[name], y, protocol, cfg, name, keep_estimator=protocol.kind == "val",
                              deadline=start + budget_s)
             trials.append(trial)
             if log and trial.scores:
-                log(f"{name} {kind} {norm}: {trial.mean:.4f} +- {trial.std:.4f} ({trial.seconds:.1f}s)")
+                log(f"{name} {kind} {norm}: {trial.score_text} ({trial.seconds:.1f}s)")
     return sorted(trials, key=lambda t: (not t.scores, t.screen, -t.mean if t.scores else 0))
 
 

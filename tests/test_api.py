@@ -158,7 +158,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch):
     r = invoke("fit-head", "--data", tmp_path / "nowhere", cache_dir=cache)
     assert r.exit_code == 1 and "No extraction of" in r.output
     r = invoke("predict", "--head", tmp_path, unl, cache_dir=cache)
-    assert r.exit_code == 1 and "not a featx head" in r.output
+    assert r.exit_code == 2 and "not a featx head" in r.output  # a bad --head value is a usage error
     r = invoke("fit-head", "--hidden", "12,x", cache_dir=cache)
     assert r.exit_code == 2 and "expected widths" in r.output
 

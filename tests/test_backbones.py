@@ -207,3 +207,22 @@ def test_a_users_onednn_choice_is_kept(monkeypatch):
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     fast_cpu_kernels()
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
+def test_a_weights_file_of_another_backbone_is_one_complete_line():
+    """VGG16 weights loaded into VGG19: Keras' first line ends 'Example error message for object <Conv2D ...>:'."""
+    from featx.backbones import Weights, _weights_error, get_backbone
+
+    keras_says = ValueError(
+        "A total of 5 objects could not be loaded. Example error message for object "
+        "<Conv2D name=block3_conv4, built=True>:\n\nThe shape of the target variable and the shape of the target "
+        "value in `variable.assign(value)` must match. variable.shape=(3, 3, 256, 256), Received: "
+        "value.shape=(3, 3, 256, 512). Target variable: <Variable path=block3_conv4/kernel, shape=(3, 3, 256, 256), "
+        "dtype=float32, value=[[[[-2.5e-03 -1.7e-02\n   [ 0.1 0.2]]]]>\n\nList of objects that could not be loaded:\n"
+        "[<Conv2D name=block3_conv4, built=True>, ...]"
+    )
+    msg = str(_weights_error(get_backbone("vgg19"), Weights("file", path="/w/vgg16.weights.h5"), keras_says))
+    assert "\n" not in msg and not msg.endswith(":") and "Example error message" not in msg, msg
+    assert ("does not fit vgg19 (include_top=False): A total of 5 objects could not be loaded, the first in layer "
+            "block3_conv4 (the model wants shape (3, 3, 256, 256), the file has (3, 3, 256, 512)).") in msg
+    assert msg.endswith("another backbone, or of another input size with a classifier on top?")

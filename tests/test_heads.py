@@ -163,3 +163,15 @@ def test_lightgbm_projection_is_saved_and_reused(tmp_path):
     assert (tmp_path / "h" / "pca.npz").exists()
     np.testing.assert_allclose(loaded.predict_proba(X), head.predict_proba(X), rtol=1e-6)
     assert (head.predict(X[150:]) == y[150:]).mean() > 0.9
+
+
+def test_logistic_head_fits_without_future_warnings():
+    """scikit-learn 1.9 warned three times per fit (scoring, l1_ratios, legacy attributes) when C is chosen."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 8)), np.array(["a", "b", "c"] * 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        head = LogisticHead().fit(X, y)
+    assert head.C_ in C_GRID

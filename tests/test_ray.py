@@ -229,3 +229,41 @@ def test_a_node_that_cannot_see_the_cache_stops_the_run_naming_it(tmp_path):
     with pytest.raises(CacheError, match=r"10\.0\.0\.2 \(FileNotFoundError.*cannot see the cache folder"):
         check_shared_storage(TwoNodes(), tmp_path)
     assert not list(tmp_path.iterdir())  # the probe is removed either way
+
+
+class _FakeRay:
+    """Records what ray.init is given and writes to file descriptor 2 as Ray's C++ core does; then fails."""
+
+    def __init__(self):
+        self.kwargs = None
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **kwargs):
+        self.kwargs = kwargs
+        os.write(2, b"E core_worker.cc: actor restart notice\n")
+        raise ConnectionError("stop here")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_ray_logs_are_quiet_unless_verbose(verbose, monkeypatch, capfd):
+    from featx import ray_engine
+
+    monkeypatch.setenv("FEATX_VERBOSE", "1" if verbose else "")
+    fake = _FakeRay()
+    monkeypatch.setattr(ray_engine, "require", lambda: fake)
+    with pytest.raises(featx.FeatxError, match="Could not start or join Ray"):
+        ray_engine.RayEngine().compute(None, [], None, None, {}, set())
+    import logging
+
+    assert fake.kwargs["logging_level"] == (logging.INFO if verbose else logging.ERROR)
+    assert fake.kwargs["log_to_driver"] is verbose
+    assert ("core_worker.cc" in capfd.readouterr().err) is verbose
+
+
+def test_featx_verbose_reaches_the_frameworks(monkeypatch):
+    monkeypatch.setenv("FEATX_VERBOSE", "")
+    assert "--verbose" in CliRunner().invoke(cli, ["--help"]).output
+    r = CliRunner().invoke(cli, ["--verbose", "backbones", "vgg16"])
+    assert r.exit_code == 0 and os.environ["FEATX_VERBOSE"] == "1"

@@ -276,3 +276,28 @@ def test_head_auto_searches_and_saves_a_usable_head(tmp_path, flat, monkeypatch)
     assert head.kind == board[0]["head"] and head.normalise == board[0]["normalise"]
     preds = api.predict(flat / "owls", head=tmp_path / "h", cache_dir=tmp_path / "c", progress=False)
     assert len(preds.paths) == 7 and (np.array(preds.top(1))[:, 0, 0] == "owls").mean() >= 0.7
+
+
+def test_val_scores_show_no_spread_and_skipped_rows_no_fit_time(monkeypatch):
+    """'0.7059 +- 0.0000' on a val split, and 'time budget 20s' with fit_s 0.0 for a configuration never fitted."""
+    import types
+
+    from featx import selection as S
+
+    clock = [0.0]
+    monkeypatch.setattr(S, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def fake_evaluate(kind, X, y, protocol, params, features="", keep_estimator=False, deadline=None):
+        clock[0] += 7.0
+        return S.Trial(kind, dict(params), features, scores=[0.5] * len(protocol.pairs), seconds=7.0)
+
+    monkeypatch.setattr(S, "evaluate", fake_evaluate)
+    X, y = blobs(n=30)
+    lines = []
+    best, trials = S.select("dense", X, y, S.val_protocol(20, 10), {"seed": 0}, budget_s=20.0, log=lines.append)
+    assert lines and not any("+-" in line for line in lines), lines
+    assert [bool(t.scores) for t in trials[:3]] == [True, True, False]
+    row = trials[2].row("val")
+    assert row["fit_s"] == "" and row["note"] == "time budget 20s: not fitted, 14s used and the last fit took 7s"
+    assert trials[0].row("val")["fit_s"] == 7.0
+    assert S.Trial("logreg", {}, scores=[0.5, 0.7]).score_text == "0.6000 +- 0.1000"

@@ -11,7 +11,7 @@ import featx
 from featx import api
 from featx.cache import Cache
 from featx.cli import cli
-from featx.errors import HeadError
+from featx.errors import FeatxWarning, HeadError
 from featx.spec import ExtractionSpec, resolve_spec
 
 from conftest import make_dataset, make_image
@@ -177,3 +177,139 @@ def test_a_head_refuses_features_of_another_extraction_of_the_same_width(project
         with pytest.raises(HeadError, match="fitted on features of extraction vgg16-32px.*but these are of vgg16-40px"):
             head.predict_proba(other)
     featx.extract(data, "vgg16", cache_dir=root / "cache", **TINY)  # keep the 32 px dataset the latest
+
+
+# --------------------------------------------------------------------------- paths users type: --head and --model
+
+
+def _result(path, kind, age=0):
+    """A fake head or model folder: a manifest of ``kind``, ``age`` seconds old."""
+    import os
+    import time
+
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"kind": kind, "classes": ["a", "b"]}))
+    (path / "model.keras").write_bytes(b"")
+    t = time.time() - age
+    os.utime(path / "manifest.json", (t, t))
+    return path
+
+
+def test_head_accepts_a_folder_the_pointer_latest_and_latest_kind(project, tmp_path, monkeypatch):
+    root, data = project
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEATX_HOME")
+    logreg = api.fit_head("logreg", cache_dir=root / "cache", C=1.0).directory
+    lgbm = api.fit_head("lightgbm", cache_dir=root / "cache", n_estimators=5).directory
+    image = str(data / "val" / "cats" / "cats_0.png")
+    for value, used in (("heads/latest", lgbm), ("latest", lgbm), ("heads", lgbm), ("heads/latest-logreg", logreg),
+                        ("latest-logreg", logreg), (str(logreg), logreg), (f"{logreg}/manifest.json", logreg)):
+        r = CliRunner().invoke(cli, ["--cache-dir", str(root / "cache"), "predict", "-q", "--head", value, image])
+        assert r.exit_code == 0, (value, r.output)
+        assert r.stderr.startswith("head: ") and used.name in r.stderr.splitlines()[0], (value, r.stderr)
+    assert api.predict([image], head="latest-logreg", cache_dir=root / "cache", progress=False).source.endswith(
+        logreg.name)
+    r = CliRunner().invoke(cli, ["predict", "--head", "latest-svm", image])
+    assert r.exit_code == 2 and "latest-KIND with KIND among dense, logreg, lightgbm" in r.output
+
+
+def test_head_and_model_name_the_option_that_takes_the_other_kind(tmp_path, monkeypatch):
+    from featx.outputs import resolve_result, set_latest
+
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path
+    model = _result(home / "models" / "vgg16-finetune-1", "end-to-end")
+    head = _result(home / "heads" / "vgg16-dense-1", "dense")
+    set_latest("model", model, home)
+    set_latest("head", head, home, kind="dense")
+    for value in ("models/latest", "latest", "models", str(model), f"{model}/model.keras"):
+        assert resolve_result("model", value, home).resolve() == model, value
+    assert resolve_result("head", "latest-dense", home).resolve() == head
+    for value in ("models/latest", "models", f"{model}/model.keras", str(model)):
+        with pytest.raises(HeadError, match=r"is a fine-tuned model \(from `featx finetune`\), not a head: use --model"):
+            resolve_result("head", value, home)
+    for value in ("heads/latest", "heads", f"{head}/model.keras", str(head)):
+        with pytest.raises(HeadError, match=r"not a fine-tuned model: use --head"):
+            resolve_result("model", value, home)
+    with pytest.raises(HeadError, match="no such file or folder"):
+        resolve_result("head", "heads/nowhere", home)
+    image = make_image(tmp_path / "img.png")
+    for args in (["predict", "--head", f"{model}/model.keras", str(image)], ["predict", "--head", "models/latest", str(image)],
+                 ["finetune", "--head", "models"]):
+        r = CliRunner().invoke(cli, ["--home", str(home), *args])
+        assert r.exit_code == 2 and "use --model" in r.output and r.exception.__class__ is SystemExit, r.output
+
+
+def test_a_latest_pointer_to_a_missing_folder_is_skipped_with_a_warning(tmp_path):
+    from featx.outputs import latest_dir, set_latest
+
+    older = _result(tmp_path / "heads" / "vgg16-logreg-1", "logreg", age=100)
+    newer = _result(tmp_path / "heads" / "vgg16-dense-2", "dense", age=50)
+    _result(tmp_path / "heads" / "vgg16-finetune-x", "end-to-end", age=0)  # a model in the wrong place: never a head
+    (tmp_path / "heads" / "broken").mkdir()
+    (tmp_path / "heads" / "broken" / "manifest.json").write_text("{not json")
+    gone = tmp_path / "heads" / "vgg16-logreg-3"
+    set_latest("head", gone, tmp_path, kind="logreg")
+    with pytest.warns(FeatxWarning, match=r"heads/latest points to .*vgg16-logreg-3, which no longer exists; "
+                                                 r"using .*vgg16-dense-2, the newest head"):
+        assert latest_dir("head", tmp_path).resolve() == newer
+    with pytest.warns(FeatxWarning, match=r"using .*vgg16-logreg-1, the newest logreg head"):
+        assert latest_dir("head", tmp_path, kind="logreg").resolve() == older
+    shutil.rmtree(older)
+    shutil.rmtree(newer)
+    with pytest.raises(HeadError) as err:
+        latest_dir("head", tmp_path)
+    assert "no longer exists, and no other head is under" in str(err.value)
+    assert "again" not in str(err.value)
+
+
+def test_predict_skips_a_dangling_latest_pointer_and_says_which_head_it_used(project, tmp_path):
+    root, data = project
+    home = tmp_path / "home"
+    first = api.fit_head("logreg", cache_dir=root / "cache", home=home, C=1.0).directory
+    second = api.fit_head("logreg", cache_dir=root / "cache", home=home, C=0.5).directory
+    assert first != second
+    shutil.rmtree(second)
+    r = CliRunner().invoke(cli, ["--cache-dir", str(root / "cache"), "--home", str(home), "predict", "-q",
+                                 str(data / "val" / "cats" / "cats_0.png")])
+    assert r.exit_code == 0, r.output
+    assert f"which no longer exists; using {first}" in r.stderr and f"head: {first}" in r.stderr
+
+
+def test_two_runs_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    from featx import outputs
+
+    monkeypatch.setattr(outputs.time, "strftime", lambda fmt: "20261127-150000")
+    a = outputs.default_dir(tmp_path / "heads", "vgg16", "logreg")
+    b = outputs.default_dir(tmp_path / "heads", "vgg16", "logreg")  # before a's head is saved into it
+    assert a != b and a.is_dir() and b.is_dir()
+    assert (a.name, b.name) == ("vgg16-logreg-20261127-150000", "vgg16-logreg-20261127-150000-2")
+
+
+def test_results_have_short_reprs(project):
+    """repr(featx.extract(...)) printed every path and sha256 (59,833 characters on hymenoptera)."""
+    root, data = project
+    res = featx.extract(data, "vgg16", cache_dir=root / "cache", **TINY)  # warm: nothing computed
+    feats = featx.load_features(data, cache_dir=root / "cache")
+    paths = sorted(res.paths)
+    for obj, name in ((res, "ExtractResult("), (feats, "Features("), (feats.view, "DatasetView("),
+                      (feats.extraction, "Extraction(")):
+        text = repr(obj)
+        assert text.startswith(name) and len(text) < 700, text
+        assert not any(sha in text for sha in res.sha256), text
+        assert paths[len(paths) // 2] not in text  # the middle rows are left out
+    assert "24 images: 0 computed, 24 reused" in repr(res) and "(24)" in repr(res)
+    assert "24 rows x 512 features" in repr(feats) and "train 12, val 12" in repr(feats)
+
+
+def test_gitignore_covers_every_folder_featx_writes_in_the_home():
+    from conftest import REPO
+
+    ignored = set((REPO / ".gitignore").read_text().split())
+    assert {"/heads/", "/models/", "/inspect/"} <= ignored
+
+
+def test_path_resolution_knows_every_head_kind():
+    from featx import heads, outputs
+
+    assert set(outputs._HEAD_KINDS) == set(heads.HEADS)
