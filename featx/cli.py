@@ -287,6 +287,7 @@ def cli(ctx, cache_dir, home, verbose):
     featx inspect                               leakage, label errors, label budget, calibration
     featx finetune --unfreeze-blocks 1          fine-tune backbone + head end to end (optional)
     featx compare                               leaderboard: every head on every extraction
+    featx export features.parquet               the cached features as Parquet, Arrow or NPZ
     featx backbones                             the backbones featx can use
     featx cache list                            what is cached (also: cache rm, cache compact)
 
