@@ -494,6 +494,8 @@ class _Run:
         return [self._prepare(it, cached, bad, clock) for it in items], clock
 
     def _pipeline(self, todo, stats, memo, bad, cached: set) -> None:
+        # The bar counts rows written to the cache: its total is the images
+        # to compute, less each one found cached or bad on the way.
         bar = _progress(len(todo) if isinstance(todo, list) else None, self.progress, f"extract {self.opts.backbone.name}")
         clock = self.stage_seconds
         batch: list[_Prepared] = []
@@ -501,7 +503,7 @@ class _Run:
         pending = _Pending()
         memo_rows, bad_rows = [], []
         last_flush = time.perf_counter()
-        writer = _Writer(self.extraction, memo, clock)
+        writer = _Writer(self.extraction, memo, clock, on_written=bar.update)
         forward = None
         builder: cf.Future | None = None  # the model, built on a thread of its own
         waiting: list[list[_Prepared]] = []  # full batches decoded before the model was ready
@@ -576,7 +578,6 @@ class _Run:
                 for preps, spent in _bounded_map(pool, lambda c: self._prepare_chunk(c, cached, bad), chunks, window):
                     for stage, seconds in zip(STAGES, spent):
                         clock[stage] += seconds
-                    bar.update(len(preps))
                     for prep in preps:
                         if prep.sha and prep.stat:
                             memo_rows.append((prep.item.path, *prep.stat, prep.sha))
@@ -588,10 +589,12 @@ class _Run:
                                 if in_flight is not None:
                                     fetch()
                                 flush()
+                            _not_to_write(bar)
                             self._skip(prep.item.path, prep.reason)
                             continue
                         self.sha[prep.item.path] = prep.sha
                         if prep.status == "cached" or prep.sha in cached:
+                            _not_to_write(bar)
                             continue
                         if builder is None:  # the first image to compute: build the model beside the decoding
                             bar.set_description(f"extract {self.opts.backbone.name} (building model)")
@@ -605,15 +608,24 @@ class _Run:
                 submit(None)
                 if in_flight is not None:
                     fetch()
+        except BaseException:
+            stopped = True
+            raise
+        else:
+            stopped = False
         finally:
             build_pool.shutdown(wait=False)
             try:
                 flush()
             finally:
-                writer.close()
-                bar.close()
-                if t_start is not None:
-                    self.compute_seconds = time.perf_counter() - t_start
+                try:
+                    writer.close()
+                finally:
+                    bar.close()
+                    if t_start is not None:
+                        self.compute_seconds = time.perf_counter() - t_start
+                    if stopped:
+                        self.log(_stopped_message(writer.rows, bar.total))
         ext = self.extraction
         if len(writer.shards) > 1:
             ext.compact(only=writer.shards)
@@ -664,8 +676,10 @@ class _Writer:
     next ``put`` or at ``close``; later jobs are dropped, never half written.
     """
 
-    def __init__(self, extraction: Extraction, memo, clock: dict[str, float]):
+    def __init__(self, extraction: Extraction, memo, clock: dict[str, float], on_written=None):
         self.extraction, self.memo, self.clock = extraction, memo, clock
+        self.on_written = on_written or (lambda n: None)
+        self.rows = 0  # rows written so far (their shards are in the cache)
         self.shards: list = []
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=2)
@@ -695,6 +709,8 @@ class _Writer:
                 rows, memo_rows, bad_rows = job
                 if rows is not None:
                     self.shards.append(self.extraction.write_shard(*rows))
+                    self.rows += len(rows[1])
+                    self.on_written(len(rows[1]))
                 self.memo.remember(memo_rows)
                 self.memo.remember_bad(bad_rows)
             except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread)
@@ -853,6 +869,18 @@ def _bounded_map(pool: cf.Executor, fn, items, window: int):
         for item in it:
             queue.append(pool.submit(fn, item))
             break
+
+
+def _not_to_write(bar) -> None:
+    """One image of the bar's total turned out cached or bad: nothing to write for it."""
+    if bar.total:
+        bar.total -= 1  # shown at the next update
+
+
+def _stopped_message(written: int, total: int | None) -> str:
+    of = f" of {total:,}" if total is not None else ""
+    return (f"featx: stopped after writing {written:,}{of} rows to the cache; "
+            f"{'those stay' if written != 1 else 'it stays'} cached and the next run computes only the rest.")
 
 
 def _progress(total: int | None, enabled: bool, desc: str):

@@ -407,3 +407,81 @@ def test_hymenoptera_end_to_end(cache_dir):
     f = featx.load_features(HYMENOPTERA, cache_dir=cache_dir)
     assert f.class_names == ["ants", "bees"] and set(f.splits) == {"train", "val"}
     assert len(f) == 398 - len(res.skipped)
+
+
+# ---------------------------------------------------------------- progress: rows written, not images decoded
+
+
+class _FreeModel:
+    """A model that costs nothing (no framework import): constant rows of width 512, like VGG16's."""
+
+    calls = 0
+    fail_at = None  # raise KeyboardInterrupt on this dispatch (1-based)
+
+    def __init__(self, model):
+        pass
+
+    def dispatch(self, x):
+        type(self).calls += 1
+        if type(self).calls == self.fail_at:
+            raise KeyboardInterrupt
+        return np.full((len(x), 512), float(type(self).calls), np.float32)
+
+    fetch = staticmethod(np.asarray)
+
+
+def _free_model(monkeypatch, fail_at=None, bars=None):
+    import io
+
+    from tqdm import tqdm
+
+    free = type("Free", (_FreeModel,), {"calls": 0, "fail_at": fail_at})
+    monkeypatch.setattr(extract_mod._Run, "_model", lambda self: object())
+    monkeypatch.setattr(extract_mod, "_Forward", free)
+    monkeypatch.setattr(extract_mod, "FLUSH_SECONDS", 0.0)  # a shard per batch
+
+    def progress(total, enabled, desc):
+        bar = tqdm(total=total, desc=desc, file=io.StringIO(), mininterval=0)
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(extract_mod, "_progress", progress)
+
+
+def test_the_bar_counts_rows_written_and_its_total_shrinks_for_cached_and_bad(tmp_path, cache_dir, monkeypatch):
+    data = make_dataset(tmp_path / "d", per_class=10, size=(32, 32))
+    (data / "cats" / "copy.png").write_bytes((data / "dogs" / "dogs_3.png").read_bytes())
+    (data / "cats" / "bad.png").write_bytes(b"nope")
+    bars = []
+    _free_model(monkeypatch, bars=bars)
+    written = []
+    real_put = extract_mod._Writer.put
+
+    def put(self, rows, *a):  # the bar never runs ahead of the rows handed to the writer
+        written.append(bars[0].n)
+        return real_put(self, rows, *a)
+
+    monkeypatch.setattr(extract_mod._Writer, "put", put)
+    res = run(data, cache_dir, batch_size=4, progress=True)
+    (bar,) = bars
+    assert (res.computed, res.reused, len(res.skipped)) == (20, 1, 1)
+    rows = Cache(cache_dir).extraction(res.spec).rows()
+    assert bar.n == bar.total == rows == 20
+    assert written and max(written) < 20  # it moved while the run went on, never ahead
+
+
+def test_an_interrupted_run_says_how_many_rows_it_kept(tmp_path, cache_dir, monkeypatch):
+    data = make_dataset(tmp_path / "d", per_class=12, size=(32, 32))
+    bars, said = [], []
+    _free_model(monkeypatch, fail_at=4, bars=bars)
+    with pytest.raises(KeyboardInterrupt):
+        run(data, cache_dir, batch_size=4, progress=True, log=said.append)
+    spec = extract_mod.spec_for("vgg16", weights="none", image_size=32, cache_dir=cache_dir)
+    kept = Cache(cache_dir).extraction(spec).rows()
+    assert 0 < kept < 24
+    assert bars[0].n == kept
+    assert said == [f"featx: stopped after writing {kept} of 24 rows to the cache; those stay cached and the next "
+                    "run computes only the rest."]
+    monkeypatch.setattr(extract_mod._Forward, "fail_at", None)
+    again = run(data, cache_dir, batch_size=4)
+    assert (again.computed, again.reused) == (24 - kept, kept)
