@@ -45,6 +45,10 @@ CHUNK = 8
 # tracing: seconds), decoding goes on and up to this many bytes of decoded
 # pixels wait for it; past that the pipeline waits for the model.
 AHEAD_BYTES = 256 * 2**20
+# A CPU batch's input pixels when no batch size is given above 32 px (64
+# images of 64 px): its activations, not the model's weights, are most of
+# a run's memory (see default_batch_size).
+CPU_BATCH_PIXELS = 64 * 64 * 64
 STAGES = ("read", "hash", "decode", "stack", "model", "write")
 
 
@@ -506,7 +510,7 @@ class _Run:
         writer = _Writer(self.extraction, memo, clock, on_written=bar.update)
         forward = None
         builder: cf.Future | None = None  # the model, built on a thread of its own
-        waiting: list[list[_Prepared]] = []  # full batches decoded before the model was ready
+        waiting: collections.deque[list[_Prepared]] = collections.deque()  # full batches decoded before the model was ready
         waiting_bytes = 0
         t_start = None
 
@@ -547,14 +551,15 @@ class _Run:
                 waiting_bytes += sum(p.pixels.nbytes for p in full)
             if not waiting or not ready(block=full is None or waiting_bytes > AHEAD_BYTES):
                 return
-            for held in waiting:
-                in_flight = dispatch(held)
-            waiting.clear()
+            while waiting:  # each held batch is freed once it has run, not after the last one
+                in_flight = dispatch(waiting.popleft())
             waiting_bytes = 0
 
         def dispatch(batch):
             t = time.perf_counter()
             x = np.stack([p.pixels for p in batch])
+            for p in batch:  # the batch is kept until its rows are fetched; its pixels are not needed
+                p.pixels = None
             n = len(x)
             padded = _padded(n, self.batch_size, self.on_gpu)
             if n < padded:  # few distinct shapes keep the compiled graphs
@@ -719,20 +724,27 @@ class _Writer:
 
 
 def default_batch_size(on_gpu: bool, image_size: int | None = None) -> int:
-    """Images per forward pass when none is given: 128 on a GPU; on a CPU 64,
-    or 256 for inputs of 32 px or less.
+    """Images per forward pass when none is given: 128 on a GPU; on a CPU
+    256 for inputs of 32 px or less, else as many as hold the pixels of 64
+    images of 64 px, as a power of two from 16 to 64 (64 up to 64 px, 32
+    up to 90 px, 16 from 91 px up).
 
     On a GPU a larger batch keeps the device busy while the host prepares
     the next. On a CPU each call has a fixed cost: with mobilenetv3small at
     32 px the model's CPU time per image is 0.25 ms at batch 32, 0.22 at 64
-    and 0.17 at 256, on cores the decoders need. At 64 px the model's own
-    work already dominates: batch 256 was no faster than 64 with
-    mobilenetv2 and held 200 MB more activations; more than 64 only delays
-    the first shard (a VGG16 batch of 256 at 128 px is 17 s on 2 cores).
+    and 0.17 at 256, on cores the decoders need. From 64 px up the model's
+    own work dominates and a larger batch only costs memory: a batch's
+    activations grow with its pixels, and VGG16 at 224 px peaked at 3.2 GB
+    RSS at batch 64 against 1.6 GB at 16, for the same images/s
+    (docs/memory.md).
     """
     if on_gpu:
         return 128
-    return 256 if image_size is not None and image_size <= 32 else 64
+    size = image_size or 224
+    if size <= 32:
+        return 256
+    fits = max(1, CPU_BATCH_PIXELS // (size * size))
+    return min(64, max(16, 1 << (fits.bit_length() - 1)))
 
 
 class _TapSet:
