@@ -30,7 +30,7 @@ from . import backbones as B
 from .arrays import ArrayItem, as_dataset, is_array_data, is_streamed, view_source
 from .cache import Cache, DatasetView, Extraction
 from .data import Dataset, ImageItem, discover, read_image
-from .errors import BadImage, DataError, DecoderUnavailable
+from .errors import BadImage, DataError, DecoderUnavailable, FeatxError
 from .runtime import backend_name, gpu_available
 from .spec import ExtractionSpec, one_pass_groups, resolve_spec
 
@@ -613,11 +613,11 @@ class _Run:
                 submit(None)
                 if in_flight is not None:
                     fetch()
-        except BaseException:
-            stopped = True
+        except BaseException as exc:
+            stopped = exc
             raise
         else:
-            stopped = False
+            stopped = None
         finally:
             build_pool.shutdown(wait=False)
             try:
@@ -629,7 +629,8 @@ class _Run:
                     bar.close()
                     if t_start is not None:
                         self.compute_seconds = time.perf_counter() - t_start
-                    if stopped:
+                    # A user mistake that kept nothing stays a one-line error.
+                    if stopped is not None and (writer.rows or not isinstance(stopped, FeatxError)):
                         self.log(_stopped_message(writer.rows, bar.total))
         ext = self.extraction
         if len(writer.shards) > 1:

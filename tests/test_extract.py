@@ -485,3 +485,9 @@ def test_an_interrupted_run_says_how_many_rows_it_kept(tmp_path, cache_dir, monk
     monkeypatch.setattr(extract_mod._Forward, "fail_at", None)
     again = run(data, cache_dir, batch_size=4)
     assert (again.computed, again.reused) == (24 - kept, kept)
+
+
+def test_cpu_default_batch_holds_about_the_pixels_of_64_images_of_64_px():
+    sizes = {32: 256, 33: 64, 64: 64, 65: 32, 90: 32, 91: 16, 128: 16, 224: 16, 512: 16}
+    assert {s: extract_mod.default_batch_size(False, s) for s in sizes} == sizes
+    assert extract_mod.default_batch_size(True, 224) == 128
