@@ -391,30 +391,41 @@ class _Run:
         memo = self.cache.memo()
         try:
             if is_streamed(self.ds):  # rows keyed by their pixels as they arrive: nothing to stat or look up
-                self._compute(iter(self.ds.items), {}, memo, {})
+                self._compute(iter(self.ds.items), memo, {})
                 return
-            stats = self._stat_all()
-            known = memo.lookup(stats)
             bad = memo.bad()
-            cached = set(self.extraction.index()) if self.extraction else set()
-            todo = []
-            for item in self.ds.items:
-                if isinstance(item, ArrayItem):  # keyed by its pixels: no file, no memo
-                    todo.append(item)
-                    continue
-                if item.path not in stats:
-                    continue
-                sha = known.get(item.path)
-                if sha is not None and sha in cached:
-                    self.sha[item.path] = sha
-                elif sha is not None and sha in bad:
-                    self._skip(item.path, bad[sha])
-                else:
-                    todo.append(item)
+            todo = self._plan(memo, bad)
             if todo:
-                self._compute(todo, stats, memo, bad)
+                self._compute(todo, memo, bad)
         finally:
             memo.close()
+
+    def _plan(self, memo, bad: dict[str, str]) -> list[ImageItem]:
+        """The items to read, hash and maybe compute; the others are answered here.
+
+        The stats, the memo's answers and the extraction's keys are dropped
+        on return: on a large extraction each is a dict or set of every
+        row, and the run needs none of them (it reads the index again under
+        the lock).
+        """
+        stats = self._stat_all()
+        known = memo.lookup(stats)
+        cached = set(self.extraction.index()) if self.extraction else set()
+        todo = []
+        for item in self.ds.items:
+            if isinstance(item, ArrayItem):  # keyed by its pixels: no file, no memo
+                todo.append(item)
+                continue
+            if item.path not in stats:
+                continue
+            sha = known.get(item.path)
+            if sha is not None and sha in cached:
+                self.sha[item.path] = sha
+            elif sha is not None and sha in bad:
+                self._skip(item.path, bad[sha])
+            else:
+                todo.append(item)
+        return todo
 
     def _stat_all(self) -> dict[str, tuple[int, int]]:
         stats = {}
@@ -434,7 +445,7 @@ class _Run:
         self.skipped.append((path, reason))
 
     # -- computing what is missing
-    def _compute(self, todo: list[ImageItem], stats, memo, bad: dict[str, str]) -> None:
+    def _compute(self, todo: list[ImageItem], memo, bad: dict[str, str]) -> None:
         # Not on disk until its first shard (with the model's real width):
         # a run that fails before that leaves nothing behind.
         if self.extraction is None:
@@ -444,9 +455,9 @@ class _Run:
         with ext.lock(on_wait=lambda: self.log(f"featx: waiting for another process extracting into {ext.name}...")):
             cached = set(ext.index())  # another process may have filled it while we waited
             if self.engine is not None:
-                self.engine.compute(self, todo, stats, memo, bad, cached)
+                self.engine.compute(self, todo, memo, bad, cached)
             else:
-                self._pipeline(todo, stats, memo, bad, cached)
+                self._pipeline(todo, memo, bad, cached)
 
     def _model(self):
         if self.model is None:
@@ -497,7 +508,7 @@ class _Run:
         clock = [0.0, 0.0, 0.0]
         return [self._prepare(it, cached, bad, clock) for it in items], clock
 
-    def _pipeline(self, todo, stats, memo, bad, cached: set) -> None:
+    def _pipeline(self, todo, memo, bad, cached: set) -> None:
         # The bar counts rows written to the cache: its total is the images
         # to compute, less each one found cached or bad on the way.
         bar = _progress(len(todo) if isinstance(todo, list) else None, self.progress, f"extract {self.opts.backbone.name}")

@@ -491,3 +491,26 @@ def test_cpu_default_batch_holds_about_the_pixels_of_64_images_of_64_px():
     sizes = {32: 256, 33: 64, 64: 64, 65: 32, 90: 32, 91: 16, 128: 16, 224: 16, 512: 16}
     assert {s: extract_mod.default_batch_size(False, s) for s in sizes} == sizes
     assert extract_mod.default_batch_size(True, 224) == 128
+
+
+def test_planning_drops_its_copy_of_the_extractions_keys_before_computing(tmp_path, cache_dir, monkeypatch):
+    """On a large extraction every set of its keys is a set of every row: the run keeps one, not two."""
+    import gc
+
+    data = make_dataset(tmp_path / "d", per_class=15, size=(32, 32))
+    bars = []
+    _free_model(monkeypatch, bars=bars)
+    first = run(data, cache_dir)
+    keys = set(Cache(cache_dir).extraction(first.spec).index())
+    make_image(data / "cats" / "new.png", seed=123)
+    alive = []
+    real = extract_mod._Run._compute
+
+    def compute(self, *a, **k):
+        gc.collect()
+        alive.extend(len(o) for o in gc.get_objects() if isinstance(o, set) and o is not keys and len(o) >= 30 and o <= keys)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(extract_mod._Run, "_compute", compute)
+    assert run(data, cache_dir).computed == 1
+    assert alive == []
