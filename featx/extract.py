@@ -43,8 +43,13 @@ FLUSH_ROWS = 2048
 CHUNK = 8
 # While the model is being built (importing the framework, building and
 # tracing: seconds), decoding goes on and up to this many bytes of decoded
-# pixels wait for it; past that the pipeline waits for the model.
+# pixels, and at most AHEAD_IMAGES images, wait for it; past that the
+# pipeline waits for the model. The image cap binds below about 145 px: a
+# small image costs little to decode, and 85,000 of 32 px (256 MB of
+# pixels, more with each one's bookkeeping) would save seconds at most
+# while holding memory that grows with the data up to that size.
 AHEAD_BYTES = 256 * 2**20
+AHEAD_IMAGES = 4096
 # A CPU batch's input pixels when no batch size is given above 32 px (64
 # images of 64 px): its activations, not the model's weights, are most of
 # a run's memory (see default_batch_size).
@@ -522,7 +527,7 @@ class _Run:
         forward = None
         builder: cf.Future | None = None  # the model, built on a thread of its own
         waiting: collections.deque[list[_Prepared]] = collections.deque()  # full batches decoded before the model was ready
-        waiting_bytes = 0
+        waiting_bytes = waiting_images = 0
         t_start = None
 
         def flush():
@@ -556,15 +561,17 @@ class _Run:
         def submit(full: list[_Prepared] | None) -> None:
             """Run a full batch, or keep it while the model is being built and
             there is room; ``None`` runs whatever is kept (the model is waited for)."""
-            nonlocal in_flight, waiting_bytes
+            nonlocal in_flight, waiting_bytes, waiting_images
             if full:
                 waiting.append(full)
                 waiting_bytes += sum(p.pixels.nbytes for p in full)
-            if not waiting or not ready(block=full is None or waiting_bytes > AHEAD_BYTES):
+                waiting_images += len(full)
+            full_up = waiting_bytes > AHEAD_BYTES or waiting_images > AHEAD_IMAGES
+            if not waiting or not ready(block=full is None or full_up):
                 return
             while waiting:  # each held batch is freed once it has run, not after the last one
                 in_flight = dispatch(waiting.popleft())
-            waiting_bytes = 0
+            waiting_bytes = waiting_images = 0
 
         def dispatch(batch):
             t = time.perf_counter()

@@ -207,14 +207,15 @@ for batch in (4, 10):  # 12 images: three full batches of 4; 10, then 2 padded t
         np.testing.assert_allclose(np.load(tmp_path / f"jax{batch}.npy"), ref.X, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("ahead", [extract_mod.AHEAD_BYTES, 0])
-def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypatch, ahead):
+@pytest.mark.parametrize("ahead, images", [(extract_mod.AHEAD_BYTES, extract_mod.AHEAD_IMAGES), (0, 10**6), (10**9, 6)])
+def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypatch, ahead, images):
     """The model builds on its own thread; images decoded meanwhile wait for it (up to AHEAD_BYTES)."""
     import threading
 
     data = make_dataset(tmp_path / "d", per_class=40, size=(32, 32))
     building, built = threading.Event(), threading.Event()
     decoded_while_building = []
+    _free_model(monkeypatch, bars=[])
     real_model, real_prepare = extract_mod._Run._model, extract_mod._Run._prepare
 
     def slow_model(self):
@@ -234,12 +235,14 @@ def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypa
     monkeypatch.setattr(extract_mod._Run, "_model", slow_model)
     monkeypatch.setattr(extract_mod._Run, "_prepare", prepare)
     monkeypatch.setattr(extract_mod, "AHEAD_BYTES", ahead)
+    monkeypatch.setattr(extract_mod, "AHEAD_IMAGES", images)
     res = run(data, cache_dir, batch_size=2, workers=2)
     assert res.computed == 80
-    if ahead:  # with room to wait in, the rest of the data is decoded during the build
+    if ahead and images > 80:  # with room to wait in, the rest of the data is decoded during the build
         assert len(decoded_while_building) >= 40
-    else:  # no room: at most the decode window (3 tasks of 8) runs ahead
-        assert len(decoded_while_building) <= 3 * extract_mod.CHUNK
+    else:  # no room (in bytes, or past `images`): then at most the decode window (3 tasks of 8) runs ahead
+        held = images + 2 + extract_mod.CHUNK if ahead else 0  # the cap, a batch past it, the chunk being read
+        assert len(decoded_while_building) <= held + 3 * extract_mod.CHUNK, len(decoded_while_building)
     f = featx.load_features(data, cache_dir=cache_dir)
     assert len(f) == 80 and len(set(f.sha256)) == 80
 
