@@ -164,6 +164,8 @@ def child(args) -> None:
     extract_mod = sys.modules["featx.extract"]
     if args.ahead_mb is not None:
         extract_mod.AHEAD_BYTES = int(args.ahead_mb * 2**20)
+    if args.ahead_images is not None:
+        extract_mod.AHEAD_IMAGES = args.ahead_images
     before_merge = []
     merge = Extraction.compact
 
@@ -209,10 +211,11 @@ def model_child(args) -> None:
 
 
 def measure(data, cache: Path, backbone: str, image_size: int, batch_size=None, workers=None, ahead_mb=None,
-            env: dict | None = None) -> dict:
+            ahead_images=None, env: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, "child", "--data", str(data), "--cache", str(cache), "--backbone", backbone,
            "--image-size", str(image_size)]
-    for flag, value in (("--batch-size", batch_size), ("--workers", workers), ("--ahead-mb", ahead_mb)):
+    for flag, value in (("--batch-size", batch_size), ("--workers", workers), ("--ahead-mb", ahead_mb),
+                        ("--ahead-images", ahead_images)):
         if value is not None:
             cmd += [flag, str(value)]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -261,6 +264,8 @@ def main(argv=None) -> None:
     mod.add_argument("--batches", default="8,16,32,64")
     arr = sub.add_parser("arrays")
     arr.add_argument("--sizes", default="6000,60000")
+    arr.add_argument("--backbone", default="resnet50")
+    arr.add_argument("--ahead-images", type=int, help="images that may wait for the model build [featx's]")
     for p in sub.choices.values():
         p.add_argument("--root", type=Path, default=DEFAULT_ROOT)
         p.add_argument("--keep", action="store_true", help="keep the generated images")
@@ -272,6 +277,7 @@ def main(argv=None) -> None:
     c.add_argument("--batch-size", type=int)
     c.add_argument("--workers", type=int)
     c.add_argument("--ahead-mb", type=float)
+    c.add_argument("--ahead-images", type=int)
     c.add_argument("--model-only", action="store_true")
     args = ap.parse_args(argv)
     if args.what == "child":
@@ -322,10 +328,11 @@ def main(argv=None) -> None:
                   f"{rep['images_per_second']:.1f} |", flush=True)
         shutil.rmtree(cache, ignore_errors=True)
     else:
-        print("\nfeatx.extract((x, y), backbone='resnet50', weights='none', image_size=32):\n")
+        held = f", AHEAD_IMAGES={args.ahead_images}" if args.ahead_images is not None else ""
+        print(f"\nfeatx.extract((x, y), backbone={args.backbone!r}, weights='none', image_size=32){held}:\n")
         print("| rows | seconds | peak RSS before the merge (MB) | peak RSS (MB) |\n|---|---|---|---|")
         for n in [int(s) for s in args.sizes.split(",")]:
-            rep = measure(f"arrays:{n}", cache, "resnet50", 32)
+            rep = measure(f"arrays:{n}", cache, args.backbone, 32, ahead_images=args.ahead_images)
             print(f"| {n} | {rep['seconds']:.1f} | {rep['before_merge_mb'] or float('nan'):.0f} | "
                   f"{rep['peak_mb']:.0f} |", flush=True)
 
