@@ -7,7 +7,10 @@ before fetching the previous batch's features (on JAX the device works while
 the host prepares the next batch); and hands the rows to a writer thread that
 flushes an immutable shard every couple of seconds. Images whose sha256 is
 already in the extraction are never decoded; when nothing is missing, the
-model is never built and no framework is imported.
+model is never built and no framework is imported. The progress bar counts
+rows written to the cache (not images decoded), so its count, its ETA and
+the line a stopped run prints all say what the cache keeps. A run's memory
+budget is in docs/memory.md.
 """
 
 from __future__ import annotations
