@@ -6,11 +6,13 @@ only parses options and prints what these functions return.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -423,7 +425,8 @@ def predict(
     prediction's ``path`` is then the row's index in its array (``"12"``),
     or ``"test#12"`` for data with several splits and no ``split``.
     """
-    from .arrays import as_dataset, is_array_data
+    from .arrays import as_dataset, is_array_data, is_streamed, spooled
+    from .data import Dataset
     from .extract import extract
 
     if is_array_data(data):
@@ -439,17 +442,22 @@ def predict(
     columns: list[dict[str, np.ndarray]] = [{} for _ in specs]
     order: list[str] = []
     skipped: dict[str, str] = {}
-    for group in one_pass_groups(specs):
-        try:
-            res = extract(data, spec=[specs[i] for i in group], weights=weights, batch_size=batch_size,
-                          cache_dir=cache_dir, progress=progress, record=False)
-        except WeightsError as exc:
-            raise HeadError(f"Cannot rebuild the backbone of head {head_dir} for the images not cached yet: {exc}") from None
-        skipped.update(dict(res.skipped))
-        order = order or list(res.paths)
-        for i, ext in zip(group, res.extractions):
-            if ext is not None and res.sha256:
-                columns[i] = dict(zip(res.paths, ext.read(res.sha256)))
+    groups = one_pass_groups(specs)
+    with contextlib.ExitStack() as stack:
+        if len(groups) > 1 and isinstance(data, Dataset) and is_streamed(data):
+            # One pass per backbone, and a stream is read once: its rows wait on disk for the other passes.
+            data = spooled(data, stack.enter_context(tempfile.TemporaryDirectory(prefix="featx-stream-")))
+        for group in groups:
+            try:
+                res = extract(data, spec=[specs[i] for i in group], weights=weights, batch_size=batch_size,
+                              cache_dir=cache_dir, progress=progress, record=False)
+            except WeightsError as exc:
+                raise HeadError(f"Cannot rebuild the backbone of head {head_dir} for the images not cached yet: {exc}") from None
+            skipped.update(dict(res.skipped))
+            order = order or list(res.paths)
+            for i, ext in zip(group, res.extractions):
+                if ext is not None and res.sha256:
+                    columns[i] = dict(zip(res.paths, ext.read(res.sha256)))
     paths = [p for p in order if all(p in c for c in columns)]
     if not paths:
         return Predictions([], np.zeros((0, len(classes))), classes, list(skipped.items()), str(head_dir))

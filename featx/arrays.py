@@ -107,6 +107,12 @@ class _BatchRows(_Rows):
     def __len__(self) -> int:
         return self._n
 
+    def canonical(self, i: int) -> np.ndarray:
+        if self.x is None:
+            raise ArrayError("This stream of batches was read already, and a stream is read once: pass a new "
+                             "stream, or arrays (x, (x, y) or an .npz file), to read the images again.")
+        return super().canonical(i)
+
     def release(self, i: int) -> None:
         self._left -= 1  # under the GIL; a lost decrement only delays freeing the batch
         if self._left <= 0:
@@ -490,6 +496,37 @@ class _StreamItems:
         return _scale_for(x, what + " (scale chosen on the first float batch)", self._chosen, lo_hi)
 
 
+def spooled(ds: Dataset, folder: str | os.PathLike) -> Dataset:
+    """A streamed ``ds`` read once into memory-mapped ``.npy`` files in ``folder``, to be read again.
+
+    Several passes over one stream (a fused head's backbones, each with
+    its own input) read it here once; each batch's canonical rows go to
+    disk, not memory. Other datasets are returned as they are.
+    """
+    if not is_streamed(ds):
+        return ds
+    items: list[ImageItem] = []
+    batch: list[ArrayItem] = []
+
+    def save():
+        pixels = np.stack([it.rows.canonical(it.index) for it in batch])
+        for it in batch:
+            it.rows.release(it.index)
+        path = Path(folder, f"batch-{len(items)}.npy")
+        np.save(path, pixels)
+        rows = _Rows(np.load(path, mmap_mode="r"), None)
+        items.extend(ArrayItem(it.path, it.label, it.split, rows, i) for i, it in enumerate(batch))
+        batch.clear()
+
+    for item in ds.items:
+        if batch and item.rows is not batch[0].rows:
+            save()
+        batch.append(item)
+    if batch:
+        save()
+    return Dataset(ds.source, LAYOUT, items, ds.class_names)
+
+
 def _numpy(t):
     if hasattr(t, "numpy") and not isinstance(t, np.ndarray):
         t = t.numpy()
@@ -609,4 +646,4 @@ def _keras_dataset(which: str, log) -> dict:
     return {"train": (x_tr, y_tr), "test": (x_te, y_te)}
 
 
-__all__ = ["ArrayItem", "ArrayError", "as_dataset", "is_array_data", "row_key", "resize_pixels", "row_reader"]
+__all__ = ["ArrayItem", "ArrayError", "as_dataset", "is_array_data", "row_key", "resize_pixels", "row_reader", "spooled"]

@@ -7,7 +7,10 @@ before fetching the previous batch's features (on JAX the device works while
 the host prepares the next batch); and hands the rows to a writer thread that
 flushes an immutable shard every couple of seconds. Images whose sha256 is
 already in the extraction are never decoded; when nothing is missing, the
-model is never built and no framework is imported.
+model is never built and no framework is imported. The progress bar counts
+rows written to the cache (not images decoded), so its count, its ETA and
+the line a stopped run prints all say what the cache keeps. A run's memory
+budget is in docs/memory.md.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from . import backbones as B
 from .arrays import ArrayItem, as_dataset, is_array_data, is_streamed, view_source
 from .cache import Cache, DatasetView, Extraction
 from .data import Dataset, ImageItem, discover, read_image
-from .errors import BadImage, DataError, DecoderUnavailable
+from .errors import BadImage, DataError, DecoderUnavailable, FeatxError
 from .runtime import backend_name, gpu_available
 from .spec import ExtractionSpec, note_loaded, one_pass_groups, resolve_spec
 
@@ -43,8 +46,17 @@ FLUSH_ROWS = 2048
 CHUNK = 8
 # While the model is being built (importing the framework, building and
 # tracing: seconds), decoding goes on and up to this many bytes of decoded
-# pixels wait for it; past that the pipeline waits for the model.
+# pixels, and at most AHEAD_IMAGES images, wait for it; past that the
+# pipeline waits for the model. The image cap binds below about 145 px: a
+# small image costs little to decode, and 85,000 of 32 px (256 MB of
+# pixels, more with each one's bookkeeping) would save seconds at most
+# while holding memory that grows with the data up to that size.
 AHEAD_BYTES = 256 * 2**20
+AHEAD_IMAGES = 4096
+# A CPU batch's input pixels when no batch size is given above 32 px (64
+# images of 64 px): its activations, not the model's weights, are most of
+# a run's memory (see default_batch_size).
+CPU_BATCH_PIXELS = 64 * 64 * 64
 STAGES = ("read", "hash", "decode", "stack", "model", "write")
 
 
@@ -401,30 +413,41 @@ class _Run:
         memo = self.cache.memo()
         try:
             if is_streamed(self.ds):  # rows keyed by their pixels as they arrive: nothing to stat or look up
-                self._compute(iter(self.ds.items), {}, memo, {})
+                self._compute(iter(self.ds.items), memo, {})
                 return
-            stats = self._stat_all()
-            known = memo.lookup(stats)
             bad = memo.bad()
-            cached = set(self.extraction.index()) if self.extraction else set()
-            todo = []
-            for item in self.ds.items:
-                if isinstance(item, ArrayItem):  # keyed by its pixels: no file, no memo
-                    todo.append(item)
-                    continue
-                if item.path not in stats:
-                    continue
-                sha = known.get(item.path)
-                if sha is not None and sha in cached:
-                    self.sha[item.path] = sha
-                elif sha is not None and sha in bad:
-                    self._skip(item.path, bad[sha])
-                else:
-                    todo.append(item)
+            todo = self._plan(memo, bad)
             if todo:
-                self._compute(todo, stats, memo, bad)
+                self._compute(todo, memo, bad)
         finally:
             memo.close()
+
+    def _plan(self, memo, bad: dict[str, str]) -> list[ImageItem]:
+        """The items to read, hash and maybe compute; the others are answered here.
+
+        The stats, the memo's answers and the extraction's keys are dropped
+        on return: on a large extraction each is a dict or set of every
+        row, and the run needs none of them (it reads the index again under
+        the lock).
+        """
+        stats = self._stat_all()
+        known = memo.lookup(stats)
+        cached = set(self.extraction.index()) if self.extraction else set()
+        todo = []
+        for item in self.ds.items:
+            if isinstance(item, ArrayItem):  # keyed by its pixels: no file, no memo
+                todo.append(item)
+                continue
+            if item.path not in stats:
+                continue
+            sha = known.get(item.path)
+            if sha is not None and sha in cached:
+                self.sha[item.path] = sha
+            elif sha is not None and sha in bad:
+                self._skip(item.path, bad[sha])
+            else:
+                todo.append(item)
+        return todo
 
     def _stat_all(self) -> dict[str, tuple[int, int]]:
         stats = {}
@@ -444,7 +467,7 @@ class _Run:
         self.skipped.append((path, reason))
 
     # -- computing what is missing
-    def _compute(self, todo: list[ImageItem], stats, memo, bad: dict[str, str]) -> None:
+    def _compute(self, todo: list[ImageItem], memo, bad: dict[str, str]) -> None:
         # Not on disk until its first shard (with the model's real width):
         # a run that fails before that leaves nothing behind.
         if self.extraction is None:
@@ -454,9 +477,9 @@ class _Run:
         with ext.lock(on_wait=lambda: self.log(f"featx: waiting for another process extracting into {ext.name}...")):
             cached = set(ext.index())  # another process may have filled it while we waited
             if self.engine is not None:
-                self.engine.compute(self, todo, stats, memo, bad, cached)
+                self.engine.compute(self, todo, memo, bad, cached)
             else:
-                self._pipeline(todo, stats, memo, bad, cached)
+                self._pipeline(todo, memo, bad, cached)
 
     def _model(self):
         if self.model is None:
@@ -509,7 +532,9 @@ class _Run:
         clock = [0.0, 0.0, 0.0]
         return [self._prepare(it, cached, bad, clock) for it in items], clock
 
-    def _pipeline(self, todo, stats, memo, bad, cached: set) -> None:
+    def _pipeline(self, todo, memo, bad, cached: set) -> None:
+        # The bar counts rows written to the cache: its total is the images
+        # to compute, less each one found cached or bad on the way.
         bar = _progress(len(todo) if isinstance(todo, list) else None, self.progress, f"extract {self.opts.backbone.name}")
         clock = self.stage_seconds
         batch: list[_Prepared] = []
@@ -517,11 +542,11 @@ class _Run:
         pending = _Pending()
         memo_rows, bad_rows = [], []
         last_flush = time.perf_counter()
-        writer = _Writer(self.extraction, memo, clock)
+        writer = _Writer(self.extraction, memo, clock, on_written=bar.update)
         forward = None
         builder: cf.Future | None = None  # the model, built on a thread of its own
-        waiting: list[list[_Prepared]] = []  # full batches decoded before the model was ready
-        waiting_bytes = 0
+        waiting: collections.deque[list[_Prepared]] = collections.deque()  # full batches decoded before the model was ready
+        waiting_bytes = waiting_images = 0
         t_start = None
 
         def flush():
@@ -555,20 +580,23 @@ class _Run:
         def submit(full: list[_Prepared] | None) -> None:
             """Run a full batch, or keep it while the model is being built and
             there is room; ``None`` runs whatever is kept (the model is waited for)."""
-            nonlocal in_flight, waiting_bytes
+            nonlocal in_flight, waiting_bytes, waiting_images
             if full:
                 waiting.append(full)
                 waiting_bytes += sum(p.pixels.nbytes for p in full)
-            if not waiting or not ready(block=full is None or waiting_bytes > AHEAD_BYTES):
+                waiting_images += len(full)
+            full_up = waiting_bytes > AHEAD_BYTES or waiting_images > AHEAD_IMAGES
+            if not waiting or not ready(block=full is None or full_up):
                 return
-            for held in waiting:
-                in_flight = dispatch(held)
-            waiting.clear()
-            waiting_bytes = 0
+            while waiting:  # each held batch is freed once it has run, not after the last one
+                in_flight = dispatch(waiting.popleft())
+            waiting_bytes = waiting_images = 0
 
         def dispatch(batch):
             t = time.perf_counter()
             x = np.stack([p.pixels for p in batch])
+            for p in batch:  # the batch is kept until its rows are fetched; its pixels are not needed
+                p.pixels = None
             n = len(x)
             padded = _padded(n, self.batch_size, self.on_gpu)
             if n < padded:  # few distinct shapes keep the compiled graphs
@@ -592,7 +620,6 @@ class _Run:
                 for preps, spent in _bounded_map(pool, lambda c: self._prepare_chunk(c, cached, bad), chunks, window):
                     for stage, seconds in zip(STAGES, spent):
                         clock[stage] += seconds
-                    bar.update(len(preps))
                     for prep in preps:
                         if prep.sha and prep.stat:
                             memo_rows.append((prep.item.path, *prep.stat, prep.sha))
@@ -604,10 +631,12 @@ class _Run:
                                 if in_flight is not None:
                                     fetch()
                                 flush()
+                            _not_to_write(bar)
                             self._skip(prep.item.path, prep.reason)
                             continue
                         self.sha[prep.item.path] = prep.sha
                         if prep.status == "cached" or prep.sha in cached:
+                            _not_to_write(bar)
                             continue
                         if builder is None:  # the first image to compute: build the model beside the decoding
                             bar.set_description(f"extract {self.opts.backbone.name} (building model)")
@@ -621,15 +650,25 @@ class _Run:
                 submit(None)
                 if in_flight is not None:
                     fetch()
+        except BaseException as exc:
+            stopped = exc
+            raise
+        else:
+            stopped = None
         finally:
             build_pool.shutdown(wait=False)
             try:
                 flush()
             finally:
-                writer.close()
-                bar.close()
-                if t_start is not None:
-                    self.compute_seconds = time.perf_counter() - t_start
+                try:
+                    writer.close()
+                finally:
+                    bar.close()
+                    if t_start is not None:
+                        self.compute_seconds = time.perf_counter() - t_start
+                    # A user mistake that kept nothing stays a one-line error.
+                    if stopped is not None and (writer.rows or not isinstance(stopped, FeatxError)):
+                        self.log(_stopped_message(writer.rows, bar.total))
         ext = self.extraction
         if len(writer.shards) > 1:
             ext.compact(only=writer.shards)
@@ -680,8 +719,10 @@ class _Writer:
     next ``put`` or at ``close``; later jobs are dropped, never half written.
     """
 
-    def __init__(self, extraction: Extraction, memo, clock: dict[str, float]):
+    def __init__(self, extraction: Extraction, memo, clock: dict[str, float], on_written=None):
         self.extraction, self.memo, self.clock = extraction, memo, clock
+        self.on_written = on_written or (lambda n: None)
+        self.rows = 0  # rows written so far (their shards are in the cache)
         self.shards: list = []
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=2)
@@ -711,6 +752,8 @@ class _Writer:
                 rows, memo_rows, bad_rows = job
                 if rows is not None:
                     self.shards.append(self.extraction.write_shard(*rows))
+                    self.rows += len(rows[1])
+                    self.on_written(len(rows[1]))
                 self.memo.remember(memo_rows)
                 self.memo.remember_bad(bad_rows)
             except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread)
@@ -719,20 +762,27 @@ class _Writer:
 
 
 def default_batch_size(on_gpu: bool, image_size: int | None = None) -> int:
-    """Images per forward pass when none is given: 128 on a GPU; on a CPU 64,
-    or 256 for inputs of 32 px or less.
+    """Images per forward pass when none is given: 128 on a GPU; on a CPU
+    256 for inputs of 32 px or less, else as many as hold the pixels of 64
+    images of 64 px, as a power of two from 16 to 64 (64 up to 64 px, 32
+    up to 90 px, 16 from 91 px up).
 
     On a GPU a larger batch keeps the device busy while the host prepares
     the next. On a CPU each call has a fixed cost: with mobilenetv3small at
     32 px the model's CPU time per image is 0.25 ms at batch 32, 0.22 at 64
-    and 0.17 at 256, on cores the decoders need. At 64 px the model's own
-    work already dominates: batch 256 was no faster than 64 with
-    mobilenetv2 and held 200 MB more activations; more than 64 only delays
-    the first shard (a VGG16 batch of 256 at 128 px is 17 s on 2 cores).
+    and 0.17 at 256, on cores the decoders need. From 64 px up the model's
+    own work dominates and a larger batch only costs memory: a batch's
+    activations grow with its pixels, and VGG16 at 224 px peaked at 3.2 GB
+    RSS at batch 64 against 1.6 GB at 16, for the same images/s
+    (docs/memory.md).
     """
     if on_gpu:
         return 128
-    return 256 if image_size is not None and image_size <= 32 else 64
+    size = image_size or 224
+    if size <= 32:
+        return 256
+    fits = max(1, CPU_BATCH_PIXELS // (size * size))
+    return min(64, max(16, 1 << (fits.bit_length() - 1)))
 
 
 class _TapSet:
@@ -869,6 +919,18 @@ def _bounded_map(pool: cf.Executor, fn, items, window: int):
         for item in it:
             queue.append(pool.submit(fn, item))
             break
+
+
+def _not_to_write(bar) -> None:
+    """One image of the bar's total turned out cached or bad: nothing to write for it."""
+    if bar.total:
+        bar.total -= 1  # shown at the next update
+
+
+def _stopped_message(written: int, total: int | None) -> str:
+    of = f" of {total:,}" if total is not None else ""
+    return (f"featx: stopped after writing {written:,}{of} rows to the cache; "
+            f"{'those stay' if written != 1 else 'it stays'} cached and the next run computes only the rest.")
 
 
 def _progress(total: int | None, enabled: bool, desc: str):

@@ -106,7 +106,7 @@ class RayEngine:
     num_gpus_per_worker: float = 0
     workers: int | None = None
 
-    def compute(self, run: _Run, todo: list[ImageItem], stats, memo, bad: dict[str, str], cached: set) -> None:
+    def compute(self, run: _Run, todo: list[ImageItem], memo, bad: dict[str, str], cached: set) -> None:
         """Compute ``todo`` into ``run.extraction`` (whose lock the caller holds)."""
         ray = require()
         if not ray.is_initialized():

@@ -1,6 +1,7 @@
 """Images that are not files: arrays, .npz, keras.datasets and streams through the same cache."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -110,6 +111,36 @@ def test_stream_batches_are_released(digits):
         seen.append(item.rows)
     assert len(ds.items) == 120 and all(rows.x is None for rows in seen)  # no batch kept
     assert ds.class_names == sorted({str(v) for v in y}, key=int)
+
+
+def test_a_stream_is_read_once_and_feeds_both_backbones_of_a_fused_head(digits, tmp_path):
+    x, y = digits
+    cache = tmp_path / "c"
+    data = {"train": (x[:90], y[:90]), "test": (x[90:], y[90:])}
+    a = run(data, cache, name="d").extraction.name
+    b = run(data, cache, name="d", image_size=40).extraction.name  # another input size: its own pass
+    head = api.fit_head("logreg", extraction=[a, b], cache_dir=cache, out=tmp_path / "h", home=tmp_path)
+    assert json.loads((tmp_path / "h" / "manifest.json").read_text())["feature_width"] == 1024
+    read = []
+
+    def stream():
+        for i in range(90, 120, 8):
+            read.append(i)
+            yield x[i:i + 8], y[i:i + 8]
+
+    preds = api.predict(stream(), head=head.directory, cache_dir=cache, progress=False)
+    assert read == [90, 98, 106, 114]  # read once
+    want = api.predict(x[90:], head=head.directory, cache_dir=cache, progress=False)
+    assert preds.paths == want.paths == [str(i) for i in range(30)]
+    np.testing.assert_allclose(preds.probabilities, want.probabilities, rtol=1e-6)
+
+
+def test_a_stream_read_already_is_a_one_line_error(digits, tmp_path):
+    x, y = digits
+    ds = A.as_dataset((x[i:i + 10], y[i:i + 10]) for i in range(0, 30, 10))
+    run(ds, tmp_path / "c")
+    with pytest.raises(A.ArrayError, match="stream of batches was read already"):
+        run(ds, tmp_path / "c2")
 
 
 def test_finetune_from_arrays_takes_arrays_at_their_size(digits_project, digits):

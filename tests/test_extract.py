@@ -207,14 +207,15 @@ for batch in (4, 10):  # 12 images: three full batches of 4; 10, then 2 padded t
         np.testing.assert_allclose(np.load(tmp_path / f"jax{batch}.npy"), ref.X, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("ahead", [extract_mod.AHEAD_BYTES, 0])
-def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypatch, ahead):
+@pytest.mark.parametrize("ahead, images", [(extract_mod.AHEAD_BYTES, extract_mod.AHEAD_IMAGES), (0, 10**6), (10**9, 6)])
+def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypatch, ahead, images):
     """The model builds on its own thread; images decoded meanwhile wait for it (up to AHEAD_BYTES)."""
     import threading
 
     data = make_dataset(tmp_path / "d", per_class=40, size=(32, 32))
     building, built = threading.Event(), threading.Event()
     decoded_while_building = []
+    _free_model(monkeypatch, bars=[])
     real_model, real_prepare = extract_mod._Run._model, extract_mod._Run._prepare
 
     def slow_model(self):
@@ -234,12 +235,14 @@ def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypa
     monkeypatch.setattr(extract_mod._Run, "_model", slow_model)
     monkeypatch.setattr(extract_mod._Run, "_prepare", prepare)
     monkeypatch.setattr(extract_mod, "AHEAD_BYTES", ahead)
+    monkeypatch.setattr(extract_mod, "AHEAD_IMAGES", images)
     res = run(data, cache_dir, batch_size=2, workers=2)
     assert res.computed == 80
-    if ahead:  # with room to wait in, the rest of the data is decoded during the build
+    if ahead and images > 80:  # with room to wait in, the rest of the data is decoded during the build
         assert len(decoded_while_building) >= 40
-    else:  # no room: at most the decode window (3 tasks of 8) runs ahead
-        assert len(decoded_while_building) <= 3 * extract_mod.CHUNK
+    else:  # no room (in bytes, or past `images`): then at most the decode window (3 tasks of 8) runs ahead
+        held = images + 2 + extract_mod.CHUNK if ahead else 0  # the cap, a batch past it, the chunk being read
+        assert len(decoded_while_building) <= held + 3 * extract_mod.CHUNK, len(decoded_while_building)
     f = featx.load_features(data, cache_dir=cache_dir)
     assert len(f) == 80 and len(set(f.sha256)) == 80
 
@@ -407,3 +410,110 @@ def test_hymenoptera_end_to_end(cache_dir):
     f = featx.load_features(HYMENOPTERA, cache_dir=cache_dir)
     assert f.class_names == ["ants", "bees"] and set(f.splits) == {"train", "val"}
     assert len(f) == 398 - len(res.skipped)
+
+
+# ---------------------------------------------------------------- progress: rows written, not images decoded
+
+
+class _FreeModel:
+    """A model that costs nothing (no framework import): constant rows of width 512, like VGG16's."""
+
+    calls = 0
+    fail_at = None  # raise KeyboardInterrupt on this dispatch (1-based)
+
+    def __init__(self, model):
+        pass
+
+    def dispatch(self, x):
+        type(self).calls += 1
+        if type(self).calls == self.fail_at:
+            raise KeyboardInterrupt
+        return np.full((len(x), 512), float(type(self).calls), np.float32)
+
+    fetch = staticmethod(np.asarray)
+
+
+def _free_model(monkeypatch, fail_at=None, bars=None):
+    import io
+
+    from tqdm import tqdm
+
+    free = type("Free", (_FreeModel,), {"calls": 0, "fail_at": fail_at})
+    monkeypatch.setattr(extract_mod._Run, "_model", lambda self: object())
+    monkeypatch.setattr(extract_mod, "_Forward", free)
+    monkeypatch.setattr(extract_mod, "FLUSH_SECONDS", 0.0)  # a shard per batch
+
+    def progress(total, enabled, desc):
+        bar = tqdm(total=total, desc=desc, file=io.StringIO(), mininterval=0)
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(extract_mod, "_progress", progress)
+
+
+def test_the_bar_counts_rows_written_and_its_total_shrinks_for_cached_and_bad(tmp_path, cache_dir, monkeypatch):
+    data = make_dataset(tmp_path / "d", per_class=10, size=(32, 32))
+    (data / "cats" / "copy.png").write_bytes((data / "dogs" / "dogs_3.png").read_bytes())
+    (data / "cats" / "bad.png").write_bytes(b"nope")
+    bars = []
+    _free_model(monkeypatch, bars=bars)
+    written = []
+    real_put = extract_mod._Writer.put
+
+    def put(self, rows, *a):  # the bar never runs ahead of the rows handed to the writer
+        written.append(bars[0].n)
+        return real_put(self, rows, *a)
+
+    monkeypatch.setattr(extract_mod._Writer, "put", put)
+    res = run(data, cache_dir, batch_size=4, progress=True)
+    (bar,) = bars
+    assert (res.computed, res.reused, len(res.skipped)) == (20, 1, 1)
+    rows = Cache(cache_dir).extraction(res.spec).rows()
+    assert bar.n == bar.total == rows == 20
+    assert written and max(written) < 20  # it moved while the run went on, never ahead
+
+
+def test_an_interrupted_run_says_how_many_rows_it_kept(tmp_path, cache_dir, monkeypatch):
+    data = make_dataset(tmp_path / "d", per_class=12, size=(32, 32))
+    bars, said = [], []
+    _free_model(monkeypatch, fail_at=4, bars=bars)
+    with pytest.raises(KeyboardInterrupt):
+        run(data, cache_dir, batch_size=4, progress=True, log=said.append)
+    spec = extract_mod.spec_for("vgg16", weights="none", image_size=32, cache_dir=cache_dir)
+    kept = Cache(cache_dir).extraction(spec).rows()
+    assert 0 < kept < 24
+    assert bars[0].n == kept
+    assert said == [f"featx: stopped after writing {kept} of 24 rows to the cache; those stay cached and the next "
+                    "run computes only the rest."]
+    monkeypatch.setattr(extract_mod._Forward, "fail_at", None)
+    again = run(data, cache_dir, batch_size=4)
+    assert (again.computed, again.reused) == (24 - kept, kept)
+
+
+def test_cpu_default_batch_holds_about_the_pixels_of_64_images_of_64_px():
+    sizes = {32: 256, 33: 64, 64: 64, 65: 32, 90: 32, 91: 16, 128: 16, 224: 16, 512: 16}
+    assert {s: extract_mod.default_batch_size(False, s) for s in sizes} == sizes
+    assert extract_mod.default_batch_size(True, 224) == 128
+
+
+def test_planning_drops_its_copy_of_the_extractions_keys_before_computing(tmp_path, cache_dir, monkeypatch):
+    """On a large extraction every set of its keys is a set of every row: the run keeps one, not two."""
+    import gc
+
+    data = make_dataset(tmp_path / "d", per_class=15, size=(32, 32))
+    bars = []
+    _free_model(monkeypatch, bars=bars)
+    first = run(data, cache_dir)
+    keys = set(Cache(cache_dir).extraction(first.spec).index())
+    make_image(data / "cats" / "new.png", seed=123)
+    alive = []
+    real = extract_mod._Run._compute
+
+    def compute(self, *a, **k):
+        gc.collect()
+        alive.extend(len(o) for o in gc.get_objects() if isinstance(o, set) and o is not keys and len(o) >= 30 and o <= keys)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(extract_mod._Run, "_compute", compute)
+    assert run(data, cache_dir).computed == 1
+    assert alive == []
