@@ -341,7 +341,7 @@ def backbones(pattern, as_json):
 @click.option("--taps", type=Taps(),
               help="Several taps from one forward pass, e.g. 0,1,2 (the output and the ends of the 1 and 2 blocks "
                    "before it), each cached as its own extraction; `fit-head --head auto` searches them all.")
-@click.option("--batch-size", type=POSITIVE_INT, help="Images per forward pass [default: 128 on a GPU; on a CPU 256 at 32 px or less, 64 up to 64 px, 16 from 91 px].")
+@click.option("--batch-size", type=POSITIVE_INT, help="Images per forward pass [default: 128 on a GPU; on a CPU 256 at 32 px or less, 64 up to 64 px, 32 up to 90 px, 16 above].")
 @click.option("--workers", type=POSITIVE_INT,
               help=f"Threads reading and decoding images [default: {WORKERS_DEFAULT}]; with --engine ray, embedding "
                    f"actors [default: {RAY_WORKERS_DEFAULT}].")
