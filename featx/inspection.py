@@ -481,10 +481,10 @@ class NearRule:
 
     A fixed cosine misses copies that a backbone's features move more (a
     mirror image, a crop, colour jitter): on hymenoptera with the VGG16 HED
-    weights a flipped copy scores 0.90 and a 90% crop 0.87, under the
-    cosines of distinct photos of the same insect (up to 0.96). Such copies
-    are still their original's mutual nearest neighbour with a ratio under
-    0.72, where distinct pairs have 0.75 or more (docs/inspect.md).
+    weights at 128 px, 90% crops score 0.63 to 0.96 and distinct photos up
+    to 0.92. Such copies are still their original's mutual nearest
+    neighbour with a ratio of at most 0.72, where mutually nearest distinct
+    photos have 0.79 or more (docs/inspect.md).
 
     Parameters
     ----------
@@ -495,7 +495,7 @@ class NearRule:
     max_ratio : float
         Largest distance ratio d1 / d2 of rule 2. Lowe's 0.8 let one pair of
         distinct photos through on hymenoptera (an ant and a bee, cosine
-        0.70, ratio 0.78); 0.75 none, with the same recall of planted copies.
+        0.70, ratio 0.79); 0.75 none, with the same recall of planted copies.
     z : float
         How many robust standard deviations below the median log ratio.
     """
