@@ -98,6 +98,12 @@ def peak_rss_mb(stderr: str) -> float:
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
+def cpu_seconds(stderr: str) -> float:
+    """User + system seconds of the child, from ``/usr/bin/time -v``."""
+    got = re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", stderr)
+    return sum(map(float, got)) if got else float("nan")
+
+
 def run(root: Path, n: int, args) -> dict:
     t = time.perf_counter()
     planted = build(root, n, args.width, shard_rows=args.shard_rows, seed=args.seed)
@@ -113,7 +119,8 @@ def run(root: Path, n: int, args) -> dict:
         sys.exit(f"featx inspect failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     rep = json.loads((out / "report.json").read_text())
     near = {frozenset((p["path_a"], p["path_b"])) for p in rep["duplicates"]["near_pairs"]}
-    return {"n": n, "built": built, "wall": wall, "rss": peak_rss_mb(proc.stderr), "report": rep,
+    return {"n": n, "built": built, "wall": wall, "rss": peak_rss_mb(proc.stderr), "cpu": cpu_seconds(proc.stderr),
+            "report": rep,
             "planted": planted, "near_found": near, "stdout": proc.stdout}
 
 
@@ -163,13 +170,16 @@ def main():
               flush=True)
     print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; width {args.width}\n")
     sections = list(rows[0][1]["report"]["timings"])
-    print("| rows | featx inspect, wall s | peak RSS MB | " + " | ".join(sections) +
+    print("wall seconds per section, with the CPU seconds of the process in brackets "
+          "(on shared cores, about what an idle core would take)\n")
+    print("| rows | featx inspect, wall s | CPU s | peak RSS MB | " + " | ".join(sections) +
           " | exact found | near found | other near pairs | flipped labels in top k |")
-    print("|---|---|---|" + "---|" * len(sections) + "---|---|---|---|")
+    print("|---|---|---|---|" + "---|" * len(sections) + "---|---|---|---|")
     for n, r, ef, en, nf, nn, other, top_k, k in rows:
-        t = r["report"]["timings"]
-        print(f"| {n:,} | {r['wall']:.0f} | {r['rss']:.0f} | " + " | ".join(f"{t.get(s, 0):.0f}" for s in sections) +
-              f" | {ef}/{en} | {nf}/{nn} | {other} | {top_k}/{k} |")
+        t, c = r["report"]["timings"], r["report"]["cpu_seconds"]
+        print(f"| {n:,} | {r['wall']:.0f} | {r['cpu']:.0f} | {r['rss']:.0f} | "
+              + " | ".join(f"{t.get(s, 0):.0f} ({c.get(s, 0):.0f})" for s in sections)
+              + f" | {ef}/{en} | {nf}/{nn} | {other} | {top_k}/{k} |")
     for n, r, *_ in rows:
         print(f"\nnotes at {n:,} rows:")
         for note in r["report"]["notes"]:
