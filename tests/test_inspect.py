@@ -160,7 +160,6 @@ def test_adaptive_rule_finds_a_copy_that_the_fixed_threshold_misses(tmp_path):
     assert dups["near_pairs"][0]["ratio"] < 0.5 and dups["near_pairs"][0]["similarity"] == pytest.approx(S[copy], abs=1e-5)
     r = invoke("inspect", "--near-rule", "fixed", "--out", tmp_path / "fixed", cache_dir=tmp_path / "cache")
     assert r.exit_code == 0 and "0 near pairs at cosine >= 0.95 (exact search)" in r.output
-    assert "1 near pairs (0 at cosine >= 0.95, 1 mutual nearest neighbours" in featx.inspect(f, out=False).summary()
     # Without structure, nothing stands out: no pairs from random 256-d rows.
     g = write_features(tmp_path / "noise", np.random.default_rng(0).normal(size=(500, 256)).astype(np.float32),
                        np.full(500, -1), [""] * 500, [], source="/synthetic/noise")
