@@ -719,7 +719,10 @@ def compare(obj, data, heads, out, seed, selection, folds, val_split):
               help="Head whose calibration to check, named as for `featx predict --head` "
                    "[default: the latest head, if fitted on these features].")
 @click.option("--near-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
-              help="Cosine similarity (standardised, L2-normalised features) for near duplicates.")
+              help="Cosine similarity (standardised, L2-normalised features) at which images are near duplicates.")
+@click.option("--near-rule", type=click.Choice(["adaptive", "fixed"]), default="adaptive", show_default=True,
+              help="adaptive: also mutual nearest neighbours far nearer to each other than to the next image "
+                   "(docs/inspect.md); fixed: the cosine threshold only.")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True,
               help="K of the stratified K-fold behind the label checks.")
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
@@ -730,7 +733,7 @@ def compare(obj, data, heads, out, seed, selection, folds, val_split):
 @cache_dir_option
 @home_option
 @click.pass_obj
-def inspect(obj, data, backbone, extraction, out, head, near_threshold, folds, seeds, embedding, seed):
+def inspect(obj, data, backbone, extraction, out, head, near_threshold, near_rule, folds, seeds, embedding, seed):
     """Check cached features: leakage, label errors, label budget, calibration.
 
     Works from the feature cache alone, in seconds: exact (sha256) and near
@@ -748,7 +751,7 @@ def inspect(obj, data, backbone, extraction, out, head, near_threshold, folds, s
 
     head = _resolved(obj, "head", head)
     report = run(data, backbone=backbone, extraction=extraction, cache_dir=obj["cache_dir"], out=out, head=head,
-                 near_threshold=near_threshold, folds=folds, seeds=seeds, embedding=embedding, seed=seed,
+                 near_threshold=near_threshold, near_rule=near_rule, folds=folds, seeds=seeds, embedding=embedding, seed=seed,
                  log=lambda m: click.echo(m, err=True), home=obj["home"])
     click.echo(report.summary())
     click.echo(f"wrote {report.directory}: {', '.join(p.name for p in report.files)}")

@@ -1,11 +1,12 @@
 """The PNGs of ``featx inspect``: contact sheets, budget curve, reliability diagram, map.
 
 Contact sheets are the only place images are decoded; a file that is gone
-or unreadable becomes a grey placeholder.
+or unreadable becomes a grey placeholder; an empty sheet is a framed panel saying so.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +37,85 @@ def _tail(path: str, parts: int = 3) -> str:
     return "/".join(Path(path).parts[-parts:])
 
 
-def _cell(path: str, lines: list[str], width: int = 2 * THUMB, line_px: int = 12):
+@functools.lru_cache(maxsize=4)
+def _font(size: int = 10):
+    """DejaVu Sans from matplotlib's own fonts (a dependency), else Pillow's bitmap font.
+
+    Pillow's default scalable font (Aileron) draws a space 2 px wide at this
+    size, so captions read as one word ("labelsdiffer").
+    """
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default_imagefont()
+
+
+def _fit(text: str, width: float, font) -> str:
+    """``text``, or its end after "..." when it is wider than ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    for cut in range(1, len(text)):
+        short = "..." + text[cut:]
+        if font.getlength(short) <= width:
+            return short
+    return "..."
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def pair_caption(p: dict, side: str) -> list[str]:
+    """The caption lines under one image of a duplicate pair (``side`` "a" or "b")."""
+    lines = [_tail(p[f"path_{side}"]), f"{p[f'split_{side}'] or 'no split'}, label {p[f'label_{side}'] or 'none'}"]
+    if side == "a":
+        if p["kind"] == "exact":
+            how = "identical bytes"
+        elif p.get("rule") == "neighbourhood":
+            how = f"cosine {p['similarity']:.3f}, nearest neighbours"
+        else:
+            how = f"cosine {p['similarity']:.3f}"
+        lines.append(f"{how}, {p['cross_split']}" if p["cross_split"] else how)
+    else:
+        lines.append("labels differ" if p["label_conflict"] else "same label" if p[f"label_{side}"] else "")
+    return lines
+
+
+def _cell(path: str, lines: list[str], width: int = 2 * THUMB, line_px: int = 13):
     """A thumbnail centred over up to three lines of caption (a grey placeholder if unreadable)."""
     from PIL import Image, ImageDraw
 
     cell = Image.new("RGB", (width, THUMB + 4 + line_px * 3), "white")
+    draw = ImageDraw.Draw(cell)
+    font = _font()
     img = thumbnail(path)
     if img is None:
         cell.paste((170, 170, 170), ((width - THUMB) // 2, 0, (width + THUMB) // 2, THUMB))
-        ImageDraw.Draw(cell).text((width // 2 - 20, THUMB // 2 - 6), "missing", fill="white")
+        draw.text((width // 2, THUMB // 2), "cannot read image", fill="white", font=font, anchor="mm")
     else:
         thumb = Image.fromarray(img)
         cell.paste(thumb, ((width - thumb.width) // 2, (THUMB - thumb.height) // 2))
-    draw = ImageDraw.Draw(cell)
-    chars = width // 6
     for k, line in enumerate(lines[:3]):
-        draw.text((2, THUMB + 2 + k * line_px), line if len(line) <= chars else "..." + line[-chars + 3:], fill="black")
+        draw.text((2, THUMB + 2 + k * line_px), _fit(line, width - 4, font), fill="black", font=font)
     return cell
+
+
+def _panel(lines: list[str], width: int = 4 * THUMB, height: int = THUMB):
+    """A framed white panel with centred text: what a sheet shows when it has nothing to show."""
+    from PIL import Image, ImageDraw
+
+    panel = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(panel)
+    draw.rectangle((0, 0, width - 1, height - 1), outline=(120, 120, 120))
+    top = height // 2 - 9 * len(lines)
+    for k, line in enumerate(lines):
+        draw.text((width // 2, top + 18 * k + 9), _fit(line, width - 8, _font(12 if k == 0 else 10)),
+                  fill="black" if k == 0 else (90, 90, 90), font=_font(12 if k == 0 else 10), anchor="mm")
+    return panel
 
 
 def _sheet(cells: list, columns: int, path: Path, title: str) -> Path:
@@ -62,34 +125,38 @@ def _sheet(cells: list, columns: int, path: Path, title: str) -> Path:
     w, h = cells[0].size
     rows = -(-len(cells) // columns)
     sheet = Image.new("RGB", (columns * (w + 6), 20 + rows * (h + 6)), "white")
-    ImageDraw.Draw(sheet).text((4, 4), title, fill="black")
+    ImageDraw.Draw(sheet).text((4, 4), title, fill="black", font=_font(11))
     for k, cell in enumerate(cells):
         sheet.paste(cell, ((k % columns) * (w + 6), 20 + (k // columns) * (h + 6)))
     sheet.save(path)
     return Path(path)
 
 
-def pair_sheet(pairs: list[dict], path: Path, title: str) -> Path:
-    """One row per pair: the two images side by side, with split, label and similarity."""
+NO_PAIRS = "no duplicate pairs"
+NO_SUSPECTS = "no likely label errors"
+
+
+def pair_sheet(pairs: list[dict], path: Path, title: str, empty_note: str = "") -> Path:
+    """One row per pair: the two images side by side, with split, label and similarity.
+
+    Without pairs, a panel saying so (and ``empty_note``: what was searched).
+    """
     if not pairs:
-        return _sheet([_cell("", ["no duplicate pairs"])], 1, path, title)
-    cells = []
-    for p in pairs:
-        how = "identical bytes" if p["kind"] == "exact" else f"cosine {p['similarity']:.3f}"
-        for side in "ab":
-            lines = [_tail(p[f"path_{side}"]), f"{p[f'split_{side}'] or '-'} / label {p[f'label_{side}'] or '-'}"]
-            lines.append(f"{how} {p['cross_split']}".rstrip() if side == "a" else
-                         ("labels differ" if p["label_conflict"] else ""))
-            cells.append(_cell(p[f"path_{side}"], lines))
+        return _sheet([_panel([NO_PAIRS] + ([empty_note] if empty_note else []))], 1, path, title)
+    cells = [_cell(p[f"path_{side}"], pair_caption(p, side)) for p in pairs for side in "ab"]
     return _sheet(cells, 2, path, title)
+
+
+def suspect_caption(s: dict) -> list[str]:
+    return [_tail(s["path"], 2), f"{s['split'] or 'no split'}: {s['given']} -> {s['suggested']}",
+            f"score {s['score']:.3f}"]
 
 
 def suspect_sheet(suspects: list[dict], path: Path, title: str, columns: int = 4) -> Path:
     """A grid of suspected label errors: given -> suggested label, score."""
     if not suspects:
-        return _sheet([_cell("", ["no likely label errors"])], 1, path, title)
-    cells = [_cell(s["path"], [_tail(s["path"], 2), f"{s['split']}: {s['given']} -> {s['suggested']}",
-                               f"score {s['score']:.3f}"], width=int(1.5 * THUMB)) for s in suspects]
+        return _sheet([_panel([NO_SUSPECTS])], 1, path, title)
+    cells = [_cell(s["path"], suspect_caption(s), width=int(1.5 * THUMB)) for s in suspects]
     return _sheet(cells, columns, path, title)
 
 
@@ -167,4 +234,4 @@ def map_plot(coords: np.ndarray, f, chosen: np.ndarray, flagged: np.ndarray, met
     return _save(fig, plt, path, f"{method} map of {len(chosen)} images ({splits})")
 
 
-__all__ = ["pair_sheet", "suspect_sheet", "budget_plot", "reliability_plot", "map_plot", "thumbnail"]
+__all__ = ["pair_sheet", "pair_caption", "suspect_sheet", "suspect_caption", "budget_plot", "reliability_plot", "map_plot", "thumbnail"]

@@ -35,14 +35,31 @@ from .errors import HeadError, InspectError
 from .features import Features, load_features
 
 NEAR_THRESHOLD = 0.95
-"""Cosine similarity of standardised, L2-normalised features at or above which two images are near duplicates.
+"""Cosine similarity of standardised, L2-normalised features at or above which two images are surely near duplicates.
 
 Measured with the VGG16 HED weights at 128 px on hymenoptera: half-size and
-quality-30 copies score 0.994 to 1.0, the most similar two distinct photos
-0.884 (docs/benchmarks.md, "Data checks"). Mirror images are near only for backbones
-whose features are flip-invariant. Raise it for fewer, surer pairs."""
+quality-60 copies score 0.99 to 1.0, distinct photos up to 0.96. Copies that
+the features move more (mirror images, crops, colour jitter) are found by the
+neighbourhood rule of :class:`NearRule` instead (docs/inspect.md)."""
 
-BRUTE_FORCE_LIMIT = 200_000
+BRUTE_FORCE_LIMIT = 20_000
+"""Distinct images up to which near duplicates are searched exactly, on all dimensions (n^2 x width
+multiply-adds: 8e11 at 20,000 x 2,048). Past it, an approximate index over principal components."""
+IVF_MIN_ROWS = 50_000
+IVF_PROBES = 8
+RESCORE_MARGIN = 0.05
+BLOCK_ROWS = 16_384
+"""Rows read from the cache at a time past ``IN_MEMORY_ROWS`` (128 MB at 2,048 wide)."""
+IN_MEMORY_ROWS = 50_000
+"""Views up to this many rows are loaded whole; larger ones are read in blocks of ``BLOCK_ROWS``."""
+PCA_FIT_ROWS = 20_000
+"""Rows the shared projection is fitted on; larger data is projected in blocks."""
+LABEL_FIT_ROWS = 50_000
+"""Rows each K-fold model of the label checks is trained on, at most (every labelled row is still scored)."""
+BUDGET_FIT_ROWS = 20_000
+BUDGET_EVAL_ROWS = 20_000
+"""The budget curve trains on at most ``BUDGET_FIT_ROWS`` rows (all classes) and scores on at most
+``BUDGET_EVAL_ROWS``; the head's calibration is scored on at most ``BUDGET_EVAL_ROWS`` held-out rows."""
 MAX_NEAR_PAIRS = 10_000
 MIN_PER_CLASS = 3
 MAP_MAX_POINTS = 20_000
@@ -51,6 +68,8 @@ BUDGETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 LEAKY = ("train-val", "train-test")
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "": 3}
 DEFAULT_INSPECT_DIR = "inspect"
+DUPLICATE_COLUMNS = ("kind", "rule", "similarity", "ratio", "cross_split", "label_conflict", "path_a", "split_a",
+                     "label_a", "path_b", "split_b", "label_b")
 
 
 # --------------------------------------------------------------------------- the report
@@ -107,8 +126,12 @@ class InspectReport:
         """The text ``featx inspect`` prints."""
         d = self.duplicates
         lines = [f"features: {self.features}"]
-        near = (f"{len(d['near_pairs'])} near pairs at cosine >= {d['threshold']:g} ({d['method']})"
-                if d["method"] != "skipped" else "near duplicates not searched")
+        if d["adaptive"]:
+            near = (f"{len(d['near_pairs'])} near pairs ({d['by_rule']['cosine']} at cosine >= {d['threshold']:g}, "
+                    f"{d['by_rule']['neighbourhood']} mutual nearest neighbours far nearer than the next; "
+                    f"{d['method']})")
+        else:
+            near = f"{len(d['near_pairs'])} near pairs at cosine >= {d['threshold']:g} ({d['method']})"
         lines.append(f"duplicates: {d['exact_groups']} exact groups ({d['exact_images']} images), {near}")
         for kind in LEAKY + ("val-test",):
             c = d["cross_split"].get(kind)
@@ -176,6 +199,7 @@ def inspect(
     out: str | os.PathLike | bool | None = None,
     head: str | os.PathLike | bool | None = None,
     near_threshold: float = NEAR_THRESHOLD,
+    near_rule: str = "adaptive",
     folds: int = 5,
     seeds: int = 3,
     embedding: str = "pca",
@@ -203,7 +227,12 @@ def inspect(
         same extraction and is not a Keras (dense) head. False: use the
         out-of-fold probabilities.
     near_threshold : float
-        Cosine similarity for near duplicates (see :data:`NEAR_THRESHOLD`).
+        Cosine similarity at or above which two images are near duplicates
+        (see :data:`NEAR_THRESHOLD`).
+    near_rule : {"adaptive", "fixed"}
+        "adaptive" also reports mutual nearest neighbours that stand out
+        from their neighbourhood (see :class:`NearRule`); "fixed" only the
+        cosine threshold.
     folds : int
         K of the stratified K-fold behind the out-of-fold probabilities.
     seeds : int
@@ -211,8 +240,9 @@ def inspect(
     embedding : {"pca", "umap"}
         The map; UMAP needs ``umap-learn`` (PCA with a note otherwise).
     brute_force_limit : int
-        Above this many rows, near duplicates come from an approximate index
-        (faiss) instead of the exact blockwise search.
+        Above this many distinct images, near duplicates come from an
+        approximate index (faiss, or an inverted file in numpy) over
+        principal components instead of the exact search.
     n_jobs : int, optional
         BLAS threads; one by default. Threads of a BLAS call wait for each
         other, and where other processes share the cores a descheduled one
@@ -232,22 +262,23 @@ def inspect(
     >>> report.duplicates["cross_split"]["train-test"]    # doctest: +SKIP
     {'exact': 1, 'near': 0, 'conflicting_labels': 1}
     """
-    if not 0 < near_threshold <= 1:
-        raise InspectError(f"near_threshold must be in (0, 1]. Received: near_threshold={near_threshold!r}")
+    if near_rule not in ("adaptive", "fixed"):
+        raise InspectError(f"near_rule must be 'adaptive' or 'fixed'. Received: near_rule={near_rule!r}")
+    rule = NearRule(threshold=near_threshold, adaptive=near_rule == "adaptive")
     if folds < 2 or seeds < 1:
         raise InspectError(f"folds must be >= 2 and seeds >= 1. Received: folds={folds!r}, seeds={seeds!r}")
     if embedding not in ("pca", "umap"):
         raise InspectError(f"embedding must be 'pca' or 'umap'. Received: embedding={embedding!r}")
-    feats = data if isinstance(data, Features) else load_features(
-        data, backbone, cache_dir=cache_dir, extraction=extraction)
+    feats = data if isinstance(data, Features) else _open_features(data, backbone, cache_dir, extraction,
+                                                                      IN_MEMORY_ROWS)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(n_jobs or 1):
-        return _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, brute_force_limit, home,
+        return _inspect(feats, out, head, rule, folds, seeds, embedding, seed, brute_force_limit, home,
                         log or (lambda msg: None))
 
 
-def _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, brute_force_limit, home, log):
+def _inspect(feats, out, head, rule, folds, seeds, embedding, seed, brute_force_limit, home, log):
     labeled = feats.y >= 0
     notes: list[str] = []
     if labeled.any():
@@ -265,17 +296,22 @@ def _inspect(feats, out, head, near_threshold, folds, seeds, embedding, seed, br
     )
     timer = functools.partial(_timed, report=report, log=log)
 
-    with timer("duplicates"):
-        report.duplicates = find_duplicates(feats, near_threshold, brute_force_limit=brute_force_limit, notes=notes)
     with timer("reduce"):
-        Z = _reduce(feats.X, seed)
+        reduced = Reduced.fit(_Rows.of(feats), seed)
+        Z = reduced.Z
+        if reduced.fitted_on < len(feats):
+            notes.append(f"principal components fitted on {reduced.fitted_on} of {len(feats)} images, drawn at "
+                         f"random; every image projected ({len(feats)} rows read in blocks of {BLOCK_ROWS})")
+    with timer("duplicates"):
+        report.duplicates = find_duplicates(feats, rule, brute_force_limit=brute_force_limit, notes=notes,
+                                            reduced=reduced, seed=seed)
     cal_plot = None
     if labeled.any():
         with timer("label issues"):
             report.label_issues, oof, ranking = find_label_issues(feats, Z, folds=folds, seed=seed, notes=notes)
             report.suspect_ranking = ranking
         with timer("budget"):
-            report.budget = label_budget(feats, Z, seeds=seeds, seed=seed)
+            report.budget = label_budget(feats, Z, seeds=seeds, seed=seed, notes=notes)
         with timer("calibration"):
             report.calibration, cal_plot = check_calibration(feats, oof, head, notes, home)
     with timer("map"):
@@ -368,25 +404,52 @@ def near_pairs(Z: np.ndarray, threshold: float, max_pairs: int = MAX_NEAR_PAIRS,
     upper triangle is computed once and memory stays near ``block_bytes``.
     Keeps the ``max_pairs`` most similar pairs.
     """
+    i, j, s, _, _ = _exact_search(Z, threshold, 0, max_pairs, block_bytes)
+    return i, j, s
+
+
+def _exact_search(Z: np.ndarray, threshold: float, k: int, max_pairs: int = MAX_NEAR_PAIRS,
+                  block_bytes: int = 1 << 27):
+    """Pairs at or above ``threshold`` (i < j, most similar first) and, with ``k``, each row's k nearest others.
+
+    Returns ``(I, J, S, nbrs, sims)``; ``nbrs``/``sims`` are (n, k), most
+    similar first (None without ``k``). Without ``k`` only the upper
+    triangle is multiplied.
+    """
     n = len(Z)
+    k = min(k, n - 1)
     block = max(64, min(n, block_bytes // (4 * max(n, 1))))
     I, J, S = [], [], []
+    nbrs = np.zeros((n, max(k, 0)), np.int64)
+    sims = np.zeros((n, max(k, 0)), np.float32)
     kept = 0
     for start in range(0, n, block):
-        sims = Z[start:start + block] @ Z[start:].T
-        bi, bj = np.nonzero(sims >= threshold)
-        upper = bj > bi
+        stop = min(n, start + block)
+        first = 0 if k > 0 else start
+        blk = Z[start:stop] @ Z[first:].T
+        bi, bj = np.nonzero(blk >= threshold)
+        bj = bj + first
+        upper = bj > bi + start
         bi, bj = bi[upper], bj[upper]
         I.append(bi + start)
-        J.append(bj + start)
-        S.append(sims[bi, bj])
+        J.append(bj)
+        S.append(blk[bi, bj - first])
         kept += len(bi)
         if kept > 2 * max_pairs:
             I, J, S = _top_pairs(np.concatenate(I), np.concatenate(J), np.concatenate(S), max_pairs)
             I, J, S, kept = [I], [J], [S], len(I)
+        if k > 0:
+            rows = np.arange(stop - start)
+            blk[rows, rows + start] = -np.inf  # not its own neighbour
+            top = np.argpartition(-blk, k - 1, axis=1)[:, :k]
+            ts = np.take_along_axis(blk, top, 1)
+            order = np.argsort(-ts, axis=1, kind="stable")
+            nbrs[start:stop] = np.take_along_axis(top, order, 1)
+            sims[start:stop] = np.take_along_axis(ts, order, 1)
     if not I:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32)
-    return _top_pairs(np.concatenate(I), np.concatenate(J), np.concatenate(S), max_pairs)
+        I, J, S = [np.zeros(0, int)], [np.zeros(0, int)], [np.zeros(0, np.float32)]
+    i, j, s = _top_pairs(np.concatenate(I), np.concatenate(J), np.concatenate(S), max_pairs)
+    return i, j, s, (nbrs if k > 0 else None), (sims if k > 0 else None)
 
 
 def _top_pairs(i, j, s, k):
@@ -394,25 +457,224 @@ def _top_pairs(i, j, s, k):
     return i[order], j[order], s[order]
 
 
-def _near_pairs_faiss(Z: np.ndarray, threshold: float, max_pairs: int, k: int = 10):
+# --------------------------------------------------------------------------- the near-duplicate rule
+
+
+@dataclass(frozen=True)
+class NearRule:
+    """When two distinct images are near duplicates.
+
+    A pair is near when either holds:
+
+    1. **cosine**: their cosine similarity (standardised, L2-normalised
+       features) is at or above ``threshold``; sure, whatever the data;
+    2. **neighbourhood** (``adaptive``): they are each other's nearest
+       neighbour, at least as similar as the median image is to its own
+       nearest neighbour, and much nearer to each other than to anything
+       else. "Much nearer" is Lowe's ratio test on distances, d1 / d2, the
+       distance to the partner over the distance to the next neighbour
+       (copies of the same photo, or images already found by rule 1, are
+       skipped as the next neighbour), and it adapts to the embedding: the
+       ratio must be at most ``max_ratio`` and an outlier among all images'
+       ratios, ``z`` robust standard deviations (1.4826 MAD of the log
+       ratio) below their median.
+
+    A fixed cosine misses copies that a backbone's features move more (a
+    mirror image, a crop, colour jitter): on hymenoptera with the VGG16 HED
+    weights at 128 px, 90% crops score 0.63 to 0.96 and distinct photos up
+    to 0.92. Such copies are still their original's mutual nearest
+    neighbour with a ratio of at most 0.72, where mutually nearest distinct
+    photos have 0.79 or more (docs/inspect.md).
+
+    Parameters
+    ----------
+    threshold : float
+        Cosine at or above which a pair is near (rule 1).
+    adaptive : bool
+        Also apply rule 2.
+    max_ratio : float
+        Largest distance ratio d1 / d2 of rule 2. Lowe's 0.8 let one pair of
+        distinct photos through on hymenoptera (an ant and a bee, cosine
+        0.70, ratio 0.79); 0.75 none, with the same recall of planted copies.
+    z : float
+        How many robust standard deviations below the median log ratio.
+    """
+
+    threshold: float = 0.95
+    adaptive: bool = True
+    max_ratio: float = 0.75
+    z: float = 4.0
+
+    def __post_init__(self):
+        if not 0 < self.threshold <= 1:
+            raise InspectError(f"near_threshold must be in (0, 1]. Received: near_threshold={self.threshold!r}")
+        if not 0 < self.max_ratio < 1 or self.z < 0:
+            raise InspectError(f"NearRule needs 0 < max_ratio < 1 and z >= 0. "
+                               f"Received: max_ratio={self.max_ratio!r}, z={self.z!r}")
+
+    def describe(self) -> str:
+        if not self.adaptive:
+            return f"cosine >= {self.threshold:g}"
+        return (f"cosine >= {self.threshold:g}, or mutual nearest neighbours with distance ratio "
+                f"<= min({self.max_ratio:g}, {self.z:g} robust SD under the median)")
+
+
+NEIGHBOURS = 10
+"""Neighbours kept per image for the neighbourhood rule (and per query of the approximate index)."""
+
+
+def neighbourhood_pairs(nbrs: np.ndarray, sims: np.ndarray, rule: NearRule) -> tuple[list, dict]:
+    """Rule 2 of :class:`NearRule` on each row's nearest neighbours (most similar first).
+
+    Returns ``([(i, j, ratio), ...], stats)`` with ``i < j``; ``stats`` holds
+    the medians and the ratio cut the data gave.
+    """
+    n = len(nbrs)
+    stats = {"nn_similarity_median": None, "log_ratio_median": None, "log_ratio_mad": None, "ratio_cut": None}
+    if n < 3 or nbrs.shape[1] < 2:
+        return [], stats
+    # Partners at or above the cosine threshold are already near: the
+    # neighbourhood starts after them (a photo and its copy share neighbours).
+    below = sims < rule.threshold
+    first = np.argmax(below, axis=1)
+    has1 = below.any(axis=1)
+    rest = below.copy()
+    rest[np.arange(n), first] = False
+    second = np.argmax(rest, axis=1)
+    has2 = has1 & rest.any(axis=1)
+    r = np.arange(n)
+    nn = np.where(has1, nbrs[r, first], -1)
+    s1 = np.where(has1, sims[r, first], np.nan)
+    s2 = np.where(has2, sims[r, second], np.nan)
+    ok = has2 & (s1 < 1)
+    if ok.sum() < 3:
+        return [], stats
+    log_ratio = 0.5 * (np.log1p(-np.minimum(s1[ok], 1 - 1e-7)) - np.log1p(-np.minimum(s2[ok], 1 - 1e-7)))
+    med = float(np.median(log_ratio))
+    mad = 1.4826 * float(np.median(np.abs(log_ratio - med)))
+    floor = float(np.median(s1[has1]))
+    cut = float(min(rule.max_ratio, np.exp(med - rule.z * mad)))
+    stats = {"nn_similarity_median": round(floor, 5), "log_ratio_median": round(med, 5),
+             "log_ratio_mad": round(mad, 5), "ratio_cut": round(cut, 5)}
+    out = []
+    for i in np.flatnonzero(has2 & (s1 >= floor)):
+        j = nn[i]
+        if j <= i and nn[j] == i and has2[j]:
+            continue  # each mutual pair once, from its smaller row
+        if nn[j] != i or not has2[j]:
+            continue
+        ratio = float(np.sqrt((1 - s1[i]) / max(1 - max(s2[i], s2[j]), 1e-12)))
+        if ratio <= cut:
+            out.append((int(min(i, j)), int(max(i, j)), ratio))
+    return out, stats
+
+
+def _near_knn_faiss(Z: np.ndarray, k: int, seed: int = 0):
+    """Each row's k nearest others by inner product from a faiss IVF index (exact under ``IVF_MIN_ROWS``)."""
+    with _faiss_threads() as faiss:
+        return _faiss_search(faiss, Z, k, seed)
+
+
+def _faiss_search(faiss, Z: np.ndarray, k: int, seed: int):
+    n, d = Z.shape
+    Z = np.ascontiguousarray(Z, dtype=np.float32)
+    if n < IVF_MIN_ROWS:
+        index = faiss.IndexFlatIP(d)
+        probe = "exact"
+    else:
+        # About 2 sqrt(n) cells (2,000 at 1M), k-means on 30 rows per cell
+        # for 8 rounds: training and search cost about the same.
+        nlist = int(min(max(64, 2 * np.sqrt(n)), n // 40))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 8
+        rng = np.random.default_rng(seed)
+        train = Z[np.sort(rng.choice(n, min(n, 30 * nlist), replace=False))]
+        index.train(train)
+        index.nprobe = IVF_PROBES
+        probe = f"IVF {nlist} cells, {IVF_PROBES} probed"
+    index.add(Z)
+    sims, nbrs = [], []
+    for start in range(0, n, 65536):
+        s, i = index.search(Z[start:start + 65536], k + 1)
+        sims.append(s)
+        nbrs.append(i)
+    return _drop_self(np.concatenate(nbrs), np.concatenate(sims), k), f"faiss {probe}"
+
+
+@contextlib.contextmanager
+def _faiss_threads() -> Iterator:
+    """faiss with as many OpenMP threads as BLAS may use here (``n_jobs``; faiss loads its OpenMP after
+    ``threadpool_limits`` was entered, so that does not reach it), restored after."""
     import faiss
+    from threadpoolctl import threadpool_info
 
-    index = faiss.IndexHNSWFlat(Z.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-    index.add(np.ascontiguousarray(Z))
-    sims, nbrs = index.search(np.ascontiguousarray(Z), k)
-    rows = np.repeat(np.arange(len(Z)), k)
-    sims, nbrs = sims.ravel(), nbrs.ravel()
-    keep = (nbrs > rows) & (sims >= threshold)
-    return _top_pairs(rows[keep], nbrs[keep].astype(int), sims[keep], max_pairs)
+    threads = min((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, threads))
+    try:
+        yield faiss
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
-def _pair_record(f: Features, i: int, j: int, kind: str, sim: float) -> dict:
+def _near_knn_numpy(Z: np.ndarray, k: int, seed: int = 0):
+    """The fallback without faiss: an inverted file in numpy (k-means cells, the nearest cells probed)."""
+    n = len(Z)
+    nlist = int(min(max(16, 2 * np.sqrt(n)), n // 40 or 1))
+    rng = np.random.default_rng(seed)
+    sample = Z[np.sort(rng.choice(n, min(n, 30 * nlist), replace=False))]
+    centers = sample[rng.choice(len(sample), nlist, replace=False)].copy()
+    for _ in range(8):  # spherical k-means: rows are unit vectors, cells by inner product
+        near = np.argmax(sample @ centers.T, axis=1)
+        for c in range(nlist):
+            members = sample[near == c]
+            if len(members):
+                centers[c] = members.sum(axis=0)
+        centers /= np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), 1e-12)
+    cell = np.empty(n, np.int64)
+    for start in range(0, n, 65536):
+        cell[start:start + 65536] = np.argmax(Z[start:start + 65536] @ centers.T, axis=1)
+    probes = min(IVF_PROBES, nlist)
+    near_cells = np.argsort(-(centers @ centers.T), axis=1)[:, :probes]
+    members = [np.flatnonzero(cell == c) for c in range(nlist)]
+    nbrs = np.zeros((n, k + 1), np.int64)
+    sims = np.full((n, k + 1), -np.inf, np.float32)
+    for c in range(nlist):
+        q = members[c]
+        if not len(q):
+            continue
+        cand = np.concatenate([members[o] for o in near_cells[c]])
+        for start in range(0, len(q), 4096):
+            qq = q[start:start + 4096]
+            blk = Z[qq] @ Z[cand].T
+            kk = min(k + 1, len(cand))
+            top = np.argpartition(-blk, kk - 1, axis=1)[:, :kk]
+            ts = np.take_along_axis(blk, top, 1)
+            order = np.argsort(-ts, axis=1, kind="stable")
+            nbrs[qq, :kk] = cand[np.take_along_axis(top, order, 1)]
+            sims[qq, :kk] = np.take_along_axis(ts, order, 1)
+    return _drop_self(nbrs, sims, k), f"numpy inverted file, {nlist} cells, {probes} probed"
+
+
+def _drop_self(nbrs: np.ndarray, sims: np.ndarray, k: int):
+    """The k best of k + 1 neighbours once the row itself (and faiss's -1 fillers) are removed."""
+    n = len(nbrs)
+    bad = (nbrs == np.arange(n)[:, None]) | (nbrs < 0) | ~np.isfinite(sims)
+    sims = np.where(bad, -np.inf, sims)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    nbrs, sims = np.take_along_axis(nbrs, order, 1), np.take_along_axis(sims, order, 1)
+    return np.where(np.isfinite(sims), nbrs, 0), np.where(np.isfinite(sims), sims, -1.0).astype(np.float32)
+
+
+def _pair_record(f: Features, i: int, j: int, kind: str, sim: float, rule: str = "", ratio: float | None = None) -> dict:
     if (_SPLIT_ORDER.get(f.split[j], 4), f.paths[j]) < (_SPLIT_ORDER.get(f.split[i], 4), f.paths[i]):
         i, j = j, i
     sa, sb = str(f.split[i]), str(f.split[j])
     la, lb = _label(f, i), _label(f, j)
     return {
-        "kind": kind, "similarity": round(float(sim), 5),
+        "kind": kind, "similarity": round(float(sim), 5), "rule": rule or ("sha256" if kind == "exact" else "cosine"),
+        "ratio": None if ratio is None else round(float(ratio), 4),
         "path_a": str(f.paths[i]), "split_a": sa, "label_a": la, "rel_a": _rel(f, str(f.paths[i])),
         "path_b": str(f.paths[j]), "split_b": sb, "label_b": lb, "rel_b": _rel(f, str(f.paths[j])),
         "cross_split": f"{sa}-{sb}" if sa != sb and sa and sb else "",
@@ -420,9 +682,18 @@ def _pair_record(f: Features, i: int, j: int, kind: str, sim: float) -> dict:
     }
 
 
-def find_duplicates(f: Features, threshold: float = NEAR_THRESHOLD, *, brute_force_limit: int = BRUTE_FORCE_LIMIT,
-                    max_pairs: int = MAX_NEAR_PAIRS, notes: list | None = None) -> dict:
-    """Exact (same sha256) and near (cosine >= ``threshold``) duplicate pairs, with cross-split counts."""
+def find_duplicates(f: Features, rule: NearRule | float = NEAR_THRESHOLD, *,
+                    brute_force_limit: int = BRUTE_FORCE_LIMIT, max_pairs: int = MAX_NEAR_PAIRS,
+                    notes: list | None = None, reduced: "Reduced | None" = None, seed: int = 0) -> dict:
+    """Exact (same sha256) and near (see :class:`NearRule`) duplicate pairs, with cross-split counts.
+
+    Up to ``brute_force_limit`` distinct images the search is exact, on all
+    feature dimensions. Past it, each image's nearest neighbours come from an
+    approximate index (faiss IVF; an inverted file in numpy without faiss)
+    over the images' first principal components (``reduced``, computed here
+    if not given), and the pairs found are scored again on all dimensions.
+    """
+    rule = rule if isinstance(rule, NearRule) else NearRule(threshold=float(rule))
     notes = notes if notes is not None else []
     groups: dict[str, list[int]] = {}
     for i, sha in enumerate(f.sha256.tolist()):
@@ -436,26 +707,49 @@ def find_duplicates(f: Features, threshold: float = NEAR_THRESHOLD, *, brute_for
         exact += [_pair_record(f, a, b, "exact", 1.0) for a, b in pairs]
 
     # Near duplicates among distinct images only: one row per sha256.
-    firsts = np.array([g[0] for g in groups.values()])
-    Z = unit_rows(f.X[firsts])
+    firsts = np.array([g[0] for g in groups.values()], dtype=np.int64)
     n = len(firsts)
+    k = NEIGHBOURS if rule.adaptive else 0
+    stats: dict = {}
+    found: list[tuple[int, int, float, str, float | None]] = []  # (i, j, cosine, rule, ratio), rows of firsts
     if n <= brute_force_limit:
-        method = "exact blockwise search"
-        I, J, S = near_pairs(Z, threshold, max_pairs)
+        method = "exact search"
+        I, J, S, nbrs, sims = _exact_search(unit_rows(f.X[firsts]), rule.threshold, k, max_pairs)
+        found = [(int(i), int(j), float(s), "cosine", None) for i, j, s in zip(I, J, S)]
+        if k:
+            adaptive, stats = neighbourhood_pairs(nbrs, sims, rule)
+            found += [(i, j, float(sims[i][nbrs[i] == j][0]), "neighbourhood", r) for i, j, r in adaptive]
     else:
+        reduced = reduced if reduced is not None else Reduced.fit(_Rows.of(f), seed)
+        U = reduced.Z[firsts]
+        U /= np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-12)
         try:
-            I, J, S = _near_pairs_faiss(Z, threshold, max_pairs)
-            method = "approximate (faiss HNSW, 10 neighbours)"
+            (nbrs, sims), how = _near_knn_faiss(U, max(k, NEIGHBOURS), seed)
         except ImportError:
-            method = "skipped"
-            I = J = S = np.zeros(0)
-            notes.append(
-                f"near duplicates not searched: {n} distinct images exceed the exact-search limit of "
-                f"{brute_force_limit}; install faiss-cpu (pip install 'featx[inspect]') for the approximate index"
-            )
-    near = [_pair_record(f, int(firsts[i]), int(firsts[j]), "near", s) for i, j, s in zip(I, J, S)]
-    if len(near) >= max_pairs:
+            (nbrs, sims), how = _near_knn_numpy(U, max(k, NEIGHBOURS), seed)
+            notes.append("near duplicates: faiss is not installed (pip install 'featx[inspect]'); "
+                         "used a slower inverted file in numpy")
+        del U
+        method = (f"approximate: {NEIGHBOURS} nearest neighbours of each of {n} distinct images on "
+                  f"{reduced.Z.shape[1]} principal components ({how}), pairs scored again on all dimensions")
+        # Candidates for rule 1: principal components drop the small directions
+        # that tell photos apart, so their cosines run higher; keep a margin.
+        rows = np.repeat(np.arange(n), nbrs.shape[1])
+        cand = (nbrs.ravel() > rows) & (sims.ravel() >= rule.threshold - RESCORE_MARGIN)
+        ci, cj, cs = _top_pairs(rows[cand], nbrs.ravel()[cand], sims.ravel()[cand], 2 * max_pairs)
+        pairs = {(int(i), int(j)): ("cosine", None) for i, j in zip(ci, cj)}
+        if k:
+            adaptive, stats = neighbourhood_pairs(nbrs, sims, rule)
+            pairs.update({(i, j): ("neighbourhood", r) for i, j, r in adaptive})
+        keys = list(pairs)
+        cos = _rescore(_Rows.of(f), firsts, keys, reduced)
+        found = [(i, j, c, "cosine", None) if c >= rule.threshold else (i, j, c, *pairs[(i, j)])
+                 for (i, j), c in zip(keys, cos) if c >= rule.threshold or pairs[(i, j)][0] == "neighbourhood"]
+    found.sort(key=lambda t: -t[2])
+    if len(found) > max_pairs:
+        found = found[:max_pairs]
         notes.append(f"kept the {max_pairs} most similar near-duplicate pairs; raise the threshold to see fewer")
+    near = [_pair_record(f, int(firsts[i]), int(firsts[j]), "near", s, how, r) for i, j, s, how, r in found]
 
     cross: dict[str, dict] = {}
     for p in exact + near:
@@ -464,14 +758,195 @@ def find_duplicates(f: Features, threshold: float = NEAR_THRESHOLD, *, brute_for
             c[p["kind"]] += 1
             c["conflicting_labels"] += p["label_conflict"]
     return {
-        "threshold": threshold, "method": method,
-        "exact_groups": len(dup_groups), "exact_images": sum(len(g) for g in dup_groups),
+        "threshold": rule.threshold, "adaptive": rule.adaptive, "rule": rule.describe(), "rule_stats": stats,
+        "method": method, "exact_groups": len(dup_groups), "exact_images": sum(len(g) for g in dup_groups),
         "exact_pairs": exact, "near_pairs": near, "cross_split": cross,
+        "by_rule": {r: sum(p["rule"] == r for p in near) for r in ("cosine", "neighbourhood")},
         "leaking_pairs": sum(c["exact"] + c["near"] for k, c in cross.items() if k in LEAKY),
     }
 
 
-# --------------------------------------------------------------------------- shared projection
+def _rescore(rows: "_Rows", firsts: np.ndarray, pairs: list[tuple[int, int]], reduced: "Reduced") -> list[float]:
+    """Cosines of standardised, L2-normalised full rows for pairs of ``firsts`` positions."""
+    if not pairs:
+        return []
+    need = np.unique(np.array(pairs).ravel())
+    X = rows.take(firsts[need])
+    Z = (X - reduced.mean) / reduced.unit_scale
+    Z /= np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    at = {int(r): k for k, r in enumerate(need)}
+    return [float(Z[at[i]] @ Z[at[j]]) for i, j in pairs]
+
+
+# --------------------------------------------------------------------------- rows and the shared projection
+
+
+class _Rows:
+    """Feature rows of a :class:`Features`, in memory or read from its cache in blocks.
+
+    ``blocks()`` yields ``(positions, X)`` covering every row once, in the
+    order the cache stores them, so that reading is sequential; ``take``
+    reads chosen rows. Nothing holds more than ``BLOCK_ROWS`` rows at a time.
+    """
+
+    def __init__(self, f: Features):
+        self.f = f
+        self.n = len(f)
+        self.lazy = isinstance(f.X, _CachedX)
+
+    @classmethod
+    def of(cls, f: Features) -> "_Rows":
+        return cls(f)
+
+    def blocks(self, size: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        size = size or BLOCK_ROWS
+        if not self.lazy:
+            for start in range(0, self.n, size):
+                yield np.arange(start, min(self.n, start + size)), np.asarray(self.f.X[start:start + size], np.float32)
+            return
+        order = self.f.X.storage_order()
+        for start in range(0, self.n, size):
+            pos = order[start:start + size]
+            yield pos, self.f.X.read(pos)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        if not self.lazy:
+            return np.asarray(self.f.X[positions], dtype=np.float32)
+        return self.f.X.read(positions)
+
+
+class _CachedX:
+    """``Features.X`` left in the cache: rows are read when indexed (``featx.inspect`` on large views).
+
+    Indexing with positions reads those rows; the few NumPy calls made on
+    it (``shape``, ``len``) answer without reading.
+    """
+
+    def __init__(self, extraction, shas: np.ndarray):
+        self.extraction = extraction
+        self.shas = shas
+        self.shape = (len(shas), int(extraction.meta["feature_width"]))
+        self.dtype = np.dtype(np.float32)
+        self._index = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def index(self) -> dict:
+        if self._index is None:
+            self._index = self.extraction.index()
+        return self._index
+
+    def storage_order(self) -> np.ndarray:
+        """Positions sorted by (shard, row), so that blocks read shards front to back."""
+        idx = self.index()
+        shards = {}
+        key = np.empty(len(self.shas), np.int64)
+        for k, sha in enumerate(self.shas.tolist()):
+            shard, row = idx[sha]
+            key[k] = shards.setdefault(shard, len(shards)) * (1 << 40) + row
+        return np.argsort(key, kind="stable")
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        return self.extraction.read(list(self.shas[positions]), index=self.index())
+
+    def __getitem__(self, key) -> np.ndarray:
+        positions = np.arange(self.shape[0])[key]
+        return self.read(np.atleast_1d(positions)) if np.ndim(positions) else self.read(positions[None])[0]
+
+    def __array__(self, dtype=None, copy=None):
+        X = self.read(np.arange(len(self)))
+        return X if dtype is None else X.astype(dtype)
+
+
+def _open_features(data, backbone, cache_dir, extraction, in_memory_rows: int) -> Features:
+    """``load_features``, leaving the rows in the cache (a :class:`_CachedX`) past ``in_memory_rows``."""
+    from .cache import Cache
+    from .features import find_view
+
+    cache = Cache(cache_dir)
+    view = find_view(cache, data, backbone, extraction)
+    cols = cache.read_view(view)
+    if len(cols["sha256"]) <= in_memory_rows:
+        return load_features(data, backbone, cache_dir=cache_dir, extraction=extraction)
+    ext = cache.get_extraction(view.extraction)
+    return Features(_CachedX(ext, cols["sha256"]), cols["label"].astype(np.int64), cols["path"], cols["sha256"],
+                    cols["split"], view.class_names, ext, view)
+
+
+@dataclass
+class Reduced:
+    """Every row standardised and projected on its first principal components, computed in blocks.
+
+    Attributes
+    ----------
+    Z : ndarray, shape (n, dims), float32
+        The projections, scaled so that the first component has unit
+        variance; what the label checks, the budget curve, the map and the
+        approximate neighbour search use.
+    mean, scale : ndarray, shape (width,)
+        Per-dimension mean and standard deviation of all rows.
+    unit_scale : ndarray
+        ``scale``, with dimensions that never vary set to infinity (as in
+        :func:`unit_rows`).
+    fitted_on : int
+        Rows the projection was fitted on (all of them up to ``PCA_FIT_ROWS``).
+    """
+
+    Z: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    unit_scale: np.ndarray
+    fitted_on: int
+
+    @classmethod
+    def fit(cls, rows: _Rows, seed: int = 0, dims: int = PCA_DIMS, fit_rows: int = 0) -> "Reduced":
+        fit_rows = fit_rows or PCA_FIT_ROWS
+        n = rows.n
+        if not rows.lazy and n <= fit_rows:
+            return cls._in_memory(np.asarray(rows.f.X, dtype=np.float32), seed, dims)
+        rng = np.random.default_rng(seed)
+        chosen = np.zeros(n, bool)
+        chosen[rng.choice(n, min(n, fit_rows), replace=False)] = True
+        total = sq = None
+        sample, width = [], None
+        for pos, X in rows.blocks():
+            X64 = X.astype(np.float64)
+            total = X64.sum(axis=0) if total is None else total + X64.sum(axis=0)
+            sq = (X64 ** 2).sum(axis=0) if sq is None else sq + (X64 ** 2).sum(axis=0)
+            sample.append(X[chosen[pos]])
+            width = X.shape[1]
+        mean = (total / n).astype(np.float32)
+        scale = np.sqrt(np.maximum(sq / n - (total / n) ** 2, 0)).astype(np.float32)
+        safe = np.where(scale > 1e-12, scale, 1.0)
+        S = (np.concatenate(sample) - mean) / safe
+        k = min(dims, len(S) - 1)
+        if width <= dims or k < 2:
+            Z = np.empty((n, width), np.float32)
+            for pos, X in rows.blocks():
+                Z[pos] = (X - mean) / safe
+            return cls(Z, mean, scale, _unit_scale(scale), len(S))
+        from sklearn.decomposition import PCA
+
+        pca = PCA(k, svd_solver="randomized", iterated_power=2, random_state=seed).fit(S)
+        first = max(float(np.sqrt(pca.explained_variance_[0])), 1e-12)
+        Z = np.empty((n, k), np.float32)
+        for pos, X in rows.blocks():
+            Z[pos] = pca.transform((X - mean) / safe) / first
+        return cls(Z, mean, scale, _unit_scale(scale), len(S))
+
+    @classmethod
+    def _in_memory(cls, X: np.ndarray, seed: int, dims: int) -> "Reduced":
+        mean = X.mean(axis=0, dtype=np.float64).astype(np.float32)
+        scale = X.std(axis=0, dtype=np.float64).astype(np.float32)
+        return cls(_reduce(X, seed, dims), mean, scale, _unit_scale(scale), len(X))
+
+
+def _unit_scale(scale: np.ndarray) -> np.ndarray:
+    live = scale > 1e-6 * max(float(scale.max(initial=0.0)), 1e-30)
+    return np.where(live, scale, np.inf).astype(np.float32)
 
 
 def _reduce(X: np.ndarray, seed: int, dims: int = PCA_DIMS) -> np.ndarray:
@@ -509,16 +984,36 @@ def _logreg(seed: int):
 # --------------------------------------------------------------------------- 2. label issues
 
 
-def out_of_fold_proba(Z: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Probabilities for each row from a logistic regression that never saw it (stratified K-fold)."""
+def out_of_fold_proba(Z: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5, seed: int = 0,
+                      max_fit: int | None = None) -> np.ndarray:
+    """Probabilities for each row from a logistic regression that never saw it (stratified K-fold).
+
+    With ``max_fit``, each fold's model is trained on at most that many of
+    the other folds' rows (a stratified random draw); every row is still scored.
+    """
     from sklearn.model_selection import StratifiedKFold
 
     folds = min(folds, int(np.bincount(y)[np.unique(y)].min()))
     proba = np.zeros((len(y), n_classes))
-    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(Z, y):
+    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        if max_fit and len(tr) > max_fit:
+            tr = _stratified_draw(tr, y[tr], max_fit, seed)
         m = _logreg(seed).fit(Z[tr], y[tr])
         proba[np.ix_(te, m.classes_)] = m.predict_proba(Z[te])
     return proba
+
+
+def _stratified_draw(rows: np.ndarray, y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """``size`` of ``rows``, drawn at random in proportion to their classes (each class kept)."""
+    from sklearn.model_selection import train_test_split
+
+    if size >= len(rows):
+        return rows
+    try:
+        take, _ = train_test_split(rows, train_size=size, random_state=seed, stratify=y)
+    except ValueError:  # a class too small to stratify
+        take = np.random.default_rng(seed).choice(rows, size, replace=False)
+    return np.sort(take)
 
 
 def _cleanlab():
@@ -553,14 +1048,21 @@ def label_issue_scores(labels: np.ndarray, proba: np.ndarray) -> tuple[np.ndarra
     return flagged, score, "confident learning (self-confidence)"
 
 
-def find_label_issues(f: Features, Z: np.ndarray, *, folds: int = 5, seed: int = 0, notes: list | None = None):
+def find_label_issues(f: Features, Z: np.ndarray, *, folds: int = 5, seed: int = 0, notes: list | None = None,
+                      max_fit: int | None = None):
     """Likely label errors among the labelled rows; returns (section, OOF probabilities, ranking)."""
     rows = np.flatnonzero(f.y >= 0)
     y = f.y[rows]
-    proba = out_of_fold_proba(Z[rows], y, len(f.class_names), folds, seed)
+    max_fit = LABEL_FIT_ROWS if max_fit is None else max_fit
+    proba = out_of_fold_proba(Z[rows], y, len(f.class_names), folds, seed, max_fit=max_fit)
     used = min(folds, int(np.bincount(y)[np.unique(y)].min()))
-    if used < folds and notes is not None:
+    notes = notes if notes is not None else []
+    if used < folds:
         notes.append(f"label checks used {used} folds: the smallest class has only {used} labelled images")
+    fitted = int(len(rows) * (used - 1) / used)
+    if max_fit and fitted > max_fit:
+        notes.append(f"label checks: each of the {used} fold models trained on {max_fit} of the {fitted} rows "
+                     f"of the other folds (a stratified random draw); all {len(rows)} labelled images scored")
     flagged, score, method = label_issue_scores(y, proba)
     suggested = proba.argmax(axis=1)
     order = np.lexsort((np.arange(len(y)), score))  # most suspect first
@@ -572,6 +1074,7 @@ def find_label_issues(f: Features, Z: np.ndarray, *, folds: int = 5, seed: int =
     ]
     section = {
         "method": method, "folds": used, "n_labeled": int(len(rows)), "n_flagged": len(suspects),
+        "fit_rows_per_fold": min(fitted, max_fit) if max_fit else fitted,
         "oof_accuracy": float((suggested == y).mean()), "suspects": suspects, "top": suspects[:20],
     }
     oof = np.full((len(f), len(f.class_names)), np.nan)
@@ -583,12 +1086,19 @@ def find_label_issues(f: Features, Z: np.ndarray, *, folds: int = 5, seed: int =
 
 
 def label_budget(f: Features, Z: np.ndarray, *, seeds: int = 3, seed: int = 0,
-                 budgets: Sequence[int] = BUDGETS) -> dict:
+                 budgets: Sequence[int] = BUDGETS, notes: list | None = None,
+                 max_fit: int | None = None, max_eval: int | None = None) -> dict:
     """Accuracy against labelled images per class, over ``seeds`` random draws per budget.
 
     Trained on train and scored on val + test; without those, on a stratified
-    quarter held out of the labelled images.
+    quarter held out of the labelled images. Past ``max_fit`` training rows
+    (all classes together) the curve stops at the largest budget that fits,
+    drawn from all of train; past ``max_eval`` it is scored on a stratified
+    draw of the held-out rows. ``notes`` says when either happened.
     """
+    max_fit = BUDGET_FIT_ROWS if max_fit is None else max_fit
+    max_eval = BUDGET_EVAL_ROWS if max_eval is None else max_eval
+    notes = notes if notes is not None else []
     labeled = f.y >= 0
     pool = np.flatnonzero(labeled & (f.split == "train"))
     held = np.flatnonzero(labeled & (f.split != "train"))
@@ -601,10 +1111,23 @@ def label_budget(f: Features, Z: np.ndarray, *, seeds: int = 3, seed: int = 0,
         n_held = max(int(0.25 * len(rows)), n_classes)
         pool, held = train_test_split(rows, test_size=n_held, random_state=seed, stratify=f.y[rows])
         where = "a stratified 25% held out of the labelled images"
+    n_held = len(held)
+    if max_eval and len(held) > max_eval:
+        held = _stratified_draw(held, f.y[held], max_eval, seed)
     y_pool = f.y[pool]
     by_class = [pool[y_pool == c] for c in np.unique(y_pool)]
     largest = max(len(r) for r in by_class)
-    steps = [b for b in budgets if b < largest] + [largest]
+    cap = largest
+    while max_fit and cap > 1 and sum(min(len(r), cap) for r in by_class) > max_fit:
+        cap = max([b for b in budgets if b < cap] or [1])
+    steps = [b for b in budgets if b < cap] + [cap]
+    if cap < largest or len(held) < n_held:
+        notes.append(
+            "label budget: " + (f"curve stops at {cap} images per class (at most {max_fit} training rows; the "
+                                 f"largest class has {largest}), so its last point is not all of train; "
+                                 if cap < largest else "") +
+            (f"scored on {len(held)} of {n_held} held-out images (a stratified random draw)"
+             if len(held) < n_held else "").rstrip("; "))
     points, raw = [], []
     for b in steps:
         is_all = b == largest
@@ -619,7 +1142,7 @@ def label_budget(f: Features, Z: np.ndarray, *, seeds: int = 3, seed: int = 0,
         points.append({"per_class": b, "all": is_all, "n_train": int(sum(min(len(r), b) for r in by_class)),
                        "mean": float(np.mean(accs)), "std": float(np.std(accs)),
                        "min": float(np.min(accs)), "max": float(np.max(accs))})
-    return {"evaluated_on": where, "n_eval": int(len(held)), "points": points, "runs": raw,
+    return {"evaluated_on": where, "n_eval": int(len(held)), "n_held_out": int(n_held), "points": points, "runs": raw,
             "verdict": _budget_verdict(points)}
 
 
@@ -630,7 +1153,7 @@ def _budget_verdict(points: list[dict]) -> str:
     prev = points[-2]
     gain = 100 * (last["mean"] - prev["mean"])
     head = (f"accuracy {prev['mean']:.3f} at {prev['per_class']} -> {last['mean']:.3f} at {last['per_class']} "
-            f"images per class (all), {gain:+.1f} points")
+            f"images per class{' (all)' if last['all'] else ''}, {gain:+.1f} points")
     if gain >= 1.0:
         return head + ": still rising, more labels would probably help"
     return head + ": flat, more labels of the same kind are unlikely to help much"
@@ -675,8 +1198,12 @@ def _head_proba(f: Features, head, notes: list, home=None) -> tuple[np.ndarray, 
     if not len(rows):
         notes.append(f"calibration: no held-out split to score head {head} on; using out-of-fold probabilities")
         return None
+    if len(rows) > BUDGET_EVAL_ROWS:
+        notes.append(f"calibration: head {head.name} scored on {BUDGET_EVAL_ROWS} of {len(rows)} {where} images, "
+                     "drawn at random")
+        rows = np.sort(np.random.default_rng(0).choice(rows, BUDGET_EVAL_ROWS, replace=False))
     est = load_head(head)
-    proba = align_proba(est, est.predict_proba(f.X[rows]), f.class_names)
+    proba = align_proba(est, est.predict_proba(np.asarray(f.X[rows], dtype=np.float32)), f.class_names)
     return rows, proba, f"head {head.name}", where, man.get("temperature")
 
 
@@ -758,13 +1285,14 @@ def _write_files(report: InspectReport, f: Features, d: Path, coords, chosen, ca
     dup = report.duplicates
     pairs = dup["exact_pairs"] + dup["near_pairs"]
     files.append(_write_csv(d / "duplicates.csv", [
-        {k: p[k] for k in ("kind", "similarity", "cross_split", "label_conflict", "path_a", "split_a", "label_a",
-                           "path_b", "split_b", "label_b")} for p in pairs
-    ], ["kind", "similarity", "cross_split", "label_conflict", "path_a", "split_a", "label_a", "path_b", "split_b",
-        "label_b"]))
+        {k: p[k] for k in DUPLICATE_COLUMNS} for p in pairs
+    ], list(DUPLICATE_COLUMNS)))
     # Leaks first, then the most similar.
     shown = sorted(pairs, key=lambda p: (p["cross_split"] not in LEAKY, not p["cross_split"], -p["similarity"]))[:16]
-    files.append(P.pair_sheet(shown, d / "duplicates.png", f"duplicates ({len(pairs)} pairs)"))
+    files.append(P.pair_sheet(shown, d / "duplicates.png", f"duplicates ({P._plural(len(pairs), 'pair')}"
+                              f"{', 16 shown' if len(pairs) > 16 else ''})",
+                              empty_note=f"{report.n_images} images compared: same bytes, cosine >= {dup['threshold']:g}"
+                                         + (", or nearest neighbours" if dup["adaptive"] else "")))
     flagged = {p["row_a"] for p in pairs} | {p["row_b"] for p in pairs}
     li = report.label_issues
     if li is not None:

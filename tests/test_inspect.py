@@ -97,9 +97,12 @@ def _pairs(dups, kind):
     return {frozenset((p["row_a"], p["row_b"])) for p in dups[f"{kind}_pairs"]}
 
 
+FIXED = inspection.NearRule(adaptive=False)
+
+
 def test_planted_exact_and_near_duplicates_across_splits(planted):
     f, rows = planted
-    dups = inspection.find_duplicates(f)
+    dups = inspection.find_duplicates(f, FIXED)
     assert _pairs(dups, "exact") == {frozenset(rows["exact_cross"]), frozenset(rows["exact_same"])}
     assert _pairs(dups, "near") == {frozenset(rows["near"])}  # unrelated images are not near
     assert dups["cross_split"] == {"train-test": {"exact": 1, "near": 0, "conflicting_labels": 1},
@@ -107,17 +110,69 @@ def test_planted_exact_and_near_duplicates_across_splits(planted):
     assert dups["leaking_pairs"] == 2
     same = next(p for p in dups["exact_pairs"] if frozenset((p["row_a"], p["row_b"])) == frozenset(rows["exact_same"]))
     assert same["cross_split"] == "" and same["split_a"] == same["split_b"] == "train"
+    # The default rule also reports the half-noise copy (cosine 0.91): each other's nearest neighbour by far.
+    dups = inspection.find_duplicates(f)
+    rule = {frozenset((p["row_a"], p["row_b"])): p["rule"] for p in dups["near_pairs"]}
+    assert rule == {frozenset(rows["near"]): "cosine", frozenset(rows["similar"]): "neighbourhood"}
+    assert dups["cross_split"]["train-test"] == {"exact": 1, "near": 1, "conflicting_labels": 1}
+    assert dups["by_rule"] == {"cosine": 1, "neighbourhood": 1} and dups["rule_stats"]["ratio_cut"] <= 0.75
 
 
 def test_near_threshold_effect(planted):
-    """0.95 finds the noisy copy only; 0.85 also finds an image that is merely similar."""
+    """A fixed 0.95 finds the noisy copy only; 0.85 also finds an image that is merely similar."""
     f, rows = planted
     Z = inspection.unit_rows(f.X)
     sims = {k: float(Z[a] @ Z[b]) for k, (a, b) in rows.items() if k in ("near", "similar")}
     assert sims["near"] > 0.98 and 0.85 < sims["similar"] < 0.95
-    loose = inspection.find_duplicates(f, 0.85)
+    loose = inspection.find_duplicates(f, inspection.NearRule(0.85, adaptive=False))
     assert _pairs(loose, "near") == {frozenset(rows["near"]), frozenset(rows["similar"])}
     assert loose["cross_split"]["train-test"]["near"] == 1
+
+
+def copy_among_look_alikes(d=256, triples=30, singles=120, cosine=0.93, seed=3):
+    """Triples of distinct look-alike images (cosines about 0.9 to each other) and singletons, plus one
+    copy of a singleton at ``cosine`` to it: the most similar pair, under 0.95, over the look-alikes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(triples):
+        c = rng.normal(size=d)
+        rows += [np.sqrt(0.9) * c + np.sqrt(0.1) * rng.normal(size=d) for _ in range(3)]
+    rows += [rng.normal(size=d) for _ in range(singles)]
+    rows.append(cosine * rows[3 * triples] + np.sqrt(1 - cosine ** 2) * rng.normal(size=d))
+    return np.array(rows, np.float32), (3 * triples, len(rows) - 1)
+
+
+def test_adaptive_rule_finds_a_copy_that_the_fixed_threshold_misses(tmp_path):
+    """Issue 19: a copy whose cosine (0.94) tops the dataset's nearest-neighbour similarities (99th
+    percentile 0.92) but not 0.95. The look-alike triples are not reported: their nearest neighbour is
+    not much nearer than the next."""
+    X, copy = copy_among_look_alikes()
+    n = len(X)
+    f = write_features(tmp_path / "cache", X, np.full(n, -1), [""] * n, [], source="/synthetic/look-alikes")
+    Z = inspection.unit_rows(X)
+    S = Z @ Z.T
+    np.fill_diagonal(S, -1)
+    nn = S.max(axis=1)
+    assert np.quantile(nn, 0.99) < S[copy] < 0.95 and S[copy] == nn.max()
+    assert inspection.find_duplicates(f, FIXED)["near_pairs"] == []
+    dups = inspection.find_duplicates(f)
+    assert [({p["row_a"], p["row_b"]}, p["rule"]) for p in dups["near_pairs"]] == [(set(copy), "neighbourhood")]
+    assert dups["near_pairs"][0]["ratio"] < 0.5 and dups["near_pairs"][0]["similarity"] == pytest.approx(S[copy], abs=1e-5)
+    r = invoke("inspect", "--near-rule", "fixed", "--out", tmp_path / "fixed", cache_dir=tmp_path / "cache")
+    assert r.exit_code == 0 and "0 near pairs at cosine >= 0.95 (exact search)" in r.output
+    # Without structure, nothing stands out: no pairs from random 256-d rows.
+    g = write_features(tmp_path / "noise", np.random.default_rng(0).normal(size=(500, 256)).astype(np.float32),
+                       np.full(500, -1), [""] * 500, [], source="/synthetic/noise")
+    assert inspection.find_duplicates(g)["near_pairs"] == []
+
+
+def test_near_rule_checks_its_values():
+    with pytest.raises(InspectError, match=r"near_threshold must be in \(0, 1\]"):
+        inspection.NearRule(threshold=1.5)
+    with pytest.raises(InspectError, match="max_ratio"):
+        inspection.NearRule(max_ratio=1.2)
+    with pytest.raises(InspectError, match="near_rule must be"):
+        featx.inspect(inspection.Features.__new__(inspection.Features), near_rule="loose")
 
 
 def test_blockwise_search_matches_full_matrix():
@@ -130,20 +185,24 @@ def test_blockwise_search_matches_full_matrix():
     assert np.allclose(s, full[i, j], atol=1e-5) and np.all(np.diff(s) <= 0)
 
 
-@pytest.mark.skipif(not installed("faiss"), reason="faiss-cpu not installed")
-def test_approximate_index_past_the_brute_force_limit(planted):
+@pytest.mark.parametrize("index", ["faiss", "numpy"])
+def test_approximate_index_past_the_brute_force_limit(planted, monkeypatch, index):
+    """Past the limit: neighbours from an index on principal components, pairs scored on all dimensions."""
+    if index == "faiss" and not installed("faiss"):
+        pytest.skip("faiss-cpu not installed")
+    if index == "numpy":
+        monkeypatch.setitem(sys.modules, "faiss", None)
+    monkeypatch.setattr(inspection, "IVF_MIN_ROWS", 100)  # the IVF index, not faiss's flat one
     f, rows = planted
-    dups = inspection.find_duplicates(f, brute_force_limit=10)
-    assert dups["method"].startswith("approximate (faiss")
-    assert frozenset(rows["near"]) in _pairs(dups, "near")
-
-
-def test_without_faiss_past_the_limit_says_what_to_install(planted, monkeypatch):
-    monkeypatch.setitem(sys.modules, "faiss", None)
     notes = []
-    dups = inspection.find_duplicates(planted[0], brute_force_limit=10, notes=notes)
-    assert dups["method"] == "skipped" and dups["near_pairs"] == [] and len(dups["exact_pairs"]) == 2
-    assert "faiss-cpu" in notes[0] and "exceed the exact-search limit of 10" in notes[0]
+    dups = inspection.find_duplicates(f, brute_force_limit=10, notes=notes)
+    assert dups["method"].startswith("approximate") and ("numpy inverted file" in dups["method"]) == (index == "numpy")
+    assert ("faiss is not installed (pip install 'featx[inspect]')" in " ".join(notes)) == (index == "numpy")
+    exact = inspection.find_duplicates(f)
+    assert _pairs(dups, "near") == _pairs(exact, "near") == {frozenset(rows["near"]), frozenset(rows["similar"])}
+    got = {frozenset((p["row_a"], p["row_b"])): p["similarity"] for p in dups["near_pairs"]}
+    assert all(got[frozenset((p["row_a"], p["row_b"]))] == pytest.approx(p["similarity"], abs=5e-3)
+               for p in exact["near_pairs"])  # cosines as the exact search (mean and scale of all rows, not distinct ones)
 
 
 # --------------------------------------------------------------------------- label issues, budget
@@ -247,8 +306,7 @@ def _check_files(d: Path, labeled=True):
     for png in d.glob("*.png"):
         with Image.open(png) as im:
             im.verify()
-    heads = {"duplicates.csv": ["kind", "similarity", "cross_split", "label_conflict", "path_a", "split_a", "label_a",
-                                "path_b", "split_b", "label_b"],
+    heads = {"duplicates.csv": list(inspection.DUPLICATE_COLUMNS),
              "label_issues.csv": ["path", "split", "given", "suggested", "score"],
              "label_budget.csv": ["per_class", "seed", "n_train", "accuracy"]}
     rows = {}
@@ -272,13 +330,15 @@ def test_report_files_written_and_parseable(planted, tmp_path):
     rep = featx.inspect(f, out=tmp_path / "out", head=False)
     report, tables = _check_files(tmp_path / "out")
     assert report["duplicates"]["cross_split"]["train-test"]["exact"] == 1
-    assert len(tables["duplicates.csv"]) == 3 and tables["duplicates.csv"][0]["kind"] == "exact"
+    assert len(tables["duplicates.csv"]) == 4 and tables["duplicates.csv"][0]["kind"] == "exact"
+    assert [r["rule"] for r in tables["duplicates.csv"]] == ["sha256", "sha256", "cosine", "neighbourhood"]
     assert float(tables["label_issues.csv"][0]["score"]) <= float(tables["label_issues.csv"][-1]["score"])
     assert {r["per_class"] for r in tables["label_budget.csv"]} >= {"1", "30"}
     assert report["calibration"]["source"] == "out-of-fold logistic regression"
     assert set(report["timings"]) == {"duplicates", "reduce", "label issues", "budget", "calibration", "map", "files"}
     assert rep.summary().startswith("features: resnet50 224px avg on /synthetic/data")
-    assert "LEAKAGE train-test: 1 exact, 0 near, 1 with conflicting labels" in rep.summary()
+    assert "LEAKAGE train-test: 1 exact, 1 near, 1 with conflicting labels" in rep.summary()
+    assert "4 near pairs" not in rep.summary() and "2 near pairs (1 at cosine >= 0.95, 1 mutual" in rep.summary()
 
 
 def test_inspect_imports_no_keras(planted, tmp_path):
@@ -308,7 +368,7 @@ def test_optional_libraries_missing_or_present(planted, tmp_path, monkeypatch):
     assert rep.label_issues["method"] == "confident learning (self-confidence)"
     assert rep.embedding["method"] == "pca"
     assert any("umap-learn is not installed" in n for n in rep.notes)
-    assert any("faiss-cpu" in n for n in rep.notes)
+    assert any("faiss is not installed" in n for n in rep.notes)
     # With a UMAP in place, the map uses it (a stand-in: the real one's numba start-up costs tens of seconds).
     fake = types.ModuleType("umap")
     fake.UMAP = lambda **kw: types.SimpleNamespace(fit_transform=lambda Z: Z[:, :2] * 0 + 1)
@@ -457,3 +517,65 @@ def test_intel6_known_cross_split_duplicate(tmp_path):
         ("train/street/10408.jpg", "street", "test/buildings/20805.jpg", "buildings", True)]
     assert "train/street/10408.jpg [street] == test/buildings/20805.jpg [buildings]" in rep.summary()
     assert rep.budget["evaluated_on"] == "test"
+
+
+# --------------------------------------------------------------------------- contact sheets
+
+
+def test_contact_sheet_captions_and_the_no_pairs_panel(tmp_path):
+    from PIL import Image
+
+    from featx import inspect_plots as P
+
+    pair = {"kind": "near", "rule": "neighbourhood", "similarity": 0.93, "cross_split": "train-val",
+            "label_conflict": True, "path_a": "/d/train/ants/a.jpg", "split_a": "train", "label_a": "ants",
+            "path_b": "/d/val/bees/b.jpg", "split_b": "val", "label_b": "bees"}
+    assert P.pair_caption(pair, "a") == ["train/ants/a.jpg", "train, label ants",
+                                         "cosine 0.930, nearest neighbours, train-val"]
+    assert P.pair_caption(pair, "b") == ["val/bees/b.jpg", "val, label bees", "labels differ"]
+    exact = {**pair, "kind": "exact", "rule": "sha256", "cross_split": "", "label_conflict": False, "label_b": "ants"}
+    assert P.pair_caption(exact, "a")[2] == "identical bytes" and P.pair_caption(exact, "b")[2] == "same label"
+    # Words stay apart when drawn: Pillow's default font drew a 2-px space ("labelsdiffer").
+    font = P._font()
+    assert font.getlength(" ") >= 0.4 * font.getlength("n")
+    assert P._fit("x" * 200, 100, font).startswith("...") and font.getlength(P._fit("x" * 200, 100, font)) <= 100
+    # No pairs: a framed white panel that says so, not a grey "missing" thumbnail.
+    png = P.pair_sheet([], tmp_path / "d.png", "duplicates (0 pairs)", empty_note="398 images searched")
+    with Image.open(png) as im:
+        px = np.asarray(im.convert("RGB"))
+    assert not ((px == 170).all(axis=2)).any()  # no placeholder grey
+    assert (px < 100).all(axis=2).sum() > 100  # but text
+    assert P.NO_PAIRS == "no duplicate pairs"
+
+
+# --------------------------------------------------------------------------- at scale: rows read in blocks, sections subsampled
+
+
+def test_large_view_is_read_in_blocks_and_subsampled_sections_say_so(planted, tmp_path, monkeypatch):
+    """The path `featx inspect` takes past IN_MEMORY_ROWS, at a scale a test can afford."""
+    f, rows = planted
+    cache = Path(f.view.path).parents[1]
+    for name, value in {"IN_MEMORY_ROWS": 50, "BLOCK_ROWS": 32, "PCA_FIT_ROWS": 60, "LABEL_FIT_ROWS": 60,
+                        "BUDGET_FIT_ROWS": 30, "BUDGET_EVAL_ROWS": 25, "IVF_MIN_ROWS": 100}.items():
+        monkeypatch.setattr(inspection, name, value)
+    reads = []
+    real_read = inspection._CachedX.read
+    monkeypatch.setattr(inspection._CachedX, "read", lambda self, pos: reads.append(len(pos)) or real_read(self, pos))
+    rep = featx.inspect(cache_dir=cache, out=tmp_path / "out", head=False, brute_force_limit=10)
+    assert reads and max(reads) <= 32  # never the whole matrix at once
+    report, tables = _check_files(tmp_path / "out")
+    d = rep.duplicates
+    assert len(d["exact_pairs"]) == 2 and d["method"].startswith("approximate")
+    assert {frozenset(rows["near"]), frozenset(rows["similar"])} <= _pairs(d, "near")
+    notes = " | ".join(rep.notes)
+    assert "principal components fitted on 60 of 150 images" in notes and "blocks of 32" in notes
+    assert "each of the 5 fold models trained on 60 of the 120 rows" in notes and "all 150 labelled images scored" in notes
+    assert "curve stops at 10 images per class (at most 30 training rows; the largest class has 30)" in notes
+    assert "scored on 25 of 60 held-out images" in notes
+    assert rep.label_issues["n_labeled"] == 150 and len(rep.suspect_ranking) == 150
+    assert [p["per_class"] for p in rep.budget["points"]] == [1, 2, 5, 10] and not rep.budget["points"][-1]["all"]
+    assert "images per class, " in rep.budget["verdict"] and "(all)" not in rep.budget["verdict"]
+    # The block-wise mean and scale are those of the whole matrix.
+    red = inspection.Reduced.fit(inspection._Rows.of(inspection._open_features(None, None, cache, None, 50)))
+    assert red.Z.shape == (150, 64) and red.fitted_on == 60  # 64 wide: standardised, not projected
+    assert np.allclose(red.mean, f.X.mean(axis=0), atol=1e-5) and np.allclose(red.scale, f.X.std(axis=0), atol=1e-4)
