@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 import weakref
@@ -669,15 +670,18 @@ def finetune(
     train_ds = _Batches(list(sp.train.paths), sp.train.y, size, batch_size, True, seed, workers, read, native)
     log(f"training on {len(sp.train)} images, {len(train_ds)} batches an epoch, up to {epochs} epochs...")
     t = time.perf_counter()
-    try:
-        hist = model.fit(train_ds, validation_data=(val_pixels, y_val), epochs=epochs, callbacks=callbacks,
-                         class_weight=_class_weights(sp.train.y, len(classes), class_weight), verbose=2,
-                         shuffle=False)  # the batches are shuffled by the seed, not by Keras
-    except KeyboardInterrupt:
-        hist = None  # leaves the except block, so the traceback no longer holds Keras' data iterator
-    finally:
-        train_ds.close()  # the decode threads stop before anything else
-    if hist is None:
+    hist = None
+    with _StopOnCtrlC() as ctrl_c:
+        try:
+            hist = model.fit(train_ds, validation_data=(val_pixels, y_val), epochs=epochs,
+                             callbacks=[*callbacks, ctrl_c.callback(keras)],
+                             class_weight=_class_weights(sp.train.y, len(classes), class_weight), verbose=2,
+                             shuffle=False)  # the batches are shuffled by the seed, not by Keras
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C; leaving the except block frees the traceback that holds Keras' iterator
+        finally:
+            train_ds.close()  # the decode threads stop before anything else
+    if hist is None or ctrl_c.requested:
         raise _interrupted(directory)
     train_s = time.perf_counter() - t
     if train_ds.skipped:
@@ -733,6 +737,77 @@ def finetune(
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     set_latest("model", directory, home)
     return FinetuneResult(directory, model, metrics, table, trainable, frozen, diff, notes)
+
+
+class _StopOnCtrlC:
+    """Ctrl-C during ``fit`` stops training after the current batch, through Keras' own flags.
+
+    A KeyboardInterrupt raised wherever the main thread happens to be (in a
+    callback, between two TensorFlow calls) leaves Keras' iterators and
+    TensorFlow's data threads mid-call, to be torn down at exit. Here the
+    first Ctrl-C only asks to stop: ``fit`` ends the batch, validates that
+    epoch and returns normally, having closed its own iterators, and the
+    caller then raises. The request is read from
+    the Python handler and, should that run late, from the byte that the
+    C-level handler writes to a wakeup pipe (``signal.set_wakeup_fd``),
+    which any thread that receives the signal writes. A second Ctrl-C raises
+    at once. Only in the main thread (elsewhere Python allows no handler).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._saved = None
+
+    def __enter__(self):
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._saved = (signal.signal(signal.SIGINT, self._handle), signal.set_wakeup_fd(self._w, warn_on_full_buffer=False))
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def poll(self) -> bool:
+        import signal
+
+        if not self.requested and self._saved is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                if bytes([int(signal.SIGINT)]) in os.read(self._r, 256):
+                    self.requested = True
+        return self.requested
+
+    def callback(self, keras):
+        guard = self
+
+        class StopOnCtrlC(keras.callbacks.Callback):
+            def _check(self, *args, **kwargs):
+                if guard.poll() and not self.model.stop_training:
+                    self.model.stop_training = True
+                    print("\nCtrl-C: stopping after this batch (Ctrl-C again to stop at once)", file=sys.stderr,
+                          flush=True)
+
+            on_train_batch_end = on_epoch_begin = _check
+
+        return StopOnCtrlC()
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._saved is not None:
+            handler, fd = self._saved
+            signal.signal(signal.SIGINT, handler)
+            signal.set_wakeup_fd(fd)
+            os.close(self._r)
+            os.close(self._w)
+            self._saved = None
+        return False
 
 
 class FinetuneInterrupted(KeyboardInterrupt):
