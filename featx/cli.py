@@ -285,7 +285,7 @@ def cli(ctx, cache_dir, home, verbose):
     featx fit-head --head dense                 train a head in seconds
     featx predict new_images/                   label new images
     featx inspect                               leakage, label errors, label budget, calibration
-    featx finetune --unfreeze-blocks 1          fine-tune backbone + head end to end (optional)
+    featx finetune                              fine-tune the last block too (optional)
     featx compare                               leaderboard: every head on every extraction
     featx export features.parquet               the cached features as Parquet, Arrow or NPZ
     featx backbones                             the backbones featx can use
@@ -764,9 +764,11 @@ def inspect(obj, data, backbone, extraction, out, head, near_threshold, near_rul
 @click.option("--head", metavar="HEAD",
               help="A dense or logreg head: its folder, heads/latest, 'latest' or 'latest-dense' "
                    "[default: the latest dense or logreg head].")
-@click.option("--unfreeze", type=LayersOrAll(), help="Unfreeze the backbone's last N layers, or 'all'.")
+@click.option("--unfreeze", type=LayersOrAll(),
+              help="Unfreeze the backbone's last N layers with weights (BatchNorm excluded), or 'all'.")
 @click.option("--unfreeze-blocks", type=POSITIVE_INT,
-              help="Unfreeze the backbone's last K named blocks (e.g. 1 = conv5_block3).")
+              help="Unfreeze the backbone's last K named blocks (1 = block5 on VGG16, conv5_block3 on ResNet50) "
+                   "[default: 1, when neither option is given].")
 @click.option("--epochs", type=POSITIVE_INT, default=10, show_default=True)
 @click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True)
 @click.option("--lr", type=POSITIVE_FLOAT, default=1e-5, show_default=True, help="Learning rate (keep it low).")
@@ -790,24 +792,29 @@ def finetune(obj, head, unfreeze, unfreeze_blocks, epochs, batch_size, lr, optim
 
     Rebuilds the extraction's exact backbone with the head on top, checks
     that it reproduces the head's probabilities on validation images, then
-    trains with a low learning rate. BatchNorm layers stay in inference mode.
-    The best validation epoch is kept, never worse than the head you started
-    from. Writes model.keras (loads in safe mode without featx), saved_model/,
-    metrics.json (before/after) and curves.png.
+    trains with a low learning rate. By default the backbone's last block
+    trains with the head (docs/finetune.md). BatchNorm layers stay in
+    inference mode. The best validation epoch is kept, never worse than the
+    head you started from. Writes model.keras (loads in safe mode without
+    featx), saved_model/, metrics.json (before/after) and curves.png.
 
     \b
     Examples:
-      featx finetune --unfreeze 60
-      featx finetune --unfreeze-blocks 1 --epochs 5 --augment flip,rotate=0.1
+      featx finetune
+      featx finetune --unfreeze-blocks 2 --epochs 5 --augment flip,rotate=0.1
+      featx finetune --unfreeze 6
       featx finetune --head heads/resnet50-dense-20261122-101500 --unfreeze all --lr 1e-6
     """
-    from .finetuning import finetune as run
+    from .finetuning import FinetuneInterrupted, finetune as run
 
-    res = run(_resolved(obj, "head", head), unfreeze=unfreeze, unfreeze_blocks=unfreeze_blocks,
-              cache_dir=obj["cache_dir"], out=out,
-              epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
-              class_weight=class_weight, patience=patience, seed=seed, export=not no_export, weights=weights,
-              log=lambda m: click.echo(m, err=True), home=obj["home"])
+    try:
+        res = run(_resolved(obj, "head", head), unfreeze=unfreeze, unfreeze_blocks=unfreeze_blocks, cache_dir=obj["cache_dir"], out=out,
+                  epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
+                  class_weight=class_weight, patience=patience, seed=seed, export=not no_export, weights=weights,
+                  log=lambda m: click.echo(m, err=True), home=obj["home"])
+    except FinetuneInterrupted as exc:
+        click.echo(f"\nInterrupted: {exc}.", err=True)
+        sys.exit(130)
     click.echo("backbone layers:")
     click.echo(res.layer_table)
     click.echo(f"trainable params: {res.trainable_params:,}   non-trainable params: {res.frozen_params:,}")

@@ -18,6 +18,8 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
+import sys
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -231,13 +233,15 @@ def set_trainable(model, base, backbone: str, unfreeze: int | str | None = None,
         weighted = [i for i, layer in enumerate(base.layers) if layer.weights and not _is_bn(layer)]
         if n < 1 or n > len(weighted):
             raise FinetuneError(f"The {backbone} backbone has {len(weighted)} layers with trainable weights "
-                                f"(BatchNorm excluded); cannot unfreeze the last {n}.")
+                                f"(BatchNorm excluded); cannot unfreeze the last {n}. The largest is --unfreeze "
+                                f"{len(weighted)} (or all); --unfreeze-blocks K unfreezes whole blocks.")
         start = weighted[-n]
     elif unfreeze_blocks is not None:
         named = B.blocks(base, backbone)
         k = int(unfreeze_blocks)
         if k < 1 or k > len(named):
-            raise FinetuneError(f"The {backbone} backbone has {len(named)} named blocks; cannot unfreeze the last {k}.")
+            raise FinetuneError(f"The {backbone} backbone has {len(named)} named blocks; cannot unfreeze the last {k}. "
+                                f"The largest is --unfreeze-blocks {len(named)} (or --unfreeze all).")
         start = 0 if k == len(named) else named[-(k + 1)].end + 1
     else:
         start = n_layers  # the head alone
@@ -308,16 +312,20 @@ def load_pixels(paths: Sequence[str], size: int, workers: int | None = None, rea
     """Decode images exactly as extraction does, in threads; returns (pixels, kept indices, skipped).
 
     ``read`` reads one row by its path instead (array rows, :func:`featx.arrays.row_reader`).
+    On an interrupt the decodes not started are cancelled, not waited for.
     """
     out, kept, skipped = [], [], []
     read = read or (lambda p: _try_read(p, size))
-    with cf.ThreadPoolExecutor(workers or min(16, max(2, os.cpu_count() or 2))) as pool:
+    pool = cf.ThreadPoolExecutor(workers or min(16, max(2, os.cpu_count() or 2)), thread_name_prefix="featx-decode")
+    try:
         for i, (path, res) in enumerate(zip(paths, pool.map(read, paths))):
             if isinstance(res, str):
                 skipped.append((path, res))
             else:
                 out.append(res)
                 kept.append(i)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     pixels = np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
     return pixels, kept, skipped
 
@@ -330,43 +338,87 @@ def _try_read(path, size):
 
 
 class _Batches:
-    """A keras.utils.PyDataset of (uint8 pixels, labels), decoded in threads, shuffled per epoch."""
+    """A keras.utils.PyDataset of (uint8 pixels, labels), decoded in threads, shuffled per epoch.
+
+    The threads are featx's own and only decode (no framework call):
+    ``prefetch`` batches ahead of the one asked for decode on the pool while
+    the model trains, so Keras needs no worker threads of its own
+    (``workers=1``). :meth:`close` cancels what is pending and joins the
+    pool, so that nothing runs on after training stops, Ctrl-C included.
+
+    An image that cannot be read is left out of its batch and listed in
+    ``skipped``; a batch in which none can be read is an empty batch (no
+    rows, no loss, no gradient) and counted in ``empty_batches``.
+    """
 
     def __new__(cls, *args, **kwargs):
         keras = import_keras()
 
         class Batches(keras.utils.PyDataset):
-            def __init__(self, paths, labels, size, batch_size, shuffle, seed, workers, read=None):
-                # Two Keras worker threads keep the next batch decoding while
-                # the model trains on this one (with one worker Keras runs
-                # __getitem__ in the training loop); each batch decodes its
-                # images in parallel on the shared pool below.
-                super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
+            def __init__(self, paths, labels, size, batch_size, shuffle, seed, workers, read=None, shape=None,
+                         prefetch=2):
+                super().__init__(workers=1, use_multiprocessing=False)
                 self.paths, self.labels = list(paths), np.asarray(labels)
-                self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
+                self.batch_size, self.shuffle, self.prefetch = batch_size, shuffle, prefetch
+                self.shape = tuple(shape) if shape else (size, size, 3)
                 self.read = read or (lambda p: _try_read(p, size))
                 self.rng = np.random.default_rng(seed)
                 self.order = np.arange(len(self.paths))
-                self.pool = cf.ThreadPoolExecutor(workers or min(16, max(2, os.cpu_count() or 2)))
+                self.pool = cf.ThreadPoolExecutor(workers or min(16, max(2, os.cpu_count() or 2)),
+                                                  thread_name_prefix="featx-batches")
+                self.pending: dict[int, list] = {}
+                self.lock = threading.Lock()
+                self.closed = False
+                self.skipped: dict[str, str] = {}
+                self.empty_batches = 0
                 if shuffle:
                     self.rng.shuffle(self.order)
 
             def __len__(self):
                 return int(np.ceil(len(self.paths) / self.batch_size))
 
+            def _submit(self, i):
+                if i not in self.pending and 0 <= i < len(self):
+                    idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+                    self.pending[i] = [(j, self.pool.submit(self.read, self.paths[j])) for j in idx]
+
             def __getitem__(self, i):
-                idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-                imgs = list(self.pool.map(lambda j: self.read(self.paths[j]), idx))
-                good = [k for k, im in enumerate(imgs) if not isinstance(im, str)]
-                x = np.stack([imgs[k] for k in good])
-                return x, self.labels[idx[good]]
+                with self.lock:
+                    if self.closed:
+                        return self._empty()
+                    for k in range(i, i + 1 + self.prefetch):
+                        self._submit(k)
+                    jobs = self.pending.pop(i)
+                good, rows = [], []
+                for j, job in jobs:
+                    image = job.result()
+                    if isinstance(image, str):
+                        self.skipped.setdefault(self.paths[j], image)
+                    else:
+                        good.append(image)
+                        rows.append(j)
+                if not good:
+                    self.empty_batches += 1
+                    return self._empty()
+                return np.stack(good), self.labels[rows]
+
+            def _empty(self):
+                return np.zeros((0, *self.shape), np.uint8), self.labels[:0]
 
             def on_epoch_end(self):
-                if self.shuffle:
-                    self.rng.shuffle(self.order)
+                with self.lock:  # decodes made for the old order are of no use now
+                    for jobs in self.pending.values():
+                        for _, job in jobs:
+                            job.cancel()
+                    self.pending.clear()
+                    if self.shuffle:
+                        self.rng.shuffle(self.order)
 
             def close(self):
-                self.pool.shutdown(wait=False)
+                with self.lock:
+                    self.closed = True
+                    self.pending.clear()
+                self.pool.shutdown(wait=True, cancel_futures=True)
 
         return Batches(*args, **kwargs)
 
@@ -452,7 +504,8 @@ def _parity_sample(y: np.ndarray, sample: int) -> np.ndarray:
 
 
 def parity_check(model, base, head_dir: Path, sp, size: int, precision: str, sample: int = 32, read=None) -> float:
-    """Compare the rebuilt model with the cache on up to ``sample`` validation images of every class.
+    """Compare the rebuilt model with the cache on up to ``sample`` validation images in all,
+    taken round-robin from every class.
 
     Two checks, both before any training: the rebuilt backbone's pooled
     features must equal the cached ones (relative to their scale: 1e-3 in
@@ -517,9 +570,12 @@ def finetune(
     head : path, optional
         A dense or logreg head folder; the latest fitted head by default.
     unfreeze : int or "all", optional
-        Unfreeze the backbone's last N layers (or all of them).
+        Unfreeze the backbone's last N layers with weights (BatchNorm excluded),
+        or all of them.
     unfreeze_blocks : int, optional
-        Unfreeze the backbone's last K named blocks (``featx backbones`` registry).
+        Unfreeze the backbone's last K named blocks (:func:`featx.backbones.blocks`).
+        With neither, the last block (``DEFAULT_UNFREEZE_BLOCKS``). Both are
+        checked against :mod:`featx.unfreeze_table` before anything is built.
     epochs, batch_size, lr, optimizer, patience
         Training; EarlyStopping and ReduceLROnPlateau watch validation loss and
         the best epoch is restored.
@@ -560,9 +616,14 @@ def finetune(
     if man.get("kind") not in SEED_KINDS:
         raise FinetuneError(f"Fine-tuning starts from a dense or logreg head; {head_dir} is a {man.get('kind')} head. "
                             "Run `featx fit-head --head dense` (or logreg) first, or pass --head DIR.")
+    specs = specs_of_manifest(man, where=f"Head {head_dir}")
+    by_default = unfreeze is None and unfreeze_blocks is None
+    if by_default:
+        unfreeze_blocks = DEFAULT_UNFREEZE_BLOCKS
+    check_unfreeze(specs, unfreeze, unfreeze_blocks)
     log(f"head: {head_dir}")
     feats, sp, split_note = _split_rows(man, cache_dir)
-    settings = specs_of_manifest(man, where=f"Head {head_dir}")[0]
+    settings = specs[0]
     size = settings.input_size
     read, native = None, None
     if feats.view.layout == "arrays":
@@ -574,19 +635,24 @@ def finetune(
     strategy = _strategy(keras)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model, base, man = build_end_to_end(head_dir, aug, seed, weights=weights, native=native)
-        log(f"parity check on {min(32, len(sp.val))} validation images of every class...")
-        diff = parity_check(model, base, head_dir, sp, size, settings.precision, read=read)
+        rows = _parity_sample(sp.val.y, PARITY_SAMPLE)
+        log(f"parity check on {len(rows)} validation images from {len(np.unique(sp.val.y[rows]))} classes...")
+        diff = parity_check(model, base, head_dir, sp, size, settings.precision, sample=PARITY_SAMPLE, read=read)
         log(f"parity ok: features match the cache to {diff:.2e} of their scale")
         n_unfrozen = set_trainable(model, base, settings.backbone, unfreeze, unfreeze_blocks)
         table = layer_table(base)
         trainable, frozen = param_counts(model)
+        log(f"unfroze: {_unfroze(base, settings.backbone, unfreeze, unfreeze_blocks, n_unfrozen, by_default)}")
         opt = make_optimizer(keras, optimizer, lr, settings.precision)
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     classes = list(man["classes"])
-    val_pixels, val_kept, _ = load_pixels(list(sp.val.paths), size, workers, read)
+    notes = [split_note] if split_note else []
+    val_pixels, val_kept, val_bad = load_pixels(list(sp.val.paths), size, workers, read)
+    if not val_kept:
+        raise FinetuneError(f"None of the {len(sp.val)} validation images can be read now (first: {val_bad[0][1]}).")
     y_val = sp.val.y[val_kept]
-    train_ds = _Batches(list(sp.train.paths), sp.train.y, size, batch_size, True, seed, workers, read)
+    log(f"validation: {_rows_note(len(val_kept), val_bad)}")
     before = {"val": classification_metrics(y_val, model.predict(val_pixels, batch_size=batch_size, verbose=0), classes)}
     start_weights = model.get_weights()
     directory = Path(out) if out else default_dir(results_dir("model", home), settings.backbone, "finetune")
@@ -594,32 +660,57 @@ def finetune(
     if split_note:
         log(f"note: {split_note}")
         _write_rows(directory / "validation.csv", sp.val, classes)
+    stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
+        stopping,
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, patience // 2),
                                           min_lr=lr / 100),
         keras.callbacks.ModelCheckpoint(str(directory / "best.keras"), monitor="val_loss", save_best_only=True),
     ]
+    train_ds = _Batches(list(sp.train.paths), sp.train.y, size, batch_size, True, seed, workers, read, native)
+    log(f"training on {len(sp.train)} images, {len(train_ds)} batches an epoch, up to {epochs} epochs...")
     t = time.perf_counter()
-    try:
-        hist = model.fit(train_ds, validation_data=(val_pixels, y_val), epochs=epochs, callbacks=callbacks,
-                         class_weight=_class_weights(sp.train.y, len(classes), class_weight), verbose=2)
-    finally:
-        train_ds.close()
+    hist = None
+    with _StopOnCtrlC() as ctrl_c:
+        try:
+            hist = model.fit(train_ds, validation_data=(val_pixels, y_val), epochs=epochs,
+                             callbacks=[*callbacks, ctrl_c.callback(keras)],
+                             class_weight=_class_weights(sp.train.y, len(classes), class_weight), verbose=2,
+                             shuffle=False)  # the batches are shuffled by the seed, not by Keras
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C; leaving the except block frees the traceback that holds Keras' iterator
+        finally:
+            train_ds.close()  # the decode threads stop before anything else
+    if hist is None or ctrl_c.requested:
+        raise _interrupted(directory)
     train_s = time.perf_counter() - t
+    if train_ds.skipped:
+        first = next(iter(train_ds.skipped.items()))
+        notes.append(f"{len(train_ds.skipped)} training images could not be read and were left out of their batches"
+                     + (f" ({train_ds.empty_batches} batches had none and were skipped)" if train_ds.empty_batches else "")
+                     + f" (first: {first[0]}: {first[1]})")
     after_val = classification_metrics(y_val, model.predict(val_pixels, batch_size=batch_size, verbose=0), classes)
-    notes = [split_note] if split_note else []
+    best_epoch = stopping.best_epoch + 1 if len(hist.history.get("loss", [])) else 0
     if after_val["accuracy"] < before["val"]["accuracy"]:
         model.set_weights(start_weights)
         after_val = before["val"]
+        best_epoch = 0
         notes.append("fine-tuning did not beat the head on validation; kept the starting weights")
     (directory / "best.keras").unlink(missing_ok=True)
     after = {"val": after_val}
+    test_bad: list = []
     if sp.test is not None and len(sp.test):
-        test_pixels, test_kept, _ = load_pixels(list(sp.test.paths), size, workers, read)
-        after["test"] = classification_metrics(sp.test.y[test_kept], model.predict(test_pixels, verbose=0), classes)
-        head_est = load_head(head_dir)
-        before["test"] = classification_metrics(sp.test.y, _proba_in_order(head_est, sp.test.X, classes), classes)
+        # Before and after on the same rows: the test images that can be read now.
+        test_pixels, test_kept, test_bad = load_pixels(list(sp.test.paths), size, workers, read)
+        log(f"test: {_rows_note(len(test_kept), test_bad)}")
+        if test_kept:
+            y_test = sp.test.y[test_kept]
+            after["test"] = classification_metrics(y_test, model.predict(test_pixels, batch_size=batch_size, verbose=0),
+                                                   classes)
+            before["test"] = classification_metrics(
+                y_test, _proba_in_order(load_head(head_dir), sp.test.X[test_kept], classes), classes)
+        if test_bad:
+            notes.append(f"test: {_rows_note(len(test_kept), test_bad)}")
 
     model.save(directory / "model.keras")
     if export:
@@ -630,12 +721,14 @@ def finetune(
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     metrics = {
         "head": str(head_dir), "backbone": settings.backbone, "unfreeze": unfreeze, "unfreeze_blocks": unfreeze_blocks,
-        "unfrozen_backbone_layers": n_unfrozen, "trainable_params": trainable, "non_trainable_params": frozen,
-        "epochs_run": len(history.get("loss", [])), "train_seconds": train_s, "parity_max_diff": diff,
-        "before": before, "after": after, "history": history, "notes": notes,
+        "unfreeze_default": by_default, "unfrozen_backbone_layers": n_unfrozen, "trainable_params": trainable,
+        "non_trainable_params": frozen, "epochs_run": len(history.get("loss", [])), "best_epoch": best_epoch,
+        "train_seconds": train_s, "parity_max_diff": diff, "before": before, "after": after, "history": history,
+        "unreadable": {"val": len(val_bad), "test": len(test_bad), "train": len(train_ds.skipped)},
+        "notes": notes,
     }
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_curves(history, directory / "curves.png", f"{settings.backbone}: fine-tuning")
+    plot_curves(history, directory / "curves.png", f"{settings.backbone}: fine-tuning", best_epoch=best_epoch)
     manifest = {**man, "kind": "end-to-end", "head": str(head_dir.resolve()), "input_size": size,
                 "input": "RGB uint8 pixels, squashed to input_size x input_size (bilinear)"}
     if native:
@@ -644,6 +737,149 @@ def finetune(
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     set_latest("model", directory, home)
     return FinetuneResult(directory, model, metrics, table, trainable, frozen, diff, notes)
+
+
+class _StopOnCtrlC:
+    """Ctrl-C during ``fit`` stops training after the current batch, through Keras' own flags.
+
+    A KeyboardInterrupt raised wherever the main thread happens to be (in a
+    callback, between two TensorFlow calls) leaves Keras' iterators and
+    TensorFlow's data threads mid-call, to be torn down at exit. Here the
+    first Ctrl-C only asks to stop: ``fit`` ends the batch, validates that
+    epoch and returns normally, having closed its own iterators, and the
+    caller then raises. The request is read from
+    the Python handler and, should that run late, from the byte that the
+    C-level handler writes to a wakeup pipe (``signal.set_wakeup_fd``),
+    which any thread that receives the signal writes. A second Ctrl-C raises
+    at once. Only in the main thread (elsewhere Python allows no handler).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._saved = None
+
+    def __enter__(self):
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._saved = (signal.signal(signal.SIGINT, self._handle), signal.set_wakeup_fd(self._w, warn_on_full_buffer=False))
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def poll(self) -> bool:
+        import signal
+
+        if not self.requested and self._saved is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                if bytes([int(signal.SIGINT)]) in os.read(self._r, 256):
+                    self.requested = True
+        return self.requested
+
+    def callback(self, keras):
+        guard = self
+
+        class StopOnCtrlC(keras.callbacks.Callback):
+            def _check(self, *args, **kwargs):
+                if guard.poll() and not self.model.stop_training:
+                    self.model.stop_training = True
+                    print("\nCtrl-C: stopping after this batch (Ctrl-C again to stop at once)", file=sys.stderr,
+                          flush=True)
+
+            on_train_batch_end = on_epoch_begin = _check
+
+        return StopOnCtrlC()
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._saved is not None:
+            handler, fd = self._saved
+            signal.signal(signal.SIGINT, handler)
+            signal.set_wakeup_fd(fd)
+            os.close(self._r)
+            os.close(self._w)
+            self._saved = None
+        return False
+
+
+class FinetuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, raised once the decode threads have stopped; ``str()`` says what was kept."""
+
+
+def _interrupted(directory: Path) -> FinetuneInterrupted:
+    import gc
+
+    gc.collect()  # Keras' iterator over the batches (and TensorFlow's threads behind it) go now, not at exit
+    if (directory / "best.keras").exists():
+        return FinetuneInterrupted(f"no model was saved; the best epoch so far is {directory / 'best.keras'}")
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # only if empty: nothing of this run to keep
+    return FinetuneInterrupted("no model was saved")
+
+
+def _rows_note(n: int, bad: list) -> str:
+    if not bad:
+        return f"{n} images"
+    return (f"{n} images ({len(bad)} cannot be read now and are left out of both the before and after figures; "
+            f"first: {bad[0][0]})")
+
+
+def _unfroze(base, backbone: str, unfreeze, unfreeze_blocks, n_layers: int, by_default: bool) -> str:
+    """One line: what trains in the backbone, and how to change it."""
+    params = sum(int(np.prod(w.shape)) for w in base.trainable_weights)
+    if unfreeze == "all":
+        what = f"all of {backbone}"
+    elif unfreeze is not None:
+        what = f"the last {unfreeze} layers with weights of {backbone}"
+    else:
+        named = B.blocks(base, backbone)
+        last = [b.name for b in named[-unfreeze_blocks:]]
+        what = (f"the last block of {backbone} ({last[0]})" if len(last) == 1 else
+                f"the last {len(last)} blocks of {backbone} ({last[0]} .. {last[-1]})")
+    line = f"{what}: {n_layers} layers, {params:,} params (BatchNorm stays frozen)"
+    if by_default:
+        line += "; the default, change it with --unfreeze-blocks K or --unfreeze N|all"
+    return line
+
+
+DEFAULT_UNFREEZE_BLOCKS = 1
+PARITY_SAMPLE = 32
+
+
+def check_unfreeze(specs, unfreeze=None, unfreeze_blocks=None) -> None:
+    """Refuse an ``unfreeze`` or ``unfreeze_blocks`` the head's backbone cannot take, before building it.
+
+    Reads :mod:`featx.unfreeze_table` (counts measured once from the real
+    models), for the backbone as the head tapped it: an earlier tap ends
+    the backbone there. The message gives the largest valid value and what
+    each ``--unfreeze-blocks`` would unfreeze. A backbone the table does not
+    know is checked after the build, by :func:`set_trainable`.
+    """
+    from .unfreeze_table import unfreezable
+
+    group = [specs[i] for i in one_pass_groups(specs)[0]]  # the backbone that set_trainable works on
+    table = unfreezable(group[0].backbone, min(s.cut_blocks for s in group))
+    if table is None or (unfreeze is None and unfreeze_blocks is None) or unfreeze == "all":
+        return
+    name = group[0].backbone
+    tapped = " as this head tapped it" if min(s.cut_blocks for s in group) else ""
+    if unfreeze is not None and int(unfreeze) > table.total:
+        raise FinetuneError(
+            f"{name}{tapped} has {table.total} layers with trainable weights (BatchNorm excluded); cannot unfreeze "
+            f"the last {unfreeze}. The largest is --unfreeze {table.total} (or all); to unfreeze whole blocks: "
+            f"{table.blocks_hint()}.")
+    if unfreeze_blocks is not None and int(unfreeze_blocks) > len(table.blocks):
+        raise FinetuneError(
+            f"{name}{tapped} has {len(table.blocks)} named blocks; cannot unfreeze the last {unfreeze_blocks}. "
+            f"The largest is --unfreeze-blocks {len(table.blocks)} (or --unfreeze all); {table.blocks_hint()}.")
 
 
 def make_optimizer(keras, name: str, lr: float, precision: str):

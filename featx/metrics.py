@@ -113,8 +113,15 @@ def plot_confusion(confusion, class_names: Sequence[str], path: str | os.PathLik
 
 
 @_quiet_plot
-def plot_curves(history: dict, path: str | os.PathLike, title: str) -> Path:
-    """Loss and accuracy per epoch, train and validation, side by side."""
+def plot_curves(history: dict, path: str | os.PathLike, title: str, best_epoch: int | None = None) -> Path:
+    """Loss and accuracy per epoch, train and validation, side by side.
+
+    Epochs are whole numbers on the axis. ``best_epoch`` (1-based) marks
+    the epoch whose weights were kept; 0 says the starting weights were
+    kept (no epoch beat them), drawn at epoch 0.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key in zip(axes, ("loss", "accuracy")):
@@ -122,6 +129,13 @@ def plot_curves(history: dict, path: str | os.PathLike, title: str) -> Path:
             values = history.get(prefix + key)
             if values:
                 ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=label)
+        if best_epoch is not None:
+            kept = "starting weights kept" if best_epoch == 0 else f"restored: epoch {best_epoch}"
+            ax.axvline(best_epoch, color="tab:green", ls="--", lw=1, label=kept)
+            values = history.get("val_" + key)
+            if values and 1 <= best_epoch <= len(values):
+                ax.plot([best_epoch], [values[best_epoch - 1]], marker="*", ms=12, color="tab:green", ls="none")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

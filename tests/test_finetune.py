@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,9 +115,17 @@ def test_bn_statistics_stay_while_the_layers_around_them_train(project):
 
 def test_finetune_saves_a_self_contained_model(project, tmp_path):
     root, data, heads = project
-    res = ft.finetune(heads["vgg16"], unfreeze_blocks=1, cache_dir=root / "cache", out=tmp_path / "m", epochs=1,
-                      batch_size=8, log=lambda m: None)
+    logs = []
+    res = ft.finetune(heads["vgg16"], cache_dir=root / "cache", out=tmp_path / "m", epochs=1,
+                      batch_size=8, log=logs.append)
     m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    # by default the last block trains with the head, and one line says so
+    assert [l.name for l in res.model.get_layer("vgg16").layers if l.trainable and l.weights] == \
+        ["block5_conv1", "block5_conv2", "block5_conv3"]
+    assert m["unfreeze_default"] and m["unfreeze_blocks"] == 1 and m["best_epoch"] in (0, 1)
+    line = next(l for l in logs if l.startswith("unfroze: "))
+    assert line.startswith("unfroze: the last block of vgg16 (block5): 3 layers, 7,079,424 params") and "default" in line
+    assert any(l.startswith("parity check on 16 validation images from 2 classes") for l in logs), logs
     head_metrics = json.loads((heads["vgg16"] / "metrics.json").read_text())
     # the rebuilt model starts exactly where the cached head is, on the same validation rows
     assert m["before"]["val"]["n"] == head_metrics["splits"]["val"]["n"] == 16
@@ -307,3 +316,109 @@ def test_earlier_tap_fused_and_normalised_heads_rebuild_with_parity(tmp_path):
     assert sp.val.X.shape[1] == 1024
     assert ft.parity_check(model, base, d2, sp, 32, "float32") < 1e-4
     assert len(Cache(tmp_path / "c").extractions()) == 2
+
+
+def test_unreadable_images_same_rows_before_and_after_and_empty_batches(project, tmp_path, monkeypatch):
+    """Images that cannot be read at fine-tuning time (moved or damaged since extraction):
+    before and after score the same test rows (and say how many), and a training
+    batch with no readable image is skipped, not a crash."""
+    from featx.errors import BadImage
+
+    root, data, heads = project
+    train = sorted(str(p) for p in (data / "train").rglob("*.png"))
+    gone = {str(data / "test" / "cats" / "cats_0.png"), *train[3:]}  # 13 of 16 train: some batch of 4 has none
+    read_image = ft.read_image
+
+    def read(path, size):
+        if str(path) in gone:
+            raise BadImage(f"{path}: cannot identify image file")
+        return read_image(path, size)
+
+    monkeypatch.setattr(ft, "read_image", read)
+    logs = []
+    res = ft.finetune(heads["vgg16"], cache_dir=root / "cache", out=tmp_path / "m", epochs=2, batch_size=4,
+                      patience=5, export=False, log=logs.append)
+    m = res.metrics
+    assert m["epochs_run"] == 2
+    assert m["before"]["test"]["n"] == m["after"]["test"]["n"] == 15
+    assert m["unreadable"] == {"val": 0, "test": 1, "train": 13}
+    assert any(line.startswith("test: 15 images (1 cannot be read now") for line in logs), logs
+    note = next(n for n in m["notes"] if n.startswith("13 training images could not be read"))
+    assert "batches had none and were skipped" in note
+
+
+def test_unfreeze_is_checked_against_the_layer_table_before_anything_is_built(project, tmp_path, monkeypatch):
+    root, data, heads = project
+
+    def boom(*a, **k):
+        raise AssertionError("built or read something before checking --unfreeze")
+
+    for name in ("build_end_to_end", "_split_rows", "import_keras"):
+        monkeypatch.setattr(ft, name, boom)
+    monkeypatch.setattr(B, "build_backbone", boom)
+    with pytest.raises(ft.FinetuneError) as err:
+        ft.finetune(heads["vgg16"], unfreeze=60, cache_dir=root / "cache", log=lambda m: None)
+    msg = str(err.value)
+    assert "vgg16 has 13 layers with trainable weights" in msg and "The largest is --unfreeze 13 (or all)" in msg
+    assert "--unfreeze-blocks 1 = block5 (3 layers), 2 = block4 .. block5 (6 layers)" in msg
+    with pytest.raises(ft.FinetuneError, match="has 5 named blocks; cannot unfreeze the last 6. The largest is "
+                                               "--unfreeze-blocks 5"):
+        ft.finetune(heads["vgg16"], unfreeze_blocks=6, cache_dir=root / "cache", log=lambda m: None)
+    r = CliRunner().invoke(cli, ["--cache-dir", str(root / "cache"), "finetune", "--head", str(heads["vgg16"]),
+                                 "--unfreeze", "60"])
+    assert r.exit_code == 1 and "The largest is --unfreeze 13" in r.output and "Traceback" not in r.output
+
+
+def test_unfreeze_table_matches_the_models():
+    from featx.unfreeze_table import TABLE, measure, unfreezable
+
+    for name in ("vgg16", "mobilenetv3small"):
+        assert measure(name) == TABLE[name], name
+    # resnet50's count is the one set_trainable reports after a real build (test above: 53)
+    assert unfreezable("resnet50").total == 53 and len(unfreezable("resnet50").blocks) == 16
+    cut = unfreezable("vgg16", cut_blocks=1)  # tapped at block4: block5 is not there to unfreeze
+    assert cut.total == 10 and cut.blocks[-1][0] == "block4"
+    assert set(TABLE) == set(B.REGISTRY)
+
+
+def test_curves_have_whole_epochs_and_mark_the_restored_one(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from featx.metrics import plot_curves
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    history = {"loss": [0.9, 0.7, 0.6, 0.65, 0.7], "val_loss": [0.8, 0.6, 0.62, 0.7, 0.75],
+               "accuracy": [0.5, 0.6, 0.7, 0.7, 0.75], "val_accuracy": [0.55, 0.7, 0.68, 0.66, 0.65]}
+    plot_curves(history, tmp_path / "c.png", "t", best_epoch=2)
+    assert (tmp_path / "c.png").exists()
+    for ax in figures[0].axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        labels = [l.get_label() for l in ax.get_lines()]
+        assert "restored: epoch 2" in labels
+        marked = [l for l in ax.get_lines() if list(l.get_xdata()) == [2]]
+        assert marked and marked[0].get_marker() == "*"
+
+
+def test_ctrl_c_during_training_exits_130_without_a_crash(project, tmp_path):
+    """SIGINT once training runs: featx stops its decode threads and exits 130 (never -11/139)."""
+    import signal
+
+    root, data, heads = project
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "featx.cli", "--cache-dir", str(root / "cache"), "finetune", "--head",
+           str(heads["vgg16"]), "--epochs", "10000", "--patience", "10000", "--batch-size", "2", "--no-export",
+           "--out", str(tmp_path / "m")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=tmp_path)
+    seen = []
+    for line in proc.stdout:  # wait for the second epoch to begin: batches are decoding in threads
+        seen.append(line)
+        if line.startswith("Epoch 2/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out[-3000:]
+    assert "Interrupted: no model was saved" in out and "Traceback" not in out
