@@ -60,12 +60,16 @@ def test_features_equal_keras_applications_on_same_pixels(tiny_dataset, cache_di
 def test_warm_rerun_computes_nothing_and_builds_no_model(tiny_dataset, cache_dir, monkeypatch):
     first = run(tiny_dataset, cache_dir)
     assert (first.computed, first.reused) == (12, 0)
+    before = featx.load_features(tiny_dataset, cache_dir=cache_dir)
     forbid_model(monkeypatch)
     again = run(tiny_dataset, cache_dir)
     assert (again.computed, again.reused, again.skipped) == (0, 12, [])
-    np.testing.assert_array_equal(
-        featx.load_features(tiny_dataset, cache_dir=cache_dir).X.sum(), featx.load_features(cache_dir=cache_dir).X.sum()
-    )
+    assert again.extraction.name == first.extraction.name
+    after = featx.load_features(tiny_dataset, cache_dir=cache_dir)
+    assert list(after.paths) == list(before.paths) and list(after.sha256) == list(before.sha256)
+    np.testing.assert_array_equal(after.y, before.y)
+    assert len(np.unique(before.X, axis=0)) == 12  # twelve distinct rows: the comparison below can fail
+    np.testing.assert_array_equal(after.X, before.X)  # the first run's rows, served from the cache
 
 
 def test_memo_avoids_rehashing_unchanged_files(tiny_dataset, cache_dir, monkeypatch):
@@ -209,17 +213,27 @@ for batch in (4, 10):  # 12 images: three full batches of 4; 10, then 2 padded t
 
 @pytest.mark.parametrize("ahead", [extract_mod.AHEAD_BYTES, 0])
 def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypatch, ahead):
-    """The model builds on its own thread; images decoded meanwhile wait for it (up to AHEAD_BYTES)."""
+    """The model builds on its own thread; images decoded meanwhile wait for it (up to AHEAD_BYTES).
+
+    The build is held until the pipeline can do nothing but wait for it: the main
+    thread waits on the build and no decode task is running. What was decoded by
+    then is what the pipeline decodes during a build however long it takes.
+    """
+    import concurrent.futures as cf
     import threading
 
     data = make_dataset(tmp_path / "d", per_class=40, size=(32, 32))
-    building, built = threading.Event(), threading.Event()
+    state = threading.Condition()
+    building, built, awaited = threading.Event(), threading.Event(), threading.Event()
+    decoding = [0]  # chunks being decoded now
     decoded_while_building = []
-    real_model, real_prepare = extract_mod._Run._model, extract_mod._Run._prepare
+    real_model, real_prepare, real_chunk = extract_mod._Run._model, extract_mod._Run._prepare, extract_mod._Run._prepare_chunk
 
-    def slow_model(self):
+    def held_model(self):
         building.set()
-        time.sleep(1.0)
+        with state:
+            settled = state.wait_for(lambda: awaited.is_set() and decoding[0] == 0, timeout=120)
+        assert settled, "the pipeline never came to wait for the model"
         try:
             return real_model(self)
         finally:
@@ -231,11 +245,44 @@ def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypa
             decoded_while_building.append(out.item.path)
         return out
 
-    monkeypatch.setattr(extract_mod._Run, "_model", slow_model)
+    def prepare_chunk(self, *a, **k):
+        with state:
+            decoding[0] += 1
+        try:
+            return real_chunk(self, *a, **k)
+        finally:
+            with state:
+                decoding[0] -= 1
+                state.notify_all()
+
+    class Pool(cf.ThreadPoolExecutor):
+        """The build's future says when someone waits on it."""
+
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.builds = k.get("thread_name_prefix") == "featx-build"
+
+        def submit(self, *a, **k):
+            future = super().submit(*a, **k)
+            if self.builds:
+                result = future.result
+
+                def waited_on(timeout=None):
+                    with state:
+                        awaited.set()
+                        state.notify_all()
+                    return result(timeout)
+
+                future.result = waited_on
+            return future
+
+    monkeypatch.setattr(extract_mod._Run, "_model", held_model)
     monkeypatch.setattr(extract_mod._Run, "_prepare", prepare)
+    monkeypatch.setattr(extract_mod._Run, "_prepare_chunk", prepare_chunk)
+    monkeypatch.setattr(cf, "ThreadPoolExecutor", Pool)
     monkeypatch.setattr(extract_mod, "AHEAD_BYTES", ahead)
     res = run(data, cache_dir, batch_size=2, workers=2)
-    assert res.computed == 80
+    assert res.computed == 80 and awaited.is_set()
     if ahead:  # with room to wait in, the rest of the data is decoded during the build
         assert len(decoded_while_building) >= 40
     else:  # no room: at most the decode window (3 tasks of 8) runs ahead
