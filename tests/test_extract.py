@@ -446,11 +446,38 @@ def test_cli_backbones_table_and_json():
     assert [b["name"] for b in js] == [f"efficientnetb{i}" for i in range(8)]
 
 
+# Files of the real dataset a synthetic one lacks: a palette GIF, a .jpeg, a progressive
+# JPEG with a space in its name, one with XMP, a 1488 x 1984 photo (reduced-scale decode).
+ODD_FILES = ["train/ants/imageNotFound.gif", "train/ants/formica.jpeg", "train/ants/ant photos.jpg",
+             "train/ants/MehdiabadiAnt2_600.jpg", "train/ants/Nepenthes_rafflesiana_ant.jpg",
+             "val/bees/6a00d8341c630a53ef00e553d0beb18834-800wi.jpg"]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not HYMENOPTERA.exists(), reason="shared hymenoptera dataset not present")
-def test_hymenoptera_end_to_end(cache_dir):
-    res = run(HYMENOPTERA, cache_dir, batch_size=32)
-    assert res.total == 398
-    assert res.computed + res.reused + len(res.skipped) == 398
+def test_hymenoptera_end_to_end(cache_dir, tmp_path):
+    """Every file of the real dataset is a row, labelled by its folders; odd files' rows are the model's."""
+    import keras
+
+    from featx.data import read_image
+
+    keras.utils.set_random_seed(11)
+    ref = keras.applications.VGG16(weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3))
+    wfile = tmp_path / "vgg.weights.h5"
+    ref.save_weights(wfile)
+    res = run(HYMENOPTERA, cache_dir, weights=str(wfile), batch_size=32)
+    root = HYMENOPTERA.resolve()  # featx records real paths
+    on_disk = sorted(p for p in root.rglob("*") if p.is_file())
+    assert (res.total, res.computed, res.reused, res.skipped) == (len(on_disk), 398, 0, [])  # no copies, none bad
     f = featx.load_features(HYMENOPTERA, cache_dir=cache_dir)
-    assert f.class_names == ["ants", "bees"] and set(f.splits) == {"train", "val"}
-    assert len(f) == 398 - len(res.skipped)
+    assert f.class_names == ["ants", "bees"] and f.splits == ["train", "val"]
+    assert sorted(map(Path, f.paths)) == on_disk
+    for path, y, split in zip(f.paths, f.y, f.split):
+        rel = Path(path).relative_to(root)
+        assert (rel.parts[0], rel.parts[1]) == (split, f.class_names[y]), path
+    assert {s: int((f.split == s).sum()) for s in f.splits} == {"train": 245, "val": 153}
+    rows = [list(f.paths).index(str(root / rel)) for rel in ODD_FILES]
+    pixels = np.stack([read_image(f.paths[i], 32) for i in rows]).astype("float32")
+    expected = ref.predict(keras.applications.vgg16.preprocess_input(pixels), verbose=0)
+    np.testing.assert_allclose(f.X[rows], expected, rtol=1e-4, atol=1e-4)
+    assert len(np.unique(f.X, axis=0)) == 398
