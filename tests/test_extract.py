@@ -180,6 +180,7 @@ def test_pipeline_rows_equal_the_model_on_each_image(tmp_path, cache_dir):
     np.testing.assert_allclose(f.X, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_jax_backend_gives_tensorflows_features(tmp_path, cache_dir):
     """The GPU path (JAX: a jitted stateless call, dispatched before the previous
     batch is fetched) run on the CPU: TensorFlow's rows, in full and short batches."""
@@ -369,6 +370,7 @@ def _extract_cmd(data, cache_dir, batch=2):
                   "--image-size", "32", "--batch-size", str(batch), "--workers", "1", str(data)]
 
 
+@pytest.mark.slow
 def test_kill_dash_nine_then_resume(tmp_path, cache_dir):
     data = make_dataset(tmp_path / "big", per_class=300, size=(48, 48))
     env = {**os.environ, "FEATX_FLUSH_SECONDS": "0"}  # a shard per batch
@@ -389,6 +391,7 @@ def test_kill_dash_nine_then_resume(tmp_path, cache_dir):
     assert not list(Path(cache_dir).rglob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_compute_each_row_once(tmp_path, cache_dir):
     data = make_dataset(tmp_path / "conc", per_class=40)
     procs = [subprocess.Popen(_extract_cmd(data, cache_dir, batch=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

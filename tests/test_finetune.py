@@ -112,6 +112,7 @@ def test_bn_statistics_stay_while_the_layers_around_them_train(project):
         np.testing.assert_array_equal(l.moving_variance.numpy(), stats[l.name][1], err_msg=l.name)
 
 
+@pytest.mark.slow
 def test_finetune_saves_a_self_contained_model(project, tmp_path):
     root, data, heads = project
     res = ft.finetune(heads["vgg16"], unfreeze_blocks=1, cache_dir=root / "cache", out=tmp_path / "m", epochs=1,
