@@ -343,7 +343,15 @@ class Extraction:
             pairs.sort()
             rows = np.array([r for r, _ in pairs])
             pos = np.array([p for _, p in pairs])
-            with h5py.File(shard, "r") as f:
+            try:
+                f = h5py.File(shard, "r")
+            except OSError as exc:
+                # h5py names a file unlinked mid-open (by another process's compaction)
+                # an OSError, not FileNotFoundError: either way the read starts over.
+                if not shard.exists():
+                    raise FileNotFoundError(str(shard)) from exc
+                raise
+            with f:
                 ds = f["features"]
                 if len(rows) > ds.shape[0] // 4:
                     out[pos] = ds[...][rows]
@@ -486,6 +494,8 @@ def _read_column(shard: Path, column: str, on_error=None) -> list[str] | None:
     except FileNotFoundError:
         return None  # compacted away between listing and opening
     except (OSError, KeyError) as exc:
+        if not shard.exists():
+            return None  # the same, named an OSError by h5py
         warnings.warn(f"featx: ignoring unreadable cache shard {shard}: {exc}")
         if on_error:
             on_error(shard, exc)

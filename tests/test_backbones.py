@@ -17,6 +17,13 @@ for _b in B.list_backbones():
     ONE_PER_FAMILY.setdefault(_b.family, _b.name)
 # The smallest member stands in for big families in CI.
 ONE_PER_FAMILY[B.get_backbone("convnexttiny").family] = "convnexttiny"
+# Families whose full build costs seconds of CPU each: the slow run checks them.
+BIG = {"convnexttiny", "densenet121", "efficientnetb0", "efficientnetv2b0", "inceptionresnetv2", "inceptionv3",
+       "nasnetmobile"}
+
+
+def _families(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in sorted(names)]
 
 
 def test_registry_covers_the_issue_list():
@@ -59,7 +66,7 @@ def test_preprocess_matches_keras(mode, module):
         B.preprocess(x, "bgr")
 
 
-@pytest.mark.parametrize("name", sorted(ONE_PER_FAMILY.values()))
+@pytest.mark.parametrize("name", _families(ONE_PER_FAMILY.values()))
 def test_record_matches_real_model(name):
     import keras
 
@@ -112,7 +119,7 @@ def test_vgg_blocks_and_cut_features_equal_keras_intermediate():
     np.testing.assert_allclose(cut.predict(x, verbose=0), ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "densenet121", "efficientnetb0"])
+@pytest.mark.parametrize("name", _families(["resnet50", "mobilenetv2", "densenet121", "efficientnetb0"]))
 def test_in_model_preprocessing_equals_keras_preprocess_input(name):
     """The frozen 1x1 convolution in front of the backbone is preprocess_input."""
     import keras
@@ -126,8 +133,13 @@ def test_in_model_preprocessing_equals_keras_preprocess_input(name):
     a = with_pre.predict_on_batch(pixels)
     b = without.predict_on_batch(np.asarray(ref))
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())))
-    kernel, bias = B.preprocess_affine(bb.preprocessing)
-    np.testing.assert_allclose(pixels.astype("float32") @ kernel + bias, B.preprocess(pixels, bb.preprocessing), rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", sorted(B.PREPROCESSING_MODES))
+def test_preprocessing_is_the_affine_map_of_the_frozen_convolution(mode):
+    pixels = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype("uint8")
+    kernel, bias = B.preprocess_affine(mode)
+    np.testing.assert_allclose(pixels.astype("float32") @ kernel + bias, B.preprocess(pixels, mode), rtol=1e-6, atol=1e-4)
 
 
 def test_input_size_and_pooling_are_checked():
@@ -190,6 +202,7 @@ def test_offline_imagenet_message_names_the_file(tmp_path, monkeypatch):
     assert "--weights PATH" in msg
 
 
+@pytest.mark.slow
 def test_tensorflow_gets_onednn_cpu_kernels():
     # TensorFlow leaves them off by itself on CPUs without AVX-512 VNNI/BF16
     # or AMX, where they are about 20% faster for convolutions.

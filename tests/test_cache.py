@@ -199,46 +199,100 @@ def test_read_retries_when_a_compaction_removed_the_shards_of_its_index(cache_di
     np.testing.assert_array_equal(ext.read(shas, index=index)[:, 0], [7, 0, 5])
 
 
-def test_readers_never_fail_while_another_process_compacts(cache_dir):
+def test_readers_never_fail_while_another_thread_compacts(cache_dir):
+    """A reader and a compacting writer in one process: each goes on until the other has done 30 rounds."""
     ext = fake_extraction(cache_dir)
-    stop = threading.Event()
+    rounds, stop, failed = [0], threading.Event(), []
 
     def churn():  # what an extraction run or `featx cache compact` does, as fast as it can
-        while not stop.is_set():
-            with ext.lock():
-                ext.write_shard(np.array([[1.0] * 3, [6.0] * 3]), [sha(1), sha(6)], ["a", "b"], ["", ""])
-                ext.compact()
+        try:
+            while not stop.is_set():
+                with ext.lock():
+                    ext.write_shard(np.array([[1.0] * 3, [6.0] * 3]), [sha(1), sha(6)], ["a", "b"], ["", ""])
+                    ext.compact()
+                rounds[0] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            failed.append(exc)
 
     writer = threading.Thread(target=churn)
     writer.start()
     try:
         reader = Cache(cache_dir).get_extraction(ext.name)
         shas = [sha(i) for i in range(8)]
-        deadline = time.time() + 1.5
         reads = 0
-        while time.time() < deadline:
+        while (reads < 30 or rounds[0] < 30) and writer.is_alive():
             np.testing.assert_array_equal(reader.read(shas)[:, 0], np.arange(8))
             reads += 1
     finally:
         stop.set()
-        writer.join(10)
-    assert reads > 5
+        writer.join(60)
+    assert not failed, failed
+    assert reads >= 30 and rounds[0] >= 30
+
+
+CHURN_SCRIPT = r"""
+import sys
+from pathlib import Path
+import numpy as np
+from featx.cache import Cache
+cache_dir, name, stop = sys.argv[1:4]
+ext = Cache(cache_dir).get_extraction(name)
+rounds = 0
+while not Path(stop).exists():
+    with ext.lock():
+        ext.write_shard(np.array([[1.0] * 3, [6.0] * 3]), [f"{1:064x}", f"{6:064x}"], ["a", "b"], ["", ""])
+        ext.compact()
+    rounds += 1
+    print(rounds, flush=True)
+"""
+
+
+def test_readers_never_fail_while_another_process_compacts(cache_dir, tmp_path):
+    """The reader here, the compacting writer in a process of its own (flock and renames across processes)."""
+    ext = fake_extraction(cache_dir)
+    stop = tmp_path / "stop"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", CHURN_SCRIPT, str(cache_dir), ext.name, str(stop)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    rounds = [0]
+
+    def count():  # the writer prints each round it finished
+        for line in proc.stdout:
+            rounds[0] = int(line)
+
+    counter = threading.Thread(target=count, daemon=True)
+    counter.start()
+    try:
+        reader = Cache(cache_dir).get_extraction(ext.name)
+        shas = [sha(i) for i in range(8)]
+        reads = 0  # counted from the writer's first round on
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a shard compacted away is not an unreadable one
+            while (reads < 60 or rounds[0] < 60) and proc.poll() is None:
+                np.testing.assert_array_equal(reader.read(shas)[:, 0], np.arange(8))
+                reads += rounds[0] > 0
+    finally:
+        stop.touch()
+        proc.wait(60)
+        counter.join(10)
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    assert reads >= 60 and rounds[0] >= 60
 
 
 def test_rm_waits_for_the_writer_which_then_refuses_to_resurrect_it(cache_dir):
     writer = fake_extraction(cache_dir)
     cache = Cache(cache_dir)
     (target,) = cache.extractions()
-    done = threading.Event()
+    waiting, done = threading.Event(), threading.Event()
 
     def remove():
-        cache.remove_extraction(target)
+        cache.remove_extraction(target, on_wait=waiting.set)
         done.set()
 
     with writer.lock():
         remover = threading.Thread(target=remove)
         remover.start()
-        time.sleep(0.5)
+        assert waiting.wait(60), "rm never found the lock taken"
         assert not done.is_set() and writer.root.exists()  # rm waits for the running extraction
         writer.write_shard(np.ones((1, 3)), [sha(99)], ["/img/99.png"], ["cats"])
     remover.join(10)

@@ -2,7 +2,7 @@
 
 Almost everything here fails before any model is built: the API functions a
 command calls are replaced by recorders, and bad values must be click usage
-errors (exit 2). The end-to-end runs are marked slow.
+errors (exit 2). A few end-to-end runs on tiny synthetic data close the file.
 """
 
 import importlib
@@ -350,7 +350,7 @@ def test_predict_images_api_refuses_a_head_folder(tmp_path):
         predict_images(head, tmp_path)
 
 
-# --------------------------------------------------------------------------- end to end (slow)
+# --------------------------------------------------------------------------- end to end
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +368,6 @@ def partial_splits(tmp_path_factory):
     return root, data, r
 
 
-@pytest.mark.slow
 def test_splits_with_some_classes_extract_and_fit(partial_splits, monkeypatch):
     root, data, r = partial_splits
     assert r.exit_code == 0, r.output
@@ -382,7 +381,6 @@ def test_splits_with_some_classes_extract_and_fit(partial_splits, monkeypatch):
     assert json.loads((latest / "manifest.json").read_text())["classes"] == ["birds", "cats", "dogs"]
 
 
-@pytest.mark.slow
 def test_predict_model_with_a_real_head_says_what_model_expects(partial_splits, monkeypatch):
     root, data, _ = partial_splits
     monkeypatch.chdir(root)

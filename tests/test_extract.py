@@ -60,12 +60,16 @@ def test_features_equal_keras_applications_on_same_pixels(tiny_dataset, cache_di
 def test_warm_rerun_computes_nothing_and_builds_no_model(tiny_dataset, cache_dir, monkeypatch):
     first = run(tiny_dataset, cache_dir)
     assert (first.computed, first.reused) == (12, 0)
+    before = featx.load_features(tiny_dataset, cache_dir=cache_dir)
     forbid_model(monkeypatch)
     again = run(tiny_dataset, cache_dir)
     assert (again.computed, again.reused, again.skipped) == (0, 12, [])
-    np.testing.assert_array_equal(
-        featx.load_features(tiny_dataset, cache_dir=cache_dir).X.sum(), featx.load_features(cache_dir=cache_dir).X.sum()
-    )
+    assert again.extraction.name == first.extraction.name
+    after = featx.load_features(tiny_dataset, cache_dir=cache_dir)
+    assert list(after.paths) == list(before.paths) and list(after.sha256) == list(before.sha256)
+    np.testing.assert_array_equal(after.y, before.y)
+    assert len(np.unique(before.X, axis=0)) == 12  # twelve distinct rows: the comparison below can fail
+    np.testing.assert_array_equal(after.X, before.X)  # the first run's rows, served from the cache
 
 
 def test_memo_avoids_rehashing_unchanged_files(tiny_dataset, cache_dir, monkeypatch):
@@ -176,6 +180,7 @@ def test_pipeline_rows_equal_the_model_on_each_image(tmp_path, cache_dir):
     np.testing.assert_allclose(f.X, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_jax_backend_gives_tensorflows_features(tmp_path, cache_dir):
     """The GPU path (JAX: a jitted stateless call, dispatched before the previous
     batch is fetched) run on the CPU: TensorFlow's rows, in full and short batches."""
@@ -209,18 +214,28 @@ for batch in (4, 10):  # 12 images: three full batches of 4; 10, then 2 padded t
 
 @pytest.mark.parametrize("ahead, images", [(extract_mod.AHEAD_BYTES, extract_mod.AHEAD_IMAGES), (0, 10**6), (10**9, 6)])
 def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypatch, ahead, images):
-    """The model builds on its own thread; images decoded meanwhile wait for it (up to AHEAD_BYTES)."""
+    """The model builds on its own thread; images decoded meanwhile wait for it (up to AHEAD_BYTES).
+
+    The build is held until the pipeline can do nothing but wait for it: the main
+    thread waits on the build and no decode task is running. What was decoded by
+    then is what the pipeline decodes during a build however long it takes.
+    """
+    import concurrent.futures as cf
     import threading
 
     data = make_dataset(tmp_path / "d", per_class=40, size=(32, 32))
-    building, built = threading.Event(), threading.Event()
+    state = threading.Condition()
+    building, built, awaited = threading.Event(), threading.Event(), threading.Event()
+    decoding = [0]  # chunks being decoded now
     decoded_while_building = []
     _free_model(monkeypatch, bars=[])
-    real_model, real_prepare = extract_mod._Run._model, extract_mod._Run._prepare
+    real_model, real_prepare, real_chunk = extract_mod._Run._model, extract_mod._Run._prepare, extract_mod._Run._prepare_chunk
 
-    def slow_model(self):
+    def held_model(self):
         building.set()
-        time.sleep(1.0)
+        with state:
+            settled = state.wait_for(lambda: awaited.is_set() and decoding[0] == 0, timeout=120)
+        assert settled, "the pipeline never came to wait for the model"
         try:
             return real_model(self)
         finally:
@@ -232,12 +247,45 @@ def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypa
             decoded_while_building.append(out.item.path)
         return out
 
-    monkeypatch.setattr(extract_mod._Run, "_model", slow_model)
+    def prepare_chunk(self, *a, **k):
+        with state:
+            decoding[0] += 1
+        try:
+            return real_chunk(self, *a, **k)
+        finally:
+            with state:
+                decoding[0] -= 1
+                state.notify_all()
+
+    class Pool(cf.ThreadPoolExecutor):
+        """The build's future says when someone waits on it."""
+
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.builds = k.get("thread_name_prefix") == "featx-build"
+
+        def submit(self, *a, **k):
+            future = super().submit(*a, **k)
+            if self.builds:
+                result = future.result
+
+                def waited_on(timeout=None):
+                    with state:
+                        awaited.set()
+                        state.notify_all()
+                    return result(timeout)
+
+                future.result = waited_on
+            return future
+
+    monkeypatch.setattr(extract_mod._Run, "_model", held_model)
     monkeypatch.setattr(extract_mod._Run, "_prepare", prepare)
+    monkeypatch.setattr(extract_mod._Run, "_prepare_chunk", prepare_chunk)
+    monkeypatch.setattr(cf, "ThreadPoolExecutor", Pool)
     monkeypatch.setattr(extract_mod, "AHEAD_BYTES", ahead)
     monkeypatch.setattr(extract_mod, "AHEAD_IMAGES", images)
     res = run(data, cache_dir, batch_size=2, workers=2)
-    assert res.computed == 80
+    assert res.computed == 80 and awaited.is_set()
     if ahead and images > 80:  # with room to wait in, the rest of the data is decoded during the build
         assert len(decoded_while_building) >= 40
     else:  # no room (in bytes, or past `images`): then at most the decode window (3 tasks of 8) runs ahead
@@ -325,6 +373,7 @@ def _extract_cmd(data, cache_dir, batch=2):
                   "--image-size", "32", "--batch-size", str(batch), "--workers", "1", str(data)]
 
 
+@pytest.mark.slow
 def test_kill_dash_nine_then_resume(tmp_path, cache_dir):
     data = make_dataset(tmp_path / "big", per_class=300, size=(48, 48))
     env = {**os.environ, "FEATX_FLUSH_SECONDS": "0"}  # a shard per batch
@@ -345,6 +394,7 @@ def test_kill_dash_nine_then_resume(tmp_path, cache_dir):
     assert not list(Path(cache_dir).rglob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_compute_each_row_once(tmp_path, cache_dir):
     data = make_dataset(tmp_path / "conc", per_class=40)
     procs = [subprocess.Popen(_extract_cmd(data, cache_dir, batch=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -402,14 +452,41 @@ def test_cli_backbones_table_and_json():
     assert [b["name"] for b in js] == [f"efficientnetb{i}" for i in range(8)]
 
 
+# Files of the real dataset a synthetic one lacks: a palette GIF, a .jpeg, a progressive
+# JPEG with a space in its name, one with XMP, a 1488 x 1984 photo (reduced-scale decode).
+ODD_FILES = ["train/ants/imageNotFound.gif", "train/ants/formica.jpeg", "train/ants/ant photos.jpg",
+             "train/ants/MehdiabadiAnt2_600.jpg", "train/ants/Nepenthes_rafflesiana_ant.jpg",
+             "val/bees/6a00d8341c630a53ef00e553d0beb18834-800wi.jpg"]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not HYMENOPTERA.exists(), reason="shared hymenoptera dataset not present")
-def test_hymenoptera_end_to_end(cache_dir):
-    res = run(HYMENOPTERA, cache_dir, batch_size=32)
-    assert res.total == 398
-    assert res.computed + res.reused + len(res.skipped) == 398
+def test_hymenoptera_end_to_end(cache_dir, tmp_path):
+    """Every file of the real dataset is a row, labelled by its folders; odd files' rows are the model's."""
+    import keras
+
+    from featx.data import read_image
+
+    keras.utils.set_random_seed(11)
+    ref = keras.applications.VGG16(weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3))
+    wfile = tmp_path / "vgg.weights.h5"
+    ref.save_weights(wfile)
+    res = run(HYMENOPTERA, cache_dir, weights=str(wfile), batch_size=32)
+    root = HYMENOPTERA.resolve()  # featx records real paths
+    on_disk = sorted(p for p in root.rglob("*") if p.is_file())
+    assert (res.total, res.computed, res.reused, res.skipped) == (len(on_disk), 398, 0, [])  # no copies, none bad
     f = featx.load_features(HYMENOPTERA, cache_dir=cache_dir)
-    assert f.class_names == ["ants", "bees"] and set(f.splits) == {"train", "val"}
-    assert len(f) == 398 - len(res.skipped)
+    assert f.class_names == ["ants", "bees"] and f.splits == ["train", "val"]
+    assert sorted(map(Path, f.paths)) == on_disk
+    for path, y, split in zip(f.paths, f.y, f.split):
+        rel = Path(path).relative_to(root)
+        assert (rel.parts[0], rel.parts[1]) == (split, f.class_names[y]), path
+    assert {s: int((f.split == s).sum()) for s in f.splits} == {"train": 245, "val": 153}
+    rows = [list(f.paths).index(str(root / rel)) for rel in ODD_FILES]
+    pixels = np.stack([read_image(f.paths[i], 32) for i in rows]).astype("float32")
+    expected = ref.predict(keras.applications.vgg16.preprocess_input(pixels), verbose=0)
+    np.testing.assert_allclose(f.X[rows], expected, rtol=1e-4, atol=1e-4)
+    assert len(np.unique(f.X, axis=0)) == 398
 
 
 # ---------------------------------------------------------------- progress: rows written, not images decoded

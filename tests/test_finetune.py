@@ -113,6 +113,7 @@ def test_bn_statistics_stay_while_the_layers_around_them_train(project):
         np.testing.assert_array_equal(l.moving_variance.numpy(), stats[l.name][1], err_msg=l.name)
 
 
+@pytest.mark.slow
 def test_finetune_saves_a_self_contained_model(project, tmp_path):
     root, data, heads = project
     logs = []
