@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import HeadError
+from .features import take_rows
 from .heads import C_GRID, make_head, one_blas_thread
 from .normalise import normalise, normaliser_stats
 
@@ -58,6 +59,29 @@ DEFAULT_FOLDS = 5
 EARLY_STOP_FRACTION = 0.1
 EARLY_STOP_MAX_ROWS = 20_000
 EARLY_STOPPING_KINDS = ("dense", "lightgbm")
+
+# From this many training rows `fit-head` selects on a stratified subsample of
+# SELECT_ROWS of them (CV or val scores, the auto search), then refits the chosen
+# configuration on every row: K folds x a grid of fits on a million rows would not
+# finish. What the row count moves most, epochs and trees, is early-stopped again in
+# the refit; C is taken as chosen at the subsample's size (not checked at scale).
+SCALE_ROWS = 50_000
+SELECT_ROWS = 20_000
+
+
+def stratified_subsample(y_idx: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of about ``size`` rows, each class in proportion (at least 2 rows of each, where it has them)."""
+    y_idx = np.asarray(y_idx)
+    if len(y_idx) <= size:
+        return np.arange(len(y_idx))
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(y_idx):
+        rows = np.flatnonzero(y_idx == c)
+        take = min(len(rows), max(2, int(round(size * len(rows) / len(y_idx)))))
+        out.append(rng.choice(rows, take, replace=False))
+    return np.sort(np.concatenate(out))
+
 
 # Normalisations worth trying per head kind: the logistic and dense heads
 # standardise internally, so "standard" would repeat "none" for them.
@@ -144,13 +168,15 @@ def early_stopping_split(y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.n
 def fit_for_scoring(kind: str, params: dict, X, y, fit_rows: np.ndarray, seed: int = 0):
     """A head fitted on ``fit_rows``; the early-stopping kinds stop on an inner split of them.
 
-    Returns the estimator and the rows it stopped early on (None without).
+    ``X`` may be :class:`~featx.features.CachedRows`: the heads then read
+    (or, the dense head, stream) only the rows they are given. Returns the
+    estimator and the rows it stopped early on (None without).
     """
     inner = early_stopping_split(y[fit_rows], seed) if kind in EARLY_STOPPING_KINDS else None
     if inner is None:
-        return make_head(kind, **params).fit(X[fit_rows], y[fit_rows]), None
+        return make_head(kind, **params).fit(take_rows(X, fit_rows), y[fit_rows]), None
     fit, stop = fit_rows[inner[0]], fit_rows[inner[1]]
-    return make_head(kind, **params).fit(X[fit], y[fit], eval_set=(X[stop], y[stop])), stop
+    return make_head(kind, **params).fit(take_rows(X, fit), y[fit], eval_set=(take_rows(X, stop), y[stop])), stop
 
 
 @dataclass
