@@ -81,7 +81,8 @@ def run_step(step: str, cache_dir: str, out: str, args: dict) -> dict:
     if step == "auto":
         kw = dict(time_budget=args["time_budget"])
     lines = []
-    res = api.fit_head("auto" if step == "auto" else step, cache_dir=cache_dir, out=out, log=lines.append, **kw)
+    res = api.fit_head("auto" if step == "auto" else step, cache_dir=cache_dir, out=out, log=lines.append,
+                       folds=args["folds"], **kw)
     sel = res.metrics["selection"]
     test = res.metrics["splits"].get("test", {})
     board = [f"{r['head']}:{r.get('cv_acc', r.get('val_acc'))}" for r in res.metrics["leaderboard"]][:6]
@@ -121,6 +122,7 @@ def main() -> None:
     ap.add_argument("--dense-epochs", type=int, default=3)
     ap.add_argument("--dense-batch", type=int, default=1024)
     ap.add_argument("--time-budget", type=float, default=120.0)
+    ap.add_argument("--folds", type=int, default=3, help="K of the CV on the selection subsample (fit-head: 5)")
     ap.add_argument("--json", type=Path, help="append each result as a JSON line here")
     a = ap.parse_args()
     steps = [s for s in a.steps.split(",") if s]
@@ -130,7 +132,8 @@ def main() -> None:
     sizes = [int(r) for r in a.rows.split(",")]
     if a.cache_dir and len(sizes) != 1:
         ap.error("--cache-dir takes one --rows value")
-    args = {"dense_epochs": a.dense_epochs, "dense_batch": a.dense_batch, "time_budget": a.time_budget}
+    args = {"dense_epochs": a.dense_epochs, "dense_batch": a.dense_batch, "time_budget": a.time_budget,
+            "folds": a.folds}
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, {os.cpu_count()} cores; "
           f"{' '.join(sys.argv)}", flush=True)
     for n in sizes:

@@ -31,10 +31,11 @@ from .features import CHUNK_ROWS, CachedRows, array_chunks
 from .normalise import NORMALISATIONS, column_moments, normalise, normalise_in_place, normaliser_stats, row_pieces
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
-# From this many rows the logistic head solves with L-BFGS over float32 chunks of X
-# (no standardised float64 copy: 1M x 2,048 would need 16 GB for it), warm-started
-# from scikit-learn's fit on WARM_START_ROWS of them.
-CHUNKED_SOLVER_ROWS = 100_000
+# From this many values (rows x width) the logistic head solves with L-BFGS over float32
+# chunks of X, warm-started from scikit-learn's fit on WARM_START_ROWS rows. Below it,
+# scikit-learn fits a standardised float64 copy and holds about two more: 90,000 x 2,048
+# rows (0.74 GB) peaked at 3.9 GB that way; 1M x 2,048 would need over 40 GB.
+CHUNKED_SOLVER_VALUES = 50_000_000
 WARM_START_ROWS = 20_000
 # The LightGBM head's projection is learnt on at most this many rows.
 PCA_FIT_ROWS = 50_000
@@ -502,7 +503,7 @@ class LogisticHead(_Head):
         mean, var, _ = column_moments(row_pieces(X))
         self.mean_, self.scale_ = mean, np.sqrt(var)
         self.scale_[self.scale_ < 1e-12] = 1.0
-        if len(X) >= CHUNKED_SOLVER_ROWS:
+        if X.size >= CHUNKED_SOLVER_VALUES and len(X) > WARM_START_ROWS:
             return self._fit_large(X, y_idx, val)
         Xs = (X - self.mean_) / self.scale_
         C = self._choose_C(Xs, y_idx, val)
@@ -536,7 +537,7 @@ class LogisticHead(_Head):
         return float(np.atleast_1d(cv.fit(Xs, y_idx).C_)[0])
 
     def _fit_large(self, X, y_idx, val):
-        """The same model on ``CHUNKED_SOLVER_ROWS`` rows or more, without a standardised copy of X.
+        """The same model on ``CHUNKED_SOLVER_VALUES`` values or more, without a standardised copy of X.
 
         L-BFGS on scikit-learn's objective (mean log-loss, weighted by class,
         plus ``||W||^2 / (2 C n)``), with the standardisation folded into the

@@ -79,7 +79,7 @@ def test_dense_head_streams_bounded_blocks_from_the_cache(cached, reads, monkeyp
 
 
 def test_chunked_logistic_solver_is_scikit_learns_model(monkeypatch):
-    """Past CHUNKED_SOLVER_ROWS the logistic head solves the same objective over float32 chunks."""
+    """Past CHUNKED_SOLVER_VALUES the logistic head solves the same objective over float32 chunks."""
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(1)
@@ -87,7 +87,7 @@ def test_chunked_logistic_solver_is_scikit_learns_model(monkeypatch):
     for k in (2, 3):
         y = np.array(["a", "b", "c"])[(X[:, 0] + X[:, 1] * (k - 2) + rng.normal(0, 2, 600) > 3).astype(int) + (k - 2)
                                       * (X[:, 2] > 4)]
-        monkeypatch.setattr(H, "CHUNKED_SOLVER_ROWS", 100)
+        monkeypatch.setattr(H, "CHUNKED_SOLVER_VALUES", 1000)
         monkeypatch.setattr(H, "WARM_START_ROWS", 50)
         monkeypatch.setattr(H, "CHUNK_ROWS", 128)
         head = H.LogisticHead(C=0.3, class_weight="balanced").fit(X, y)
