@@ -4,7 +4,8 @@ A synthetic extraction of N rows (class-structured Gaussian rows, so the
 heads learn something; 90% train, 10% test) is written through the real cache
 API in shards of 10,000 rows, the way extraction flushes, with one dataset
 view. Each step then runs in its own Python process under ``/usr/bin/time -v``,
-so its peak RSS is its own:
+so its peak RSS is its own; its CPU seconds (user + system) are printed beside
+the wall time, since on a shared machine the wall time mostly measures the others:
 
 - ``load``: ``featx.load_features()`` (the whole matrix in memory);
 - ``load-lazy``: ``load_features(lazy=True)`` (the index only);
@@ -101,8 +102,11 @@ def measure(step: str, cache_dir: Path, out: Path, args: dict) -> dict:
     seconds = time.perf_counter() - t
     peak_kb = next((int(line.split(":")[1]) for line in proc.stderr.splitlines()
                     if "Maximum resident set size" in line), None)
+    cpu = sum(float(line.split(":")[1]) for line in proc.stderr.splitlines()
+              if line.strip().startswith(("User time (seconds)", "System time (seconds)")))
     result = next((json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
-    row = {"step": step, "seconds": round(seconds, 1), "peak_rss_gb": None if peak_kb is None else round(peak_kb / 2**20, 2)}
+    row = {"step": step, "seconds": round(seconds, 1), "cpu_s": round(cpu, 1),
+           "peak_rss_gb": None if peak_kb is None else round(peak_kb / 2**20, 2)}
     if result is None:
         errs = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(("\t", "I0000", "W0000"))]
         row["error"] = (errs or ["?"])[-1][:300]
@@ -148,9 +152,10 @@ def main() -> None:
             for step in steps:
                 row = measure(step, root, a.scratch / f"heads-{n}-{step}", args)
                 row["rows"] = n
-                print(f"{n:>9,} {step:<10} {row['seconds']:8.1f} s  peak {row['peak_rss_gb']} GB  "
+                print(f"{n:>9,} {step:<10} {row['seconds']:8.1f} s wall {row['cpu_s']:8.1f} s cpu  "
+                      f"peak {row['peak_rss_gb']} GB  "
                       + "  ".join(f"{k}={v}" for k, v in row.items()
-                                  if k not in ("step", "seconds", "peak_rss_gb", "rows") and v not in (None, "")),
+                                  if k not in ("step", "seconds", "cpu_s", "peak_rss_gb", "rows") and v not in (None, "")),
                       flush=True)
                 if a.json:
                     with open(a.json, "a") as fh:

@@ -197,6 +197,14 @@ def fit_head(
     Returns
     -------
     FitResult
+
+    Notes
+    -----
+    From ``selection.SCALE_ROWS`` (50,000) training rows of one extraction
+    the rows stay on disk (``load_features(lazy=True)``): the selection (or
+    the auto search) runs on a stratified subsample of ``SELECT_ROWS``
+    (20,000) of them and the chosen configuration is refitted on every
+    row; the report says so. See docs/scale.md.
     """
     from .selection import (SCALE_ROWS, SELECT_ROWS, cv_protocol, feature_set_names, fit_for_scoring,
                             heads_split_record, leaderboard_table, search, select, stratified_subsample, val_protocol)
