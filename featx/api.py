@@ -206,7 +206,7 @@ def fit_head(
     (20,000) of them and the chosen configuration is refitted on every
     row; the report says so. See docs/scale.md.
     """
-    from .selection import (SCALE_ROWS, SELECT_ROWS, cv_protocol, feature_set_names, fit_for_scoring,
+    from .selection import (EARLY_STOPPING_KINDS, SCALE_ROWS, SELECT_ROWS, cv_protocol, feature_set_names, fit_for_scoring,
                             heads_split_record, leaderboard_table, search, select, stratified_subsample, val_protocol)
 
     auto = head == "auto"
@@ -300,6 +300,11 @@ def fit_head(
         est = make_head(kind, **{**final_params, **best.chosen}).fit(X, y)
     elif refit_all:
         est = make_head(kind, **{**final_params, **best.chosen}).fit(X, y)
+    elif kind in EARLY_STOPPING_KINDS:
+        # the validated model stopped on an inner split of train: the head is refitted on all of train
+        # with the epochs or trees it chose, so it loses no training row
+        n_fit = len(protocol.pairs[0][0])
+        est = make_head(kind, **{**final_params, **best.chosen}).fit(X[:n_fit], y[:n_fit])
     else:
         est = best.estimator
     fit_s = time.perf_counter() - t0

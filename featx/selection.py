@@ -18,8 +18,8 @@ rows (:func:`early_stopping_split`: 10% of them, stratified, at most
 ``EARLY_STOP_MAX_ROWS``), never on the rows they are scored on: a score that
 also chose the epoch or the tree count would flatter them against the
 logistic head, whose only choice (C) is the one every kind makes on the
-score rows. With the ``val`` protocol the model kept is that fold model, so
-it has seen 90% of train. The normalisation statistics (``standard``) and
+score rows. With the ``val`` protocol ``fit-head`` then refits the chosen
+configuration on all of train with the epochs or trees it stopped at. The normalisation statistics (``standard``) and
 the logistic head's standardisation are learnt per fit, on fit rows only.
 
 :func:`search` runs the ``--head auto`` search: head kind x feature set x
