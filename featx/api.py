@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import os
@@ -55,36 +56,38 @@ def _as_list(value) -> list:
     return [str(v) for v in value]
 
 
-def load_parts(cache: Cache, data=None, backbone=None, extraction=None) -> list[Features]:
+def load_parts(cache: Cache, data=None, backbone=None, extraction=None, lazy: bool = False) -> list[Features]:
     """The extractions named (several for fusion), or the latest one.
 
     ``extraction`` and ``backbone`` may each be a list (or a comma-separated
     string): one extraction per item, in order, all of the same dataset.
+    ``lazy`` leaves the rows on disk (see :func:`featx.load_features`).
     """
     extractions, backbones = _as_list(extraction), _as_list(backbone)
+    load = functools.partial(load_features, lazy=lazy)
     if not extractions and len(backbones) <= 1:
-        return [load_features(data, backbone, cache_dir=cache.root)]
+        return [load(data, backbone, cache_dir=cache.root)]
     if extractions and backbones:
         raise HeadError("Name the extractions to fuse either by --extraction or by --backbone, not both.")
     if extractions:
-        parts = [load_features(data, cache_dir=cache.root, extraction=e) for e in extractions]
+        parts = [load(data, cache_dir=cache.root, extraction=e) for e in extractions]
     else:
         if data is None:
             data = find_view(cache).source
-        parts = [load_features(data, b, cache_dir=cache.root) for b in backbones]
+        parts = [load(data, b, cache_dir=cache.root) for b in backbones]
     names = [p.extraction.name for p in parts]
     if len(set(names)) < len(names):
         raise HeadError(f"The same extraction is named twice: {', '.join(names)}.")
     return parts
 
 
-def dataset_parts(cache: Cache, source: str) -> list[Features]:
+def dataset_parts(cache: Cache, source: str, lazy: bool = False) -> list[Features]:
     """Every extraction of one dataset, oldest first (the pool ``--head auto`` searches)."""
     seen, parts = set(), []
     for view in cache.views():
         if view.source == source and view.extraction not in seen:
             seen.add(view.extraction)
-            parts.append(load_features(source, cache_dir=cache.root, extraction=view.extraction))
+            parts.append(load_features(source, cache_dir=cache.root, extraction=view.extraction, lazy=lazy))
     return parts
 
 
@@ -196,9 +199,17 @@ def fit_head(
     Returns
     -------
     FitResult
+
+    Notes
+    -----
+    From ``selection.SCALE_ROWS`` (50,000) training rows of one extraction
+    the rows stay on disk (``load_features(lazy=True)``): the selection (or
+    the auto search) runs on a stratified subsample of ``SELECT_ROWS``
+    (20,000) of them and the chosen configuration is refitted on every
+    row; the report says so. See docs/scale.md.
     """
-    from .selection import (cv_protocol, feature_set_names, heads_split_record, leaderboard_table, search, select,
-                            val_protocol)
+    from .selection import (EARLY_STOPPING_KINDS, SCALE_ROWS, SELECT_ROWS, cv_protocol, feature_set_names, fit_for_scoring,
+                            heads_split_record, leaderboard_table, search, select, stratified_subsample, val_protocol)
 
     auto = head == "auto"
     for kind in auto_heads if auto else [head]:
@@ -206,27 +217,44 @@ def fit_head(
     if selection not in ("auto", "cv", "val"):
         raise HeadError(f"selection must be 'auto', 'cv' or 'val'. Received: selection={selection!r}")
     cache = Cache(cache_dir)
-    parts = load_parts(cache, data, backbone, extraction)
+    parts = load_parts(cache, data, backbone, extraction, lazy=True)
     if auto and len(parts) == 1 and extraction is None and (backbone is None or len(_as_list(backbone)) <= 1):
-        parts = dataset_parts(cache, parts[0].view.source) or parts
+        parts = dataset_parts(cache, parts[0].view.source, lazy=True) or parts
+    # From SCALE_ROWS training rows (one extraction) the rows stay on disk: selection runs on
+    # a stratified subsample and the chosen head is refitted on every row.
+    scale = len(parts) == 1 and int((parts[0].split == "train").sum()) >= SCALE_ROWS
+    if not scale:
+        parts = [_in_memory(p) for p in parts]
     feats, widths = _joined(parts, log)
     _check_labeled(feats)
     names = feats.class_names
     protocol_kind = selection if selection != "auto" else ("val" if "val" in feats.splits else "cv")
+    subsample_note = ""
     if protocol_kind == "val":
         sp = make_splits(feats, val_split, seed)
         train, val, test = sp.train, sp.val, sp.test
         made_val = sp.made_val
-        X = np.concatenate([train.X, val.X])
-        y = np.concatenate([_names(train, names), _names(val, names)])
-        protocol = val_protocol(len(train), len(val), seed)
+        sel_train, sel_val = train, val
+        if scale:
+            sel_train = train.subset(stratified_subsample(train.y, SELECT_ROWS, seed))
+            sel_val = val.subset(stratified_subsample(val.y, SELECT_ROWS // 4, seed))
+        X = np.concatenate([np.asarray(sel_train.X), np.asarray(sel_val.X)])
+        y = np.concatenate([_names(sel_train, names), _names(sel_val, names)])
+        protocol = val_protocol(len(sel_train), len(sel_val), seed)
     else:
         train = feats.only("train")
         val = feats.only("val") if "val" in feats.splits else None
         test = feats.only("test") if "test" in feats.splits else None
         made_val = False
-        X, y = train.X, _names(train, names)
-        protocol = cv_protocol(train.y, names, folds, seed)
+        sel_train = train.subset(stratified_subsample(train.y, SELECT_ROWS, seed)) if scale else train
+        X, y = np.asarray(sel_train.X), _names(sel_train, names)
+        protocol = cv_protocol(sel_train.y, names, folds, seed)
+    if scale:
+        subsample_note = (f"selected on a stratified subsample of {len(sel_train):,} of {len(train):,} train rows"
+                          + (f" and {len(sel_val):,} of {len(val):,} val rows" if protocol_kind == "val" else "")
+                          + f", then refitted on all {len(train):,} train rows")
+        if log:
+            log(f"{len(train):,} train rows: {subsample_note}")
     base = {"seed": seed, "class_weight": class_weight}
     t0 = time.perf_counter()
     labels_ = _part_labels(parts)
@@ -241,14 +269,15 @@ def fit_head(
         kind = best.kind
         chosen_cols = sets[best.features]
         used = [labels_.index(n) for n in best.features.split("+")]
-        X = X[:, chosen_cols]
         parts = [parts[i] for i in used]
         widths = [widths[i] for i in used]
-        train, val, test = (None if f is None else _columns(f, chosen_cols) for f in (train, val, test))
+        if len(chosen_cols) < X.shape[1]:  # a single extraction at scale keeps all its columns, on disk
+            X = X[:, chosen_cols]
+            train, val, test = (None if f is None else _columns(f, chosen_cols) for f in (train, val, test))
     else:
         kind = head
         best, trials = select(kind, X, y, protocol, {**base, **params}, "+".join(labels_), log=log,
-                              budget_s=time_budget, holdout_ok=selection == "auto")
+                              budget_s=time_budget, holdout_ok=selection == "auto" and not scale)
         if best.holdout is not None:
             # Cross-validation would take too long: chosen on fold 1, whose model is kept.
             fit_rows, val_rows = best.holdout
@@ -259,10 +288,25 @@ def fit_head(
             protocol, protocol_kind, made_val = val_protocol(len(fit_rows), len(val_rows), seed), "val", True
             val_split = len(val_rows) / (len(fit_rows) + len(val_rows))
     final_params = {**base, **best.params}
-    if protocol_kind == "cv":
+    if scale:
+        # Every train row (and val with refit_all). The dense head stops early again, on an inner
+        # split; LightGBM builds the trees chosen on the subsample, which bounds the refit's cost.
+        rows = feats.subset(np.isin(feats.split, ["train", "val"])) if protocol_kind == "val" and refit_all else train
+        if kind == "lightgbm":
+            est = make_head(kind, **{**final_params, **best.chosen}).fit(rows.X, _names(rows, names))
+        else:
+            chosen = {k: v for k, v in best.chosen.items() if k != "epochs"}
+            est, _ = fit_for_scoring(kind, {**final_params, **chosen}, rows.X, _names(rows, names),
+                                     np.arange(len(rows)), seed)
+    elif protocol_kind == "cv":
         est = make_head(kind, **{**final_params, **best.chosen}).fit(X, y)
     elif refit_all:
         est = make_head(kind, **{**final_params, **best.chosen}).fit(X, y)
+    elif kind in EARLY_STOPPING_KINDS:
+        # the validated model stopped on an inner split of train: the head is refitted on all of train
+        # with the epochs or trees it chose, so it loses no training row
+        n_fit = len(protocol.pairs[0][0])
+        est = make_head(kind, **{**final_params, **best.chosen}).fit(X[:n_fit], y[:n_fit])
     else:
         est = best.estimator
     fit_s = time.perf_counter() - t0
@@ -272,7 +316,7 @@ def fit_head(
             raise HeadError("--calibrate fits a temperature on a validation split, and this head has none "
                             "(chosen by cross-validation on train without a val/ split). Pass --selection val "
                             "or add a val/ split.")
-        validated = best.estimator if protocol_kind == "val" and best.estimator is not None else est
+        validated = best.estimator if protocol_kind == "val" and best.estimator is not None and not scale else est
         calibration = _calibrate(validated, val, names)
 
     by_split = {"train": _score(est, train, names, top_k)}
@@ -316,7 +360,7 @@ def fit_head(
         "source": first.view.source, "fit_seconds": fit_s, "refit_all": record["refit_all"], "classes": names,
         "splits": by_split, "selection": {"protocol": protocol_kind, "folds": protocol.folds, "chosen": best.chosen,
                                           "normalise": best.normalise, "score": best.mean, "spread": best.std,
-                                          "note": best.holdout_note},
+                                          "note": best.holdout_note, "subsample": subsample_note or None},
         "leaderboard": board,
     }
     if cv:
@@ -346,7 +390,7 @@ def fit_head(
         described_protocol = (f"fold 1 of {full_cv}, its {len(val)} held-out rows kept as the validation split "
                               f"({best.holdout_note.split(': ', 1)[1]}; --time-budget or --selection cv for the full CV)")
     report.insert(0, f"selection: {described_protocol}; chosen {kind} normalise={best.normalise}"
-                     + (f" {chosen}" if chosen else ""))
+                     + (f" {chosen}" if chosen else "") + (f"; {subsample_note}" if subsample_note else ""))
     described = feats.describe() if len(parts) == 1 else (
         f"{' + '.join(_part_labels(parts))} on {first.view.source} ({len(feats)} images; {len(names)} classes)")
     table = leaderboard_table(board, BOARD_COLUMNS[protocol_kind]) if auto or len(trials) > 1 else ""
@@ -375,6 +419,13 @@ def _part_labels(parts: list[Features]) -> list[str]:
     from .fusion import labels
 
     return labels(parts)
+
+
+def _in_memory(f: Features) -> Features:
+    """The same features with their rows read into memory."""
+    if not f.lazy:
+        return f
+    return Features(np.asarray(f.X), f.y, f.paths, f.sha256, f.split, f.class_names, f.extraction, f.view)
 
 
 def _columns(f: Features, cols) -> Features:

@@ -13,13 +13,110 @@ from .cache import Cache, DatasetView, Extraction
 from .errors import BrokenExtraction, CacheError, HeadError
 
 
+# Rows per read when a head or a prediction walks on-disk rows: 8,192 x 2,048 float32
+# rows are 64 MB, a bounded working set that still reads each shard in long runs.
+CHUNK_ROWS = 8192
+
+
+class CachedRows:
+    """Feature rows that stay on disk: an extraction and the sha256 of each row.
+
+    What ``load_features(..., lazy=True)`` puts in ``Features.X``. It has an
+    array's ``shape``, ``dtype`` and ``len``; ``np.asarray(rows)`` (or
+    ``rows[idx]``) reads rows into memory, ``rows.subset(idx)`` selects rows
+    without reading any, and :meth:`chunks` walks them in bounded pieces.
+    Rows are read through :meth:`featx.cache.Extraction.read`, with one
+    sha256 -> (shard, row) index built on first use and kept.
+
+    Attributes
+    ----------
+    extraction : Extraction
+    sha256 : ndarray of str, shape (n,)
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __init__(self, extraction: Extraction, sha256, index: dict | None = None):
+        self.extraction = extraction
+        self.sha256 = np.asarray(sha256, dtype=object)
+        self._index = index
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.sha256), int(self.extraction.meta["feature_width"]))
+
+    def __len__(self) -> int:
+        return len(self.sha256)
+
+    def __repr__(self) -> str:
+        return f"CachedRows({self.shape[0]} x {self.shape[1]} of {self.extraction.name})"
+
+    def index(self) -> dict:
+        if self._index is None:
+            self._index = self.extraction.index()
+        return self._index
+
+    def subset(self, idx) -> "CachedRows":
+        """The rows selected by a boolean mask or an index array; nothing is read."""
+        return CachedRows(self.extraction, self.sha256[idx], self._index)
+
+    def read(self, idx=None) -> np.ndarray:
+        """Rows ``idx`` (all by default) as a float32 array, in that order."""
+        shas = self.sha256 if idx is None else self.sha256[idx]
+        if len(shas) == 0:
+            return np.empty((0, self.shape[1]), np.float32)
+        return self.extraction.read(list(shas), index=self.index())
+
+    def storage_order(self) -> np.ndarray:
+        """Row positions sorted by where they are stored (shard, row): reads in this order are sequential."""
+        index = self.index()
+        shards = {p: i for i, p in enumerate(sorted({index[s][0] for s in self.sha256}))}
+        where = np.array([(shards[index[s][0]], index[s][1]) for s in self.sha256], dtype=np.int64).reshape(-1, 2)
+        return np.lexsort((where[:, 1], where[:, 0]))
+
+    def chunks(self, rows: int | None = None):
+        """(positions, float32 rows) pieces of at most ``rows`` (CHUNK_ROWS) rows, covering every row once in storage order."""
+        rows = rows or CHUNK_ROWS
+        order = self.storage_order()
+        for start in range(0, len(order), rows):
+            pos = order[start:start + rows]
+            yield pos, self.read(pos)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.read()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, tuple):
+            rows, cols = key[0], key[1:]
+            return self.read(np.arange(len(self))[rows])[(slice(None), *cols)]
+        return self.read(np.arange(len(self))[key])
+
+
+def array_chunks(X, rows: int | None = None):
+    """(positions, rows) pieces of an array or :class:`CachedRows`, each at most ``rows`` (CHUNK_ROWS) rows."""
+    rows = rows or CHUNK_ROWS
+    if isinstance(X, CachedRows):
+        yield from X.chunks(rows)
+        return
+    for start in range(0, len(X), rows):
+        yield np.arange(start, min(start + rows, len(X))), X[start:start + rows]
+
+
+def take_rows(X, idx):
+    """Rows ``idx`` of an array, or a :class:`CachedRows` subset of them (nothing read)."""
+    return X.subset(idx) if isinstance(X, CachedRows) else X[idx]
+
+
 @dataclass
 class Features:
     """Cached features of one dataset through one extraction.
 
     Attributes
     ----------
-    X : ndarray, shape (n_images, feature_width), float32
+    X : ndarray, shape (n_images, feature_width), float32; or CachedRows
+        :class:`CachedRows` (rows left on disk, read on demand) when loaded with ``lazy=True``.
     y : ndarray, shape (n_images,), int
         Index into ``class_names``; -1 for unlabeled images.
     paths, sha256, split : ndarray of str, shape (n_images,)
@@ -64,10 +161,15 @@ class Features:
         present = set(self.split.tolist())
         return [s for s in ("train", "val", "test", "") if s in present]
 
+    @property
+    def lazy(self) -> bool:
+        """Whether the rows are left on disk (:class:`CachedRows`)."""
+        return isinstance(self.X, CachedRows)
+
     def subset(self, mask) -> "Features":
-        """The rows selected by a boolean mask or index array."""
+        """The rows selected by a boolean mask or index array (not read, when lazy)."""
         return Features(
-            self.X[mask], self.y[mask], self.paths[mask], self.sha256[mask], self.split[mask],
+            take_rows(self.X, mask), self.y[mask], self.paths[mask], self.sha256[mask], self.split[mask],
             self.class_names, self.extraction, self.view,
         )
 
@@ -149,6 +251,7 @@ def load_features(
     cache_dir: str | os.PathLike | None = None,
     extraction: str | None = None,
     split: str | None = None,
+    lazy: bool = False,
 ) -> Features:
     """Load cached features in one call.
 
@@ -166,6 +269,10 @@ def load_features(
         An extraction directory name (or unique prefix) from ``featx cache list``.
     split : {"train", "val", "test"}, optional
         Only rows of this split.
+    lazy : bool
+        Leave the rows on disk: ``X`` is a :class:`CachedRows`, read on
+        demand (the heads stream it; ``np.asarray(f.X)`` loads it). Memory
+        then holds the row index, not the matrix.
 
     Examples
     --------
@@ -184,7 +291,15 @@ def load_features(
             f"The extraction {view.extraction} behind {view.source} was removed. Run `featx extract` again."
         ) from None
     cols = cache.read_view(view)
-    X = ext.read(list(cols["sha256"]))
+    if lazy:
+        X = CachedRows(ext, cols["sha256"])
+        index = X.index()
+        missing = [s for s in X.sha256 if s not in index]
+        if missing:  # an error now, not halfway through a head
+            raise CacheError(f"{len(missing)} images are not in extraction {ext.name} (first: {missing[0][:12]}). "
+                             "Run `featx extract` again to compute them.")
+    else:
+        X = ext.read(list(cols["sha256"]))
     feats = Features(X, cols["label"].astype(np.int64), cols["path"], cols["sha256"], cols["split"],
                      view.class_names, ext, view)
     return feats.only(split) if split else feats

@@ -26,9 +26,18 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import HeadError, HeadParamError
 from .params import Interval, Options, check_params
-from .normalise import NORMALISATIONS, normalise, normaliser_stats
+from .features import CHUNK_ROWS, CachedRows, array_chunks
+from .normalise import NORMALISATIONS, column_moments, normalise, normalise_in_place, normaliser_stats, row_pieces
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+# From this many values (rows x width) the logistic head solves with L-BFGS over float32
+# chunks of X, warm-started from scikit-learn's fit on WARM_START_ROWS rows. Below it,
+# scikit-learn fits a standardised float64 copy and holds about two more: 90,000 x 2,048
+# rows (0.74 GB) peaked at 3.9 GB that way; 1M x 2,048 would need over 40 GB.
+CHUNKED_SOLVER_VALUES = 50_000_000
+WARM_START_ROWS = 20_000
+# The LightGBM head's projection is learnt on at most this many rows.
+PCA_FIT_ROWS = 50_000
 
 # Every file a head folder may hold: saving removes them all first, so a
 # folder reused for another kind of head keeps nothing of the old one.
@@ -86,23 +95,50 @@ class _Head(ClassifierMixin, BaseEstimator):
         """Check every parameter against ``_parameter_constraints`` (scikit-learn's declarative style)."""
         check_params(self._parameter_constraints, self.get_params(deep=False), type(self).__name__, HeadParamError)
 
-    def _encode(self, X, y):
-        """Validate parameters and data, encode labels, learn and apply the normalisation."""
+    def _encode(self, X, y, stream: bool = False):
+        """Validate parameters and data, encode labels, learn and apply the normalisation.
+
+        ``X`` may be :class:`~featx.features.CachedRows` (rows on disk). With
+        ``stream`` they stay there (the statistics are gathered chunk by
+        chunk and the rows come back as they are); otherwise they are read
+        into one float32 array that the head owns and normalises in place,
+        so a million rows cost their own size and no copy on top.
+        """
         self._check_params()
+        if isinstance(X, CachedRows):
+            if stream:
+                y = np.asarray(y)
+                if len(y) != len(X):
+                    raise ValueError(f"X has {len(X)} rows but y has {len(y)}.")
+                self.n_features_in_ = X.shape[1]
+                y_idx = self._classes(y)
+                self.norm_stats_ = normaliser_stats(None, self.normalise, chunks=(c for _, c in X.chunks()))
+                return X, y_idx
+            X = X.read()
+            X, y = validate_data(self, X, y, dtype=np.float32)
+            y_idx = self._classes(y)
+            self.norm_stats_ = normaliser_stats(X, self.normalise)
+            return normalise_in_place(X, self.normalise, self.norm_stats_), y_idx
         X, y = validate_data(self, X, y, dtype=np.float32)
+        y_idx = self._classes(y)
+        self.norm_stats_ = normaliser_stats(X, self.normalise)
+        return normalise(X, self.normalise, self.norm_stats_), y_idx
+
+    def _classes(self, y) -> np.ndarray:
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise HeadError(
                 f"{type(self).__name__} needs at least 2 classes to learn from; got one class: {self.classes_.tolist()}."
             )
-        self.norm_stats_ = normaliser_stats(X, self.normalise)
-        return normalise(X, self.normalise, self.norm_stats_), y_idx
+        return y_idx
 
     def _eval(self, eval_set):
         if eval_set is None:
             return None
         Xv, yv = eval_set
+        if isinstance(Xv, CachedRows):
+            Xv = Xv.read()
         Xv = normalise(validate_data(self, Xv, reset=False, dtype=np.float32), self.normalise, self.norm_stats_)
         index = {c: i for i, c in enumerate(self.classes_)}
         unknown = sorted({str(v) for v in np.asarray(yv).tolist() if v not in index})
@@ -114,8 +150,11 @@ class _Head(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)  # checks fitting first
         return self.classes_[np.argmax(proba, axis=1)]
 
-    def _check_X(self, X):
-        """Validated and normalised features, ready for the model.
+    def predict_proba(self, X):
+        return self._by_chunks(X, self._proba)
+
+    def _by_chunks(self, X, fn):
+        """``fn`` of the validated, normalised rows, CHUNK_ROWS at a time (rows on disk are read chunk by chunk).
 
         ``X`` may be a :class:`featx.Features` (what ``load_features``
         returns): the head then checks that they come from the extraction it
@@ -126,6 +165,19 @@ class _Head(ClassifierMixin, BaseEstimator):
         if hasattr(X, "extraction") and hasattr(X, "X"):
             self._check_extraction(X)
             X = X.X
+        if not isinstance(X, (CachedRows, np.ndarray)) or len(X) <= CHUNK_ROWS:  # lists, frames: in one piece
+            return fn(self._check_X(X))
+        out = None
+        for pos, rows in array_chunks(X):
+            part = fn(self._check_X(rows))
+            if out is None:
+                out = np.empty((len(X), *part.shape[1:]), dtype=part.dtype)
+            out[pos] = part
+        return out
+
+    def _check_X(self, X):
+        """Validated and normalised features (an array), ready for the model."""
+        check_is_fitted(self, "classes_")
         X = validate_data(self, X, reset=False, dtype=np.float32)
         return normalise(X, self.normalise, getattr(self, "norm_stats_", None))
 
@@ -194,6 +246,48 @@ def _best_epoch(losses, min_delta: float) -> int:
         if loss < best - min_delta:
             best, at = loss, i
     return at + 1
+
+
+def _row_batches(keras, rows: CachedRows, y_idx: np.ndarray, batch: int, prep, seed: int, class_weights=None):
+    """A ``keras.utils.PyDataset`` of (x, y[, sample weight]) batches streamed from rows on disk.
+
+    The rows, in storage order, are cut into blocks of whole batches
+    (about CHUNK_ROWS rows); each epoch visits the blocks in a new random
+    order and shuffles the rows within each block. One block is read at a
+    time (one sequential read), so memory holds a block whatever the row
+    count. The number of batches is the same every epoch, as Keras expects.
+    """
+    order = rows.storage_order()
+    per_block = max(1, CHUNK_ROWS // batch)
+    blocks = [order[i:i + per_block * batch] for i in range(0, len(order), per_block * batch)]
+    cw = None if class_weights is None else np.array([class_weights[i] for i in range(len(class_weights))], np.float32)
+
+    class RowBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.rng = np.random.default_rng(seed)
+            self._block = (None, None, None)
+            self.on_epoch_end()
+
+        def on_epoch_end(self):
+            self.plan = [(b, start) for b in self.rng.permutation(len(blocks))
+                         for start in range(0, len(blocks[b]), batch)]
+            self._block = (None, None, None)
+
+        def __len__(self):
+            return len(self.plan)
+
+        def __getitem__(self, i):
+            b, start = self.plan[i]
+            if self._block[0] != b:
+                pos = np.sort(blocks[b])
+                shuffled = self.rng.permutation(len(pos))
+                self._block = (b, prep(rows.read(pos))[shuffled], y_idx[pos][shuffled])
+            _, x, y = self._block
+            x, y = x[start:start + batch], y[start:start + batch]
+            return (x, y) if cw is None else (x, y, cw[y])
+
+    return RowBatches()
 
 
 class DenseHead(_Head):
@@ -265,15 +359,18 @@ class DenseHead(_Head):
             raise HeadParamError(f"The 'hidden' parameter of DenseHead must be positive widths like (256,) or "
                                  f"(512, 128). Got {self.hidden!r} instead.")
 
-    def _build(self, X, n_classes, steps: int = 1):
+    def _build(self, X, n_classes, steps: int = 1, moments=None):
         from .runtime import import_keras
 
         keras = import_keras()
         keras.utils.set_random_seed(self.seed)
         hidden = [int(h) for h in (self.hidden if isinstance(self.hidden, (tuple, list)) else [self.hidden])]
         inp = keras.Input((X.shape[1],), name="features")
-        norm = keras.layers.Normalization(name="head_norm")
-        norm.adapt(X)
+        if moments is None:
+            norm = keras.layers.Normalization(name="head_norm")
+            norm.adapt(X)
+        else:  # gathered chunk by chunk from rows on disk
+            norm = keras.layers.Normalization(mean=moments[0], variance=moments[1], name="head_norm")
         x = norm(inp)
         for i, width in enumerate(hidden):
             x = keras.layers.Dense(width, name=f"head_dense_{i}")(x)
@@ -292,11 +389,28 @@ class DenseHead(_Head):
         return model, keras
 
     def fit(self, X, y, eval_set=None):
-        """Train; ``eval_set=(X_val, y_val)`` drives early stopping and LR schedule."""
-        X, y_idx = self._encode(X, y)
+        """Train; ``eval_set=(X_val, y_val)`` drives early stopping and LR schedule.
+
+        ``X`` may be :class:`~featx.features.CachedRows`: the rows are then
+        streamed from the cache by a ``keras.utils.PyDataset`` (blocks of
+        whole batches read in storage order, the blocks and the rows within
+        each shuffled every epoch), so memory holds a block, not the matrix.
+        """
+        stream = isinstance(X, CachedRows)
+        X, y_idx = self._encode(X, y, stream=stream)
         val = self._eval(eval_set)
         batch = int(self.batch_size)
-        model, keras = self._build(X, len(self.classes_), steps=-(-len(X) // batch))
+        n_classes = len(self.classes_)
+        weights = _class_weights(y_idx, n_classes, self.class_weight)
+        if stream:
+            prep = lambda rows: normalise(rows, self.normalise, self.norm_stats_)  # noqa: E731
+            mean, var, _ = column_moments(prep(c) for _, c in X.chunks())
+            model, keras = self._build(X, n_classes, steps=-(-len(X) // batch), moments=(mean, var))
+            data = _row_batches(keras, X, y_idx, batch, prep, self.seed, weights)
+            fit_args = dict(x=data)
+        else:
+            model, keras = self._build(X, n_classes, steps=-(-len(X) // batch))
+            fit_args = dict(x=X, y=y_idx, batch_size=batch, class_weight=weights, shuffle=True)
         monitor = "val_loss" if val is not None else "loss"
         callbacks = [
             keras.callbacks.EarlyStopping(monitor=monitor, patience=self.patience, min_delta=MIN_DELTA,
@@ -304,19 +418,15 @@ class DenseHead(_Head):
             keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(1, self.patience // 2),
                                               min_lr=self.lr / 100),
         ]
-        hist = model.fit(
-            X, y_idx, validation_data=val, epochs=int(self.epochs), batch_size=batch,
-            class_weight=_class_weights(y_idx, len(self.classes_), self.class_weight),
-            callbacks=callbacks, verbose=self.verbose, shuffle=True,
-        )
+        hist = model.fit(**fit_args, validation_data=val, epochs=int(self.epochs), callbacks=callbacks,
+                         verbose=self.verbose)
         self.model_ = model
         self.history_ = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         losses = self.history_.get(monitor, [])
         self.best_epoch_ = _best_epoch(losses, MIN_DELTA) if losses else int(self.epochs)
         return self
 
-    def predict_proba(self, X):
-        X = self._check_X(X)
+    def _proba(self, X):
         return np.asarray(self.model_.predict(X, batch_size=1024, verbose=0), dtype=np.float64)
 
     def _save_model(self, d: Path):
@@ -385,28 +495,13 @@ class LogisticHead(_Head):
     def _fit(self, X, y, eval_set):
         X, y_idx = self._encode(X, y)
         val = self._eval(eval_set)
-        self.mean_ = X.mean(axis=0).astype(np.float64)
-        self.scale_ = X.std(axis=0).astype(np.float64)
+        mean, var, _ = column_moments(row_pieces(X))
+        self.mean_, self.scale_ = mean, np.sqrt(var)
         self.scale_[self.scale_ < 1e-12] = 1.0
+        if X.size >= CHUNKED_SOLVER_VALUES and len(X) > WARM_START_ROWS:
+            return self._fit_large(X, y_idx, val)
         Xs = (X - self.mean_) / self.scale_
-        if self.C is not None:
-            C = float(self.C)
-        elif val is not None:
-            Xv = (val[0] - self.mean_) / self.scale_
-            scores = []
-            for c in C_GRID:
-                m = self._model(c).fit(Xs, y_idx)
-                proba = m.predict_proba(Xv)
-                ll = -np.mean(np.log(np.clip(proba[np.arange(len(val[1])), val[1]], 1e-12, None)))
-                scores.append((-(m.predict(Xv) == val[1]).mean(), ll, c))
-            C = min(scores)[2]
-        else:
-            from sklearn.linear_model import LogisticRegressionCV
-
-            n_min = np.bincount(y_idx).min()
-            cv = LogisticRegressionCV(Cs=list(C_GRID), cv=min(3, max(2, n_min)), max_iter=self.max_iter,
-                                      class_weight=self.class_weight, random_state=self.seed, **_cv_explicit())
-            C = float(np.atleast_1d(cv.fit(Xs, y_idx).C_)[0]) if n_min >= 2 else 1.0
+        C = self._choose_C(Xs, y_idx, val)
         m = self._model(C).fit(Xs, y_idx)
         self.C_ = C
         self.n_iter_ = m.n_iter_
@@ -414,13 +509,101 @@ class LogisticHead(_Head):
         self.intercept_ = m.intercept_.astype(np.float64)
         return self
 
+    def _choose_C(self, Xs, y_idx, val):
+        """The given C; else the best of C_GRID on the eval set, else by 3-fold CV (on standardised rows)."""
+        if self.C is not None:
+            return float(self.C)
+        if val is not None:
+            Xv = (val[0] - self.mean_) / self.scale_
+            scores = []
+            for c in C_GRID:
+                m = self._model(c).fit(Xs, y_idx)
+                proba = m.predict_proba(Xv)
+                ll = -np.mean(np.log(np.clip(proba[np.arange(len(val[1])), val[1]], 1e-12, None)))
+                scores.append((-(m.predict(Xv) == val[1]).mean(), ll, c))
+            return min(scores)[2]
+        from sklearn.linear_model import LogisticRegressionCV
+
+        n_min = np.bincount(y_idx).min()
+        if n_min < 2:
+            return 1.0
+        cv = LogisticRegressionCV(Cs=list(C_GRID), cv=min(3, max(2, n_min)), max_iter=self.max_iter,
+                                  class_weight=self.class_weight, random_state=self.seed, **_cv_explicit())
+        return float(np.atleast_1d(cv.fit(Xs, y_idx).C_)[0])
+
+    def _fit_large(self, X, y_idx, val):
+        """The same model on ``CHUNKED_SOLVER_VALUES`` values or more, without a standardised copy of X.
+
+        L-BFGS on scikit-learn's objective (mean log-loss, weighted by class,
+        plus ``||W||^2 / (2 C n)``), with the standardisation folded into the
+        weights so that X is only read, in CHUNK_ROWS pieces, as float32.
+        It starts from scikit-learn's fit on a stratified subsample (with C
+        scaled so that the penalty per row is the same), so few full passes
+        are needed. Without a C, C is chosen on that subsample (on the eval
+        set when there is one).
+        """
+        from scipy.optimize import minimize
+
+        rng = np.random.default_rng(self.seed)
+        sub = np.sort(rng.choice(len(X), size=min(len(X), WARM_START_ROWS), replace=False))
+        Xs_sub = (X[sub] - self.mean_) / self.scale_
+        n, k = len(X), len(self.classes_)
+        C = self._choose_C(Xs_sub, y_idx[sub], val)  # at the subsample's size
+        warm = self._model(C * n / len(sub)).fit(Xs_sub, y_idx[sub])
+        del Xs_sub
+        cw = _class_weights(y_idx, k, self.class_weight)
+        sw = np.ones(n) if cw is None else np.array([cw[i] for i in range(k)])[y_idx]
+        total = sw.sum()
+        binary = k == 2
+        width = 1 if binary else k
+        Y = (y_idx == 1).astype(np.float64)[:, None] if binary else np.eye(k)[y_idx]
+        D = X.shape[1]
+        m32, inv_s = self.mean_.astype(np.float32), (1.0 / self.scale_)
+
+        def loss_grad(theta):
+            W, b = theta[:D * width].reshape(D, width), theta[D * width:]
+            Wx = (W * inv_s[:, None]).astype(np.float32)  # weights on raw X
+            c = b - (self.mean_ * inv_s) @ W
+            loss, gX, gsum = 0.0, np.zeros((D, width)), np.zeros(width)
+            for start in range(0, n, CHUNK_ROWS):
+                xc = X[start:start + CHUNK_ROWS]
+                z = (xc @ Wx).astype(np.float64) + c
+                yc, wc = Y[start:start + CHUNK_ROWS], sw[start:start + CHUNK_ROWS]
+                if binary:
+                    p = 1.0 / (1.0 + np.exp(-z))
+                    loss += float(wc @ (np.logaddexp(0.0, z[:, 0]) - yc[:, 0] * z[:, 0]))
+                else:
+                    zmax = z.max(axis=1, keepdims=True)
+                    lse = zmax[:, 0] + np.log(np.exp(z - zmax).sum(axis=1))
+                    p = np.exp(z - lse[:, None])
+                    loss += float(wc @ (lse - (yc * z).sum(axis=1)))
+                g = (p - yc) * wc[:, None]
+                gX += xc.T @ g.astype(np.float32)
+                gsum += g.sum(axis=0)
+            gW = (gX - np.outer(m32, gsum)) * inv_s[:, None] + W / C
+            value = (loss + 0.5 * float((W ** 2).sum()) / C) / total
+            return value, np.concatenate([gW.ravel(), gsum]) / total
+
+        coef = warm.coef_.T if not binary else warm.coef_.T[:, :1]
+        theta0 = np.concatenate([coef.ravel(), warm.intercept_[:width]])
+        res = minimize(loss_grad, theta0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": int(self.max_iter), "gtol": 1e-4, "ftol": 64 * np.finfo(float).eps})
+        W = res.x[:D * width].reshape(D, width)
+        self.C_ = C
+        self.n_iter_ = np.array([res.nit])
+        self.coef_ = W.T.astype(np.float64)
+        self.intercept_ = res.x[D * width:].astype(np.float64)
+        return self
+
     def decision_function(self, X):
-        X = self._check_X(X)
+        return self._by_chunks(X, self._decision)
+
+    def _decision(self, X):
         z = ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
         return z[:, 0] if z.shape[1] == 1 else z
 
-    def predict_proba(self, X):
-        z = self.decision_function(X)
+    def _proba(self, X):
+        z = self._decision(X)
         if z.ndim == 1:
             p = 1.0 / (1.0 + np.exp(-z))
             return np.column_stack([1 - p, p])
@@ -532,7 +715,14 @@ class LightGBMHead(_Head):
         if k and X.shape[1] > k and X.shape[0] > k:
             from sklearn.decomposition import PCA
 
-            pca = PCA(k, svd_solver="randomized", random_state=self.seed).fit(X)
+            # The projection is learnt on at most PCA_FIT_ROWS rows: PCA centres a copy of what it is given,
+            # which at 1M x 2,048 would be a second 8 GB; 50,000 rows pin 256 components down as well.
+            fit_rows = X
+            if len(X) > PCA_FIT_ROWS:
+                rng = np.random.default_rng(self.seed)
+                fit_rows = X[np.sort(rng.choice(len(X), PCA_FIT_ROWS, replace=False))]
+            pca = PCA(k, svd_solver="randomized", random_state=self.seed).fit(fit_rows)
+            del fit_rows
             self.pca_mean_, self.pca_components_ = pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
         X = self._project(X)
         if val is not None:
@@ -560,10 +750,14 @@ class LightGBMHead(_Head):
     def _project(self, X):
         if getattr(self, "pca_components_", None) is None:
             return X
-        return (X - self.pca_mean_) @ self.pca_components_.T
+        out = np.empty((len(X), len(self.pca_components_)), dtype=np.float32)
+        shift = self.pca_mean_ @ self.pca_components_.T  # (X - mean) @ P.T without a centred copy of X
+        for start in range(0, len(X), CHUNK_ROWS):
+            out[start:start + CHUNK_ROWS] = X[start:start + CHUNK_ROWS] @ self.pca_components_.T - shift
+        return out
 
-    def predict_proba(self, X):
-        X = self._project(self._check_X(X))
+    def _proba(self, X):
+        X = self._project(X)
         p = np.asarray(self.booster_.predict(X, num_iteration=self.best_iteration_), dtype=np.float64)
         return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 

@@ -33,15 +33,64 @@ def check_normalisation(kind: str) -> str:
     return kind
 
 
-def normaliser_stats(X: np.ndarray, kind: str) -> dict[str, np.ndarray]:
-    """What ``kind`` learns from training rows: mean and scale for ``standard``, nothing otherwise."""
+# Rows per piece when statistics are gathered: float64 copies of this many rows, not of the matrix.
+_STAT_ROWS = 8192
+
+
+def column_moments(chunks) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-column mean and (population) variance over row pieces, in float64; and the row count.
+
+    Pieces are merged with Chan et al.'s pairwise update, so memory holds one
+    piece at a time whatever the number of rows.
+    """
+    n, mean, m2 = 0, None, None
+    for c in chunks:
+        c = np.asarray(c, dtype=np.float64)
+        if not len(c):
+            continue
+        k, cm = len(c), c.mean(axis=0)
+        cm2 = ((c - cm) ** 2).sum(axis=0)
+        if mean is None:
+            n, mean, m2 = k, cm, cm2
+            continue
+        delta = cm - mean
+        total = n + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + cm2 + delta ** 2 * (n * k / total)
+        n = total
+    if mean is None:
+        raise ValueError("column_moments needs at least one row")
+    return mean, m2 / n, n
+
+
+def row_pieces(X, rows: int = _STAT_ROWS):
+    """Consecutive row slices of an array (views, no copies)."""
+    for start in range(0, len(X), rows):
+        yield X[start:start + rows]
+
+
+def normaliser_stats(X: np.ndarray, kind: str, chunks=None) -> dict[str, np.ndarray]:
+    """What ``kind`` learns from training rows: mean and scale for ``standard``, nothing otherwise.
+
+    ``chunks``, an iterable of row pieces, replaces ``X`` for rows that are
+    not in memory; either way the statistics are gathered piece by piece.
+    """
     check_normalisation(kind)
     if kind != "standard":
         return {}
-    X = np.asarray(X, dtype=np.float64)
-    scale = X.std(axis=0)
+    mean, var, _ = column_moments(chunks if chunks is not None else row_pieces(np.asarray(X)))
+    scale = np.sqrt(var)
     scale[scale < _EPS] = 1.0
-    return {"mean": X.mean(axis=0).astype(np.float32), "scale": scale.astype(np.float32)}
+    return {"mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
+
+
+def normalise_in_place(X: np.ndarray, kind: str, stats: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """:func:`normalise` written over ``X`` (a float32 array the caller owns), piece by piece: no second copy."""
+    if kind == "none":
+        return X
+    for piece in row_pieces(X):
+        piece[...] = normalise(piece, kind, stats)
+    return X
 
 
 def normalise(X: np.ndarray, kind: str, stats: dict[str, np.ndarray] | None = None) -> np.ndarray:

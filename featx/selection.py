@@ -13,9 +13,14 @@ score rows) pairs over the training matrix:
   split of train). The winner is the model fitted on train, or with
   ``refit_all`` the same configuration refitted on train + val.
 
-Dense and LightGBM heads stop early on the held-out rows of each pair, as
-they do on a validation split; the normalisation statistics (``standard``)
-and the logistic head's standardisation are learnt per fit, on fit rows only.
+Dense and LightGBM heads stop early on an inner split of each pair's fit
+rows (:func:`early_stopping_split`: 10% of them, stratified, at most
+``EARLY_STOP_MAX_ROWS``), never on the rows they are scored on: a score that
+also chose the epoch or the tree count would flatter them against the
+logistic head, whose only choice (C) is the one every kind makes on the
+score rows. With the ``val`` protocol ``fit-head`` then refits the chosen
+configuration on all of train with the epochs or trees it stopped at. The normalisation statistics (``standard``) and
+the logistic head's standardisation are learnt per fit, on fit rows only.
 
 :func:`search` runs the ``--head auto`` search: head kind x feature set x
 normalisation, by the same protocol, in two stages (see its docstring).
@@ -32,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import HeadError
+from .features import take_rows
 from .heads import C_GRID, make_head, one_blas_thread
 from .normalise import normalise, normaliser_stats
 
@@ -46,6 +52,36 @@ DENSE_BUDGET_S = 20.0
 # shows they fit in this many budgets (40 s by default), else it chooses on fold 1.
 CV_BUDGETS = 2
 DEFAULT_FOLDS = 5
+
+# The share of each fit set held out to stop the dense and LightGBM heads early,
+# and its cap: 20,000 rows measure the validation loss well enough, and a larger
+# set would only slow each epoch down at a million rows.
+EARLY_STOP_FRACTION = 0.1
+EARLY_STOP_MAX_ROWS = 20_000
+EARLY_STOPPING_KINDS = ("dense", "lightgbm")
+
+# From this many training rows `fit-head` selects on a stratified subsample of
+# SELECT_ROWS of them (CV or val scores, the auto search), then refits the chosen
+# configuration on every row: K folds x a grid of fits on a million rows would not
+# finish. What the row count moves most, epochs and trees, is early-stopped again in
+# the refit; C is taken as chosen at the subsample's size (not checked at scale).
+SCALE_ROWS = 50_000
+SELECT_ROWS = 20_000
+
+
+def stratified_subsample(y_idx: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of about ``size`` rows, each class in proportion (at least 2 rows of each, where it has them)."""
+    y_idx = np.asarray(y_idx)
+    if len(y_idx) <= size:
+        return np.arange(len(y_idx))
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(y_idx):
+        rows = np.flatnonzero(y_idx == c)
+        take = min(len(rows), max(2, int(round(size * len(rows) / len(y_idx)))))
+        out.append(rng.choice(rows, take, replace=False))
+    return np.sort(np.concatenate(out))
+
 
 # Normalisations worth trying per head kind: the logistic and dense heads
 # standardise internally, so "standard" would repeat "none" for them.
@@ -105,6 +141,42 @@ def cv_protocol(y_idx: np.ndarray, class_names: Sequence[str], folds: int = DEFA
 def val_protocol(n_train: int, n_val: int, seed: int = 0) -> Protocol:
     """One pair: the first ``n_train`` rows are fitted, the next ``n_val`` scored."""
     return Protocol("val", [(np.arange(n_train), np.arange(n_train, n_train + n_val))], seed)
+
+
+def early_stopping_split(y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Positions in ``y`` to fit on and to stop early on, or None when there are too few rows.
+
+    A stratified ``EARLY_STOP_FRACTION`` (at most ``EARLY_STOP_MAX_ROWS``,
+    at least one row per class) is held out; a class with a single row
+    stays in the fit part. Fewer than two rows per class and the head is
+    fitted without early stopping (fixed epochs or trees).
+    """
+    from sklearn.model_selection import train_test_split
+
+    y = np.asarray(y)
+    classes, y_idx = np.unique(y, return_inverse=True)
+    n_stop = min(max(int(round(EARLY_STOP_FRACTION * len(y))), len(classes)), EARLY_STOP_MAX_ROWS)
+    counts = np.bincount(y_idx)
+    if len(y) - n_stop < 2 * len(classes) or (counts >= 2).sum() < 2:
+        return None
+    pos = np.arange(len(y))
+    alone = np.isin(y_idx, np.flatnonzero(counts < 2))  # single rows cannot be stratified: fitted on
+    fit, stop = train_test_split(pos[~alone], test_size=n_stop, random_state=seed, stratify=y_idx[~alone])
+    return np.sort(np.concatenate([fit, pos[alone]])), np.sort(stop)
+
+
+def fit_for_scoring(kind: str, params: dict, X, y, fit_rows: np.ndarray, seed: int = 0):
+    """A head fitted on ``fit_rows``; the early-stopping kinds stop on an inner split of them.
+
+    ``X`` may be :class:`~featx.features.CachedRows`: the heads then read
+    (or, the dense head, stream) only the rows they are given. Returns the
+    estimator and the rows it stopped early on (None without).
+    """
+    inner = early_stopping_split(y[fit_rows], seed) if kind in EARLY_STOPPING_KINDS else None
+    if inner is None:
+        return make_head(kind, **params).fit(take_rows(X, fit_rows), y[fit_rows]), None
+    fit, stop = fit_rows[inner[0]], fit_rows[inner[1]]
+    return make_head(kind, **params).fit(take_rows(X, fit), y[fit], eval_set=(take_rows(X, stop), y[stop])), stop
 
 
 @dataclass
@@ -171,6 +243,9 @@ def evaluate(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, params
              keep_estimator: bool = False, deadline: float | None = None, start: Trial | None = None) -> Trial:
     """Fit ``kind(**params)`` on each pair's fit rows and score accuracy on its score rows.
 
+    The dense and LightGBM heads stop early on an inner split of the fit
+    rows (:func:`fit_for_scoring`), never on the score rows.
+
     Past ``deadline`` (a ``time.perf_counter()`` value) the remaining folds
     are not fitted and the trial comes back unscored, marked as skipped.
     ``start``, a trial of the same configuration on the first pair that kept
@@ -186,7 +261,7 @@ def evaluate(kind: str, X: np.ndarray, y: np.ndarray, protocol: Protocol, params
             trial.scores, trial.skipped = [], f"time budget (stopped after {len(ests)} of {len(protocol.pairs)} fits)"
             trial.seconds = time.perf_counter() - t
             return trial
-        est = make_head(kind, **params).fit(X[fit_rows], y[fit_rows], eval_set=(X[score_rows], y[score_rows]))
+        est, _ = fit_for_scoring(kind, params, X, y, np.asarray(fit_rows), protocol.seed)
         trial.scores.append(float((est.predict(X[score_rows]) == y[score_rows]).mean()))
         ests.append(est)
     trial.seconds = time.perf_counter() - t
@@ -325,11 +400,14 @@ def search(
     signal. With K folds the screen uses the first fold only, and the
     ``finalists`` best pairs are then scored on all K (screen rows rank
     after fully scored ones and are never chosen). Stage 2 scores the other kinds (default hyper-parameters,
-    early-stopped) on the ``finalists`` best feature set x normalisation
-    pairs of stage 1 until ``budget_s`` seconds from the start of the search
-    (stage 1 always completes); a trial still running then stops and what is
-    left out is listed as skipped. Every score comes
-    from the same ``protocol``.
+    early-stopped on an inner split of the fit rows) on the ``finalists``
+    best feature set x normalisation pairs of stage 1, best pair first for
+    every kind, until ``budget_s`` seconds from the start of the search.
+    Stage 1 always completes, and so does each kind's first candidate (on
+    the best pair), past the budget if need be, with a note saying so: a
+    kind left out because others spent the budget would never be in the
+    running. Other trials still running at the budget stop, and what is left
+    out is listed as skipped. Every score comes from the same ``protocol``.
     """
     base = dict(base or {})
     start = time.perf_counter()
@@ -356,24 +434,33 @@ def search(
             if log:
                 log(f"{t.features} {first} {t.normalise}: {best.score_text} ({_short(best.chosen)})")
     trials += stage1
-    done = set()
-    for kind in (k for k in kinds if k != first):
-        for name, norm in pairs[:finalists]:
-            if norm not in AUTO_NORMS[kind]:
-                norm = "none"
-            if (kind, name, norm) in done:
-                continue
-            done.add((kind, name, norm))
-            cfg = {**base, "normalise": norm}
-            used = time.perf_counter() - start
-            if used > budget_s:
-                trials.append(Trial(kind, cfg, name, skipped=f"time budget {budget_s:.0f}s: not fitted, {used:.0f}s used"))
-                continue
-            trial = evaluate(kind, feature_sets[name], y, protocol, cfg, name, keep_estimator=protocol.kind == "val",
-                             deadline=start + budget_s)
-            trials.append(trial)
-            if log and trial.scores:
-                log(f"{name} {kind} {norm}: {trial.score_text} ({trial.seconds:.1f}s)")
+    # Pair-major order: every kind's candidate on the best pair before any kind's second.
+    queue, done = [], set()
+    for name, norm in pairs[:finalists]:
+        for kind in (k for k in kinds if k != first):
+            norm_k = norm if norm in AUTO_NORMS[kind] else "none"
+            if (kind, name, norm_k) not in done:
+                done.add((kind, name, norm_k))
+                queue.append((kind, name, norm_k))
+    scored_kinds = set()
+    for kind, name, norm in queue:
+        cfg = {**base, "normalise": norm}
+        first_of_kind = kind not in scored_kinds
+        used = time.perf_counter() - start
+        if used > budget_s and not first_of_kind:
+            trials.append(Trial(kind, cfg, name, skipped=f"time budget {budget_s:.0f}s: not fitted, {used:.0f}s used"))
+            continue
+        # A kind's first candidate is scored in full even past the budget: else a budget
+        # spent by the screen and the kinds tried before it would crown them unopposed.
+        trial = evaluate(kind, feature_sets[name], y, protocol, cfg, name, keep_estimator=protocol.kind == "val",
+                         deadline=None if first_of_kind else start + budget_s)
+        if first_of_kind and time.perf_counter() - start > budget_s:
+            trial.note = f"past the {budget_s:.0f}s budget: each head kind is scored once"
+        if trial.scores:
+            scored_kinds.add(kind)
+        trials.append(trial)
+        if log and trial.scores:
+            log(f"{name} {kind} {norm}: {trial.score_text} ({trial.seconds:.1f}s)")
     return sorted(trials, key=lambda t: (not t.scores, t.screen, -t.mean if t.scores else 0))
 
 

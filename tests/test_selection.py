@@ -150,6 +150,72 @@ def test_a_skipped_configuration_does_not_let_the_next_one_through(monkeypatch):
     assert all("time budget" in t.skipped for t in trials[1:])
 
 
+def _recording_make_head(monkeypatch, calls):
+    """selection.make_head, recording the row ids (column 0) each fit and eval set held; dense kept tiny."""
+    from featx import selection as S
+
+    real = S.make_head
+
+    def make(kind, **params):
+        if kind == "dense":
+            params = {**params, "epochs": 2, "hidden": (8,)}
+        head = real(kind, **params)
+        fit = head.fit
+
+        def recording_fit(X, y, eval_set=None):
+            calls.append((kind, set(X[:, 0].astype(int)), None if eval_set is None else set(eval_set[0][:, 0].astype(int))))
+            return fit(X, y, eval_set=eval_set)
+
+        head.fit = recording_fit
+        return head
+
+    monkeypatch.setattr(S, "make_head", make)
+
+
+def test_early_stopping_rows_are_disjoint_from_the_scored_rows(monkeypatch):
+    """The heads used to stop early on the very rows that scored them (dense and LightGBM share this path)."""
+    kind = "lightgbm"
+    X, y = blobs(n=120)
+    X[:, 0] = np.arange(len(X))  # row ids, to see which rows each fit was given
+    p = cv_protocol(np.unique(y, return_inverse=True)[1], ["a", "b", "c"], folds=3)
+    calls = []
+    _recording_make_head(monkeypatch, calls)
+    evaluate(kind, X, y, p, {"seed": 0, "n_estimators": 50})
+    assert len(calls) == 3
+    for (_, fitted, stopped), (fit_rows, score_rows) in zip(calls, p.pairs):
+        assert stopped and stopped.isdisjoint(score_rows) and stopped.isdisjoint(fitted)
+        assert fitted | stopped == set(fit_rows.tolist())
+        assert len(stopped) == round(0.1 * len(fit_rows))
+
+
+def test_early_stopping_split_is_stratified_and_gives_up_on_too_few_rows():
+    from featx.selection import early_stopping_split
+
+    y = np.array(["a"] * 50 + ["b"] * 30 + ["c"] * 20)
+    fit, stop = early_stopping_split(y)
+    assert len(stop) == 10 and sorted(np.unique(y[stop], return_counts=True)[1]) == [2, 3, 5]
+    assert set(fit).isdisjoint(stop) and len(fit) + len(stop) == 100
+    assert early_stopping_split(np.array(["a", "b", "a", "b", "c"])) is None  # no room: fixed epochs or trees
+
+
+def test_auto_scores_every_head_kind_even_when_the_screen_spent_the_budget(monkeypatch):
+    """With the budget spent by the logistic screen, the dense head was listed as 'time budget' at 0.0 s."""
+    from featx.selection import search
+
+    X, y = blobs(n=90)
+    X[:, 0] = np.arange(len(X))
+    calls = []
+    _recording_make_head(monkeypatch, calls)
+    p = cv_protocol(np.unique(y, return_inverse=True)[1], ["a", "b", "c"], folds=2)
+    trials = search({"f": X}, y, p, kinds=("logreg", "lightgbm", "dense"), base={"seed": 0}, budget_s=0.0)
+    dense = [t for t in trials if t.kind == "dense"]
+    assert dense[0].scores and len(dense[0].scores) == 2 and "past the 0s budget" in dense[0].note
+    assert sum(1 for c in calls if c[0] == "dense") == 2
+    assert any(t.kind == "lightgbm" and t.scores for t in trials)
+    # the second pair of each kind is what the budget leaves out
+    assert all(t.skipped.startswith("time budget") for t in trials if t.kind != "logreg" and not t.scores)
+
+
 def test_best_epoch_is_the_one_early_stopping_restores():
     from featx.heads import _best_epoch
 
