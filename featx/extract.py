@@ -392,7 +392,7 @@ class _Run:
             stats = self._stat_all()
             known = memo.lookup(stats)
             bad = memo.bad()
-            cached = set(self.extraction.index()) if self.extraction else set()
+            cached = self.extraction.known() if self.extraction else set()
             todo = []
             for item in self.ds.items:
                 if isinstance(item, ArrayItem):  # keyed by its pixels: no file, no memo
@@ -438,7 +438,7 @@ class _Run:
             self.extraction = parts[0] if len(parts) == 1 else _TapSet(parts)
         ext = self.extraction
         with ext.lock(on_wait=lambda: self.log(f"featx: waiting for another process extracting into {ext.name}...")):
-            cached = set(ext.index())  # another process may have filled it while we waited
+            cached = ext.known()  # another process may have filled it while we waited
             if self.engine is not None:
                 self.engine.compute(self, todo, stats, memo, bad, cached)
             else:
@@ -614,11 +614,7 @@ class _Run:
                 bar.close()
                 if t_start is not None:
                     self.compute_seconds = time.perf_counter() - t_start
-        ext = self.extraction
-        if len(writer.shards) > 1:
-            ext.compact(only=writer.shards)
-        if len(ext.shards()) > 32:
-            ext.compact()
+        self.extraction.settle()  # the run's own shards into one, then the size-class rule
 
 
 class _Forward:
@@ -747,6 +743,10 @@ class _TapSet:
         common = set(indexes[0]).intersection(*indexes[1:])
         return {sha: indexes[0].get(sha) for sha in common}
 
+    def known(self) -> "_AllOf":
+        self._held = {p.name: p.known() for p in self.parts}
+        return _AllOf(list(self._held.values()))
+
     @contextlib.contextmanager
     def lock(self, on_wait=None):
         with contextlib.ExitStack() as stack:
@@ -777,6 +777,30 @@ class _TapSet:
             subset = None if mine is None else [s for s in part.shards() if str(s) in mine]
             merged += part.compact(min_shards=min_shards, only=subset)
         return merged
+
+    def merge_tiers(self) -> int:
+        return sum(part.merge_tiers() for part in self.parts)
+
+    def settle(self) -> int:
+        return sum(part.settle() for part in self.parts)
+
+
+class _AllOf:
+    """Keys every tap holds (``in``), and keys the run adds to all of them."""
+
+    def __init__(self, knowns):
+        self.knowns = knowns
+        self._added: set = set()
+
+    def __contains__(self, sha) -> bool:
+        return sha in self._added or all(sha in k for k in self.knowns)
+
+    def add(self, sha) -> None:
+        self._added.add(sha)
+
+    def __iter__(self):
+        first, *rest = self.knowns
+        yield from (s for s in set(first) | self._added if s in self._added or all(s in k for k in rest))
 
 
 def _persist_jax_compilations(folder) -> None:

@@ -159,10 +159,7 @@ class RayEngine:
             flush()
             bar.close()
             run.compute_seconds += time.perf_counter() - t0
-        if len(published) > 1:
-            ext.compact(only=list(published))
-        if len(ext.shards()) > 32:
-            ext.compact()
+        ext.settle()  # the run's own shards into one, then the size-class rule
 
 
 def check_shared_storage(ray, folder: Path) -> None:
