@@ -97,10 +97,10 @@ class _Prepared:
 class _Settings:
     """Resolved options of one extraction run: its specs (one per tap) and the weights to load."""
 
-    def __init__(self, cache, backbone, weights, image_size, pooling, cuts, precision, seed):
+    def __init__(self, cache, backbone, weights, image_size, pooling, cuts, precision, seed, store="float32"):
         resolved = [resolve_spec(cache, backbone, weights, image_size, pooling, k, precision, seed) for k in cuts]
-        self.specs = [s for s, _ in resolved]
-        self.spec, self._weights = resolved[0]
+        self.specs = [s.with_store(store) for s, _ in resolved]
+        self.spec, self._weights = self.specs[0], resolved[0][1]
         self._override = None
         self.backbone = B.get_backbone(self.spec.backbone)
         self.size = self.spec.input_size
@@ -135,9 +135,11 @@ def spec_for(
     precision: str = "auto",
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    store: str = "float32",
 ) -> ExtractionSpec:
     """The :class:`~featx.spec.ExtractionSpec` (and so the cache key) these options resolve to."""
-    return resolve_spec(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed)[0]
+    spec = resolve_spec(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed)[0]
+    return spec.with_store(store)
 
 
 def extract(
@@ -165,6 +167,7 @@ def extract(
     name: str | None = None,
     class_names: Sequence[str] | None = None,
     scale: str | float = "auto",
+    store: str = "float32",
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
@@ -238,6 +241,9 @@ def extract(
         the ``.npz`` path, ``keras:NAME``, or a hash of the rows), the names
         of integer labels, and the factor that brings pixels to [0, 255]
         (``"auto"``: floats up to 1.0 are multiplied by 255).
+    store : {"float32", "float16"}
+        The dtype rows are stored in. float16 halves the disk (reads still
+        return float32); it is part of the extraction's key (docs/cache.md).
 
     Returns
     -------
@@ -257,7 +263,7 @@ def extract(
     ds = as_dataset(data, name=name, class_names=class_names, scale=scale, log=log) if is_array_data(data) else None
     cuts = _cuts(cut_blocks, taps)
     if spec is None:
-        opts = _Settings(cache, backbone, weights, image_size, pooling, cuts, precision, seed)
+        opts = _Settings(cache, backbone, weights, image_size, pooling, cuts, precision, seed, store)
     else:
         override = None if weights in (None, "imagenet", "none") else weights
         opts = _Settings.from_spec(spec if isinstance(spec, (list, tuple)) else [spec], None, override)

@@ -289,6 +289,7 @@ class _Embedder:
             raise FeatxError(f"This Ray worker's Keras backend is {here}, the driver's {driver}: "
                              "set KERAS_BACKEND alike on every node.")
         self.model = B.build_feature_model(spec, weights)
+        self.store = spec.store
         self.shard_dir, self.extraction = shard_dir, extraction
         self.batch_size, self.on_gpu = batch_size, on_gpu
         self.fault = fault
@@ -304,7 +305,8 @@ class _Embedder:
         if rows:
             feats = self._embed(batch["pixels"][rows])
             shard = write_staged_shard(self.shard_dir, self.extraction, feats, [batch["sha"][i] for i in rows],
-                                       [batch["path"][i] for i in rows], [batch["label"][i] for i in rows])
+                                       [batch["path"][i] for i in rows], [batch["label"][i] for i in rows],
+                                       store=self.store)
             status[status == "compute"] = "computed"
         self.calls += 1
         self._maybe_fail()
