@@ -139,8 +139,8 @@ class _Shard:
             feat_at = _offsets(feats, st.st_size)
             key_at = _offsets(keys, st.st_size)
             loaded_keys = keys[...] if key_at is None else None
-        with open(path, "rb") as fh:  # the map keeps its own reference to the file
-            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._fd = os.open(path, os.O_RDONLY)  # kept: a merge may unlink the file while it is read
+        self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         if loaded_keys is None:
             loaded_keys = np.ndarray((self.n,), "S64", buffer=self._map, offset=key_at[1][0])
         if self.sorted:
@@ -160,32 +160,56 @@ class _Shard:
         rows = i if self.perm is None else self.perm[i]
         return np.where(hit, rows, -1).astype(np.int64)
 
-    def __contains__(self, sha: str) -> bool:
-        return bool(self.find(np.array([sha], "S64"))[0] >= 0)
+    def __contains__(self, key: bytes) -> bool:
+        """Whether the sha256 ``key`` (64 hex digits, as bytes) is in this shard: one binary search."""
+        i = int(self.keys.searchsorted(key))
+        return i < self.n and self.keys[i] == key
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        """The feature rows ``rows`` (file order), as float32."""
+        """The feature rows ``rows`` (file order), as float32.
+
+        Read with ``pread`` straight into the result, one call per run of
+        adjacent rows: a memory map would count every page the kernel maps
+        around a row (64 KB) in this process's memory.
+        """
         rows = np.asarray(rows, np.int64)
         if self._feat_at is None:  # filtered (compressed) data: only HDF5 can read it
             uniq, inv = np.unique(rows, return_inverse=True)
             with _h5().File(self.path, "r") as f:
                 return f["features"][uniq].astype(np.float32)[inv]
         kind, offsets, chunk = self._feat_at
+        size = self.width * self.dtype.itemsize
+        order = np.argsort(rows, kind="stable")
+        ranked = rows[order]
         if kind == "contiguous":
-            view = np.ndarray((self.n, self.width), self.dtype, buffer=self._map, offset=offsets[0])
-            return view[rows].astype(np.float32, copy=False)
+            at = offsets[0] + ranked * size
+        else:
+            at = np.asarray(offsets, np.int64)[ranked // chunk] + (ranked % chunk) * size
+        buf = np.empty((len(rows), self.width), self.dtype)
+        view = memoryview(buf).cast("B")
+        cuts = (np.flatnonzero(np.diff(at) != size) + 1).tolist()
+        for a, b in zip([0, *cuts], [*cuts, len(rows)]):
+            _pread_into(self._fd, view[a * size : b * size], int(at[a]))
         out = np.empty((len(rows), self.width), np.float32)
-        which = rows // chunk
-        for c in np.unique(which):
-            sel = np.flatnonzero(which == c)
-            block = np.ndarray((chunk, self.width), self.dtype, buffer=self._map, offset=offsets[c])
-            out[sel] = block[rows[sel] - c * chunk]
+        out[order] = buf
         return out
 
+    def __del__(self):
+        with contextlib.suppress(AttributeError, OSError):
+            os.close(self._fd)
+
     def release(self) -> None:
-        """Unmap the pages read so far: they stay in the page cache, not in this process's memory."""
+        """Unmap the key pages read so far: they stay in the page cache, not in this process's memory."""
         with contextlib.suppress(ValueError, OSError, AttributeError):
             self._map.madvise(mmap.MADV_DONTNEED)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> None:
+    while len(view):
+        got = os.preadv(fd, [view], offset)
+        if got <= 0:
+            raise OSError(errno.EIO, "truncated shard (read past its end)")
+        view, offset = view[got:], offset + got
 
 
 def _offsets(ds, file_size: int):
@@ -271,8 +295,8 @@ class KnownRows:
             return sha in self._all
         if not isinstance(sha, str) or len(sha) != 64:
             return False
-        key = np.array([sha], "S64")
-        return any(s.find(key)[0] >= 0 for s in self._shards)
+        key = sha.encode()
+        return any(key in s for s in self._shards)
 
     def add(self, sha: str) -> None:
         self._added.add(sha)
@@ -636,13 +660,13 @@ class Extraction:
 
     @staticmethod
     def _gather(shard: "_Shard", rows: np.ndarray, out: np.ndarray, pos: np.ndarray) -> None:
-        """out[pos] = the shard's rows, in blocks of WORK_BYTES, unmapping the pages read after each."""
+        """out[pos] = the shard's rows, WORK_BYTES of them at a time, in file order."""
         step = max(1, WORK_BYTES // max(1, shard.width * shard.dtype.itemsize))
         by_row = np.argsort(rows, kind="stable")  # file order: the disk reads forward
         for lo in range(0, len(rows), step):
             sel = by_row[lo : lo + step]
             out[pos[sel]] = shard.rows(rows[sel])
-            shard.release()
+        shard.release()
 
     # -- merging
     def settle(self) -> int:
