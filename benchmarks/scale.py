@@ -162,7 +162,7 @@ def _step(name: str, cache_dir: Path, rows: int, width: int) -> tuple[float, flo
     return s, rss, json.loads(out.strip().splitlines()[-1])
 
 
-def bench(rows: int, root: Path, width: int, keep: bool = False) -> list[tuple]:
+def bench(rows: int, root: Path, width: int, keep: bool = False, flat_layout: bool = True) -> list[tuple]:
     tiered, flat, empty = root / f"tiered-{rows}", root / f"flat-{rows}", root / f"empty-{rows}"
     for d in (tiered, flat, empty):
         shutil.rmtree(d, ignore_errors=True)
@@ -187,6 +187,8 @@ def bench(rows: int, root: Path, width: int, keep: bool = False) -> list[tuple]:
     if not keep:
         shutil.rmtree(tiered, ignore_errors=True)
         shutil.rmtree(empty, ignore_errors=True)
+    if not flat_layout:
+        return table
     s, rss, o = _step("write-flat", flat, rows, width)
     add(f"write {RUNS} shards, never merged", s, rss, f"{o['shards']} shards")
     s, rss, o = _step("read-10k", flat, rows, width)
@@ -213,6 +215,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=WIDTH)
     ap.add_argument("--cache-dir", type=Path, help="where the caches go [default: a temporary folder]")
     ap.add_argument("--keep", action="store_true", help="keep the data (default: deleted at the end)")
+    ap.add_argument("--no-flat", action="store_true", help="skip the 147 never-merged shards, their compact and reads")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.step:
@@ -224,7 +227,7 @@ def main() -> None:
     print(f"  {'rows':>9}  {'step':<34} {'time':>10}  {'peak RSS':>10}  notes")
     try:
         for n in (int(x) for x in args.rows.split(",")):
-            bench(n, root / "run", args.width, args.keep)
+            bench(n, root / "run", args.width, args.keep, not args.no_flat)
     finally:
         if not args.keep:
             shutil.rmtree(root / "run", ignore_errors=True)

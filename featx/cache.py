@@ -93,7 +93,7 @@ def atomic_write_json(path: Path, obj) -> None:
 # FANOUT shards they are merged into one, which lands in a higher tier: a row
 # is rewritten at most once per tier, so adding k rows to N costs
 # O(k log N) of writing, and an extraction holds at most FANOUT - 1 shards
-# per tier (21 at 1M rows).
+# per tier (18 at 1M rows).
 FANOUT = 4
 TIER0_ROWS = 1024
 # Memory a merge or a read may fill with rows at once (the rest streams).
@@ -471,7 +471,6 @@ class Extraction:
                 raise ExtractionRemoved(f"Extraction {self.name} was removed (`featx cache rm`) while this run waited for it.")
             self.root.mkdir(parents=True, exist_ok=True)
         self._locked = True
-        self._own.clear()
         try:
             # Holding the lock, no one else is writing shards: temporary files
             # there belong to a writer (or a merge) that was killed.
@@ -484,6 +483,7 @@ class Extraction:
                 # Staged shards are complete: a distributed run's driver died
                 # before publishing them. Adopting them saves their rows.
                 self.publish(self.staged())
+                self._own.clear()  # adopted rows are not this run's to merge at its end
             yield
             self._quarantine_unreadable()
         finally:
