@@ -15,6 +15,7 @@ e.g.
 """
 
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ def score(X_train, y_train, X_eval, y_eval) -> float:
 
 
 def main() -> None:
+    warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's notes about its next defaults
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache-dir", type=Path, required=True)
     ap.add_argument("data", nargs="+", help="DATA[:EVAL_SPLIT] (default split: val)")

@@ -166,17 +166,24 @@ class _Shard:
         return i < self.n and self.keys[i] == key
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        """The feature rows ``rows`` (file order), as float32.
+        """The feature rows ``rows`` (file order), as float32."""
+        out = np.empty((len(rows), self.width), np.float32)
+        self.read_into(rows, out, np.arange(len(rows)))
+        return out
 
-        Read with ``pread`` straight into the result, one call per run of
-        adjacent rows: a memory map would count every page the kernel maps
-        around a row (64 KB) in this process's memory.
+    def read_into(self, rows: np.ndarray, out: np.ndarray, pos: np.ndarray) -> None:
+        """``out[pos] = `` the feature rows ``rows`` (file order), widened to float32.
+
+        Read with ``pread`` into a buffer, one call per run of adjacent rows,
+        then copied to their places once. A memory map would count every
+        page the kernel maps around a row (64 KB) in this process's memory.
         """
         rows = np.asarray(rows, np.int64)
         if self._feat_at is None:  # filtered (compressed) data: only HDF5 can read it
             uniq, inv = np.unique(rows, return_inverse=True)
             with _h5().File(self.path, "r") as f:
-                return f["features"][uniq].astype(np.float32)[inv]
+                out[pos] = f["features"][uniq].astype(np.float32)[inv]
+            return
         kind, offsets, chunk = self._feat_at
         size = self.width * self.dtype.itemsize
         order = np.argsort(rows, kind="stable")
@@ -185,14 +192,21 @@ class _Shard:
             at = offsets[0] + ranked * size
         else:
             at = np.asarray(offsets, np.int64)[ranked // chunk] + (ranked % chunk) * size
+        cuts = (np.flatnonzero(np.diff(at) != size) + 1).tolist()
+        runs = zip([0, *cuts], [*cuts, len(rows)])
+        if self.dtype == out.dtype and out.flags.c_contiguous:  # straight into place: one pass over memory
+            dest = memoryview(out).cast("B")
+            places = (np.asarray(pos)[order] * size).tolist()
+            for a, b in runs:
+                for lo in range(a, b, 1024):  # IOV_MAX
+                    hi = min(b, lo + 1024)
+                    _pread_into(self._fd, [dest[x : x + size] for x in places[lo:hi]], int(at[lo]))
+            return
         buf = np.empty((len(rows), self.width), self.dtype)
         view = memoryview(buf).cast("B")
-        cuts = (np.flatnonzero(np.diff(at) != size) + 1).tolist()
-        for a, b in zip([0, *cuts], [*cuts, len(rows)]):
-            _pread_into(self._fd, view[a * size : b * size], int(at[a]))
-        out = np.empty((len(rows), self.width), np.float32)
-        out[order] = buf
-        return out
+        for a, b in runs:
+            _pread_into(self._fd, [view[a * size : b * size]], int(at[a]))
+        out[np.asarray(pos)[order]] = buf
 
     def __del__(self):
         with contextlib.suppress(AttributeError, OSError):
@@ -204,12 +218,18 @@ class _Shard:
             self._map.madvise(mmap.MADV_DONTNEED)
 
 
-def _pread_into(fd: int, view: memoryview, offset: int) -> None:
-    while len(view):
-        got = os.preadv(fd, [view], offset)
+def _pread_into(fd: int, views: list, offset: int) -> None:
+    """Fill ``views`` (byte memoryviews) from the file's bytes at ``offset`` onwards, in order."""
+    while views:
+        got = os.preadv(fd, views, offset)
         if got <= 0:
             raise OSError(errno.EIO, "truncated shard (read past its end)")
-        view, offset = view[got:], offset + got
+        offset += got
+        while views and got >= len(views[0]):  # a short read: go on where it stopped
+            got -= len(views[0])
+            views = views[1:]
+        if got:
+            views = [views[0][got:], *views[1:]]
 
 
 def _offsets(ds, file_size: int):
@@ -665,7 +685,7 @@ class Extraction:
         by_row = np.argsort(rows, kind="stable")  # file order: the disk reads forward
         for lo in range(0, len(rows), step):
             sel = by_row[lo : lo + step]
-            out[pos[sel]] = shard.rows(rows[sel])
+            shard.read_into(rows[sel], out, pos[sel])
         shard.release()
 
     # -- merging
