@@ -350,6 +350,8 @@ def backbones(pattern, as_json):
     help="auto: mixed float16 on a GPU, float32 on a CPU.",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of random weights (--weights none).")
+@click.option("--store", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="dtype of the cached rows: float16 halves the disk (reads return float32); another extraction.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -360,7 +362,7 @@ def backbones(pattern, as_json):
 @cache_dir_option
 @click.pass_obj
 def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps, batch_size, workers, precision, seed,
-            strict, quiet, **engine):
+            store, strict, quiet, **engine):
     """Run a headless backbone over DATA once and cache pooled features.
 
     DATA is a folder of class folders, a folder with train/ val/ test/ split
@@ -386,7 +388,7 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
     result = run(
         source, backbone, weights=weights, image_size=image_size, pooling=pooling, cut_blocks=cut_blocks,
         taps=taps, batch_size=batch_size, cache_dir=obj["cache_dir"], strict=strict, workers=workers,
-        precision=precision, seed=seed, progress=not quiet, **engine,
+        precision=precision, seed=seed, progress=not quiet, store=store, **engine,
     )
     for path, reason in result.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)

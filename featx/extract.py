@@ -123,10 +123,10 @@ class _Prepared:
 class _Settings:
     """Resolved options of one extraction run: its specs (one per tap) and the weights to load."""
 
-    def __init__(self, cache, backbone, weights, image_size, pooling, cuts, precision, seed):
+    def __init__(self, cache, backbone, weights, image_size, pooling, cuts, precision, seed, store="float32"):
         resolved = [resolve_spec(cache, backbone, weights, image_size, pooling, k, precision, seed) for k in cuts]
-        self.specs = [s for s, _ in resolved]
-        self.spec, self._weights = resolved[0]
+        self.specs = [s.with_store(store) for s, _ in resolved]
+        self.spec, self._weights = self.specs[0], resolved[0][1]
         self._override = None
         self.backbone = B.get_backbone(self.spec.backbone)
         self.size = self.spec.input_size
@@ -161,9 +161,11 @@ def spec_for(
     precision: str = "auto",
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    store: str = "float32",
 ) -> ExtractionSpec:
     """The :class:`~featx.spec.ExtractionSpec` (and so the cache key) these options resolve to."""
-    return resolve_spec(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed)[0]
+    spec = resolve_spec(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed)[0]
+    return spec.with_store(store)
 
 
 def extract(
@@ -191,6 +193,7 @@ def extract(
     name: str | None = None,
     class_names: Sequence[str] | None = None,
     scale: str | float = "auto",
+    store: str = "float32",
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
@@ -264,6 +267,9 @@ def extract(
         the ``.npz`` path, ``keras:NAME``, or a hash of the rows), the names
         of integer labels, and the factor that brings pixels to [0, 255]
         (``"auto"``: floats up to 1.0 are multiplied by 255).
+    store : {"float32", "float16"}
+        The dtype rows are stored in. float16 halves the disk (reads still
+        return float32); it is part of the extraction's key (docs/cache.md).
 
     Returns
     -------
@@ -283,7 +289,7 @@ def extract(
     ds = as_dataset(data, name=name, class_names=class_names, scale=scale, log=log) if is_array_data(data) else None
     cuts = _cuts(cut_blocks, taps)
     if spec is None:
-        opts = _Settings(cache, backbone, weights, image_size, pooling, cuts, precision, seed)
+        opts = _Settings(cache, backbone, weights, image_size, pooling, cuts, precision, seed, store)
     else:
         override = None if weights in (None, "imagenet", "none") else weights
         opts = _Settings.from_spec(spec if isinstance(spec, (list, tuple)) else [spec], None, override)
@@ -432,7 +438,7 @@ class _Run:
         """
         stats = self._stat_all()
         known = memo.lookup(stats)
-        cached = set(self.extraction.index()) if self.extraction else set()
+        cached = self.extraction.known() if self.extraction else set()
         todo = []
         for item in self.ds.items:
             if isinstance(item, ArrayItem):  # keyed by its pixels: no file, no memo
@@ -475,7 +481,7 @@ class _Run:
             self.extraction = parts[0] if len(parts) == 1 else _TapSet(parts)
         ext = self.extraction
         with ext.lock(on_wait=lambda: self.log(f"featx: waiting for another process extracting into {ext.name}...")):
-            cached = set(ext.index())  # another process may have filled it while we waited
+            cached = ext.known()  # another process may have filled it while we waited
             if self.engine is not None:
                 self.engine.compute(self, todo, memo, bad, cached)
             else:
@@ -669,11 +675,7 @@ class _Run:
                     # A user mistake that kept nothing stays a one-line error.
                     if stopped is not None and (writer.rows or not isinstance(stopped, FeatxError)):
                         self.log(_stopped_message(writer.rows, bar.total))
-        ext = self.extraction
-        if len(writer.shards) > 1:
-            ext.compact(only=writer.shards)
-        if len(ext.shards()) > 32:
-            ext.compact()
+        self.extraction.settle()  # the run's own shards into one, then the size-class rule
 
 
 class _Forward:
@@ -813,6 +815,10 @@ class _TapSet:
         common = set(indexes[0]).intersection(*indexes[1:])
         return {sha: indexes[0].get(sha) for sha in common}
 
+    def known(self) -> "_AllOf":
+        self._held = {p.name: p.known() for p in self.parts}
+        return _AllOf(list(self._held.values()))
+
     @contextlib.contextmanager
     def lock(self, on_wait=None):
         with contextlib.ExitStack() as stack:
@@ -843,6 +849,30 @@ class _TapSet:
             subset = None if mine is None else [s for s in part.shards() if str(s) in mine]
             merged += part.compact(min_shards=min_shards, only=subset)
         return merged
+
+    def merge_tiers(self) -> int:
+        return sum(part.merge_tiers() for part in self.parts)
+
+    def settle(self) -> int:
+        return sum(part.settle() for part in self.parts)
+
+
+class _AllOf:
+    """Keys every tap holds (``in``), and keys the run adds to all of them."""
+
+    def __init__(self, knowns):
+        self.knowns = knowns
+        self._added: set = set()
+
+    def __contains__(self, sha) -> bool:
+        return sha in self._added or all(sha in k for k in self.knowns)
+
+    def add(self, sha) -> None:
+        self._added.add(sha)
+
+    def __iter__(self):
+        first, *rest = self.knowns
+        yield from (s for s in set(first) | self._added if s in self._added or all(s in k for k in rest))
 
 
 def _persist_jax_compilations(folder) -> None:

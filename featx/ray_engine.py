@@ -192,10 +192,7 @@ class RayEngine:
             flush()
             bar.close()
             run.compute_seconds += time.perf_counter() - t0
-        if len(published) > 1:
-            ext.compact(only=list(published))
-        if len(ext.shards()) > 32:
-            ext.compact()
+        ext.settle()  # the run's own shards into one, then the size-class rule
 
 
 def check_shared_storage(ray, folder: Path) -> None:
@@ -325,6 +322,7 @@ class _Embedder:
             raise FeatxError(f"This Ray worker's Keras backend is {here}, the driver's {driver}: "
                              "set KERAS_BACKEND alike on every node.")
         self.model = B.build_feature_model(spec, weights)
+        self.store = spec.store
         self.shard_dir, self.extraction = shard_dir, extraction
         self.batch_size, self.on_gpu = batch_size, on_gpu
         self.fault = fault
@@ -340,7 +338,8 @@ class _Embedder:
         if rows:
             feats = self._embed(batch["pixels"][rows])
             shard = write_staged_shard(self.shard_dir, self.extraction, feats, [batch["sha"][i] for i in rows],
-                                       [batch["path"][i] for i in rows], [batch["label"][i] for i in rows])
+                                       [batch["path"][i] for i in rows], [batch["label"][i] for i in rows],
+                                       store=self.store)
             status[status == "compute"] = "computed"
         self.calls += 1
         self._maybe_fail()

@@ -39,7 +39,7 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -53,6 +53,7 @@ FORMAT_VERSION = 2
 RESIZE = "squash-bilinear"
 TAP_OUTPUT = "output"  # the backbone's own pooled output (no cut)
 POOLINGS = ("avg", "max")
+STORES = ("float32", "float16")  # the dtype feature rows are stored in
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class ExtractionSpec:
     precision: str
     numerics: str = ""  # the backend, where it changes the numbers (mixed precision)
     resize: str = RESIZE
+    store: str = "float32"  # in the key only when not float32, so that older keys stay as they were
     format_version: int = FORMAT_VERSION
     weights_source: str = field(default="imagenet", compare=False)
     seed: int = field(default=0, compare=False)
@@ -87,8 +89,8 @@ class ExtractionSpec:
         return tuple(names[: names.index("format_version") + 1])
 
     def settings(self) -> dict:
-        """The fields of the key, as a dict."""
-        return {k: getattr(self, k) for k in self.key_fields()}
+        """The fields of the key, as a dict (``store`` only where it is not float32)."""
+        return {k: getattr(self, k) for k in self.key_fields() if k != "store" or self.store != "float32"}
 
     @property
     def key(self) -> str:
@@ -98,11 +100,13 @@ class ExtractionSpec:
     @property
     def dirname(self) -> str:
         cut = f"-cut{self.cut_blocks}" if self.cut_blocks else ""
-        return f"{self.backbone}-{self.input_size}px-{self.pooling}{cut}-{self.key}"
+        f16 = "-f16" if self.store == "float16" else ""
+        return f"{self.backbone}-{self.input_size}px-{self.pooling}{cut}{f16}-{self.key}"
 
     def describe(self) -> str:
         cut = f" cut{self.cut_blocks} ({self.tap})" if self.cut_blocks else ""
-        return f"{self.backbone} {self.input_size}px {self.pooling}{cut}"
+        f16 = " float16" if self.store == "float16" else ""
+        return f"{self.backbone} {self.input_size}px {self.pooling}{cut}{f16}"
 
     def record(self) -> dict:
         """The JSON form stored in ``meta.json`` and in head manifests."""
@@ -137,6 +141,12 @@ class ExtractionSpec:
             versions=tuple(sorted((str(k), str(v)) for k, v in versions.items())),
             loaded=str(record.get("loaded_weights") or ""),
         )
+
+    def with_store(self, store: str) -> "ExtractionSpec":
+        """The same extraction with its rows stored as ``store`` (another key unless it is the same)."""
+        if store not in STORES:
+            raise FeatxValueError(f"store must be one of {STORES}. Received: store={store!r}")
+        return replace(self, store=store)
 
     def with_weights_source(self, source: str) -> "ExtractionSpec":
         return dataclasses.replace(self, weights_source=source)
