@@ -360,6 +360,9 @@ class Extraction:
     _knowns: weakref.WeakSet = field(default_factory=weakref.WeakSet, init=False, repr=False, compare=False)
     _own: set = field(default_factory=set, init=False, repr=False, compare=False)  # shards holding only this lock's rows
 
+    def __repr__(self) -> str:
+        return f"Extraction({str(self.root)!r}" + (f", error={self.error!r})" if self.error else ")")
+
     @property
     def name(self) -> str:
         return self.root.name
@@ -1082,6 +1085,12 @@ class DatasetView:
     def id(self) -> str:
         return self.path.stem
 
+    def __repr__(self) -> str:
+        from .reprs import ends
+
+        return (f"DatasetView({self.source!r}, {self.layout}, {self.rows} rows, extraction {self.extraction}, "
+                f"classes {ends(self.class_names, 5)}, {len(self.skipped)} skipped)")
+
 
 # --------------------------------------------------------------------------- the cache
 
@@ -1125,6 +1134,12 @@ class Cache:
         self.ensure()
         try:
             return Memo(path)
+        except sqlite3.OperationalError as exc:
+            # Locked past the busy timeout, disk full, an I/O error, a file system without
+            # working locks: the file may be fine. Never moved aside; this run reads what it can.
+            warnings.warn(f"featx: the memo {path} cannot be written ({exc}); going on with it read-only "
+                          "(see docs/filesystems.md)")
+            return Memo(path, readonly=True)
         except sqlite3.DatabaseError as exc:  # not a database any more: it only saved work
             aside = path.with_name(f"memo.sqlite.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             for suffix in ("", "-wal", "-shm"):
