@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder [a temporary one]")
     a = ap.parse_args(argv)
     if a.dry:
-        a.images, a.px, a.backbone, a.image_size, a.precision = 48, 64, "mobilenetv3small", 32, "float32"
+        a.images, a.px, a.backbone, a.image_size, a.precision = 30, 64, "vgg16", 32, "float32"
         a.batch_sizes, a.ceiling_seconds = a.batch_sizes or "8,16", 0.5
     a.batch_sizes, a.workers = a.batch_sizes or "128,256", a.workers or "default,all"
     a.out.mkdir(parents=True, exist_ok=True)

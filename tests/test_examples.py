@@ -26,8 +26,16 @@ WORKFLOW = ROOT / "examples" / "cli_workflow.sh"
 HEADER = "path,label_1,prob_1,label_2,prob_2"
 
 
+def _short_dense_search(monkeypatch):
+    """The default dense search stops at a 3 s budget instead of 20: the same path, on 24 tiny images."""
+    import featx.selection
+
+    monkeypatch.setattr(featx.selection, "DENSE_BUDGET_S", 3.0)
+
+
 def test_quickstart_example_runs(tmp_path, monkeypatch, capsys):
     data = make_dataset(tmp_path / "data", per_class=6, splits=["train", "val"])
+    _short_dense_search(monkeypatch)
     monkeypatch.setattr(sys, "argv", ["quickstart.py", "--data", str(data), "--weights", "none", "--image-size", "32",
                                       "--cache-dir", str(tmp_path / "cache")])
     runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
@@ -81,8 +89,11 @@ def test_cli_workflow_commands_run_in_order(tmp_path, monkeypatch):
                                         "predict", "extract", "fit-head", "inspect", "cache"]
     assert all("$" not in word for c in commands for word in c), commands
     monkeypatch.chdir(tmp_path)  # the script runs in a scratch folder; predictions land here
+    _short_dense_search(monkeypatch)
     outputs = []
     for args in commands:
+        if "--time-budget" in args:  # 24 tiny images: 5 s of search proves the same path as the script's 30
+            args[args.index("--time-budget") + 1] = "5"
         out = CliRunner().invoke(cli, args)
         assert out.exit_code == 0, (args, out.output[-3000:])
         outputs.append(out.output)

@@ -257,7 +257,8 @@ def test_unfreeze_counts_layers_with_weights(project):
 def test_finetune_seeds_from_the_newest_dense_or_logreg_head(project, tmp_path):
     root, data, heads = project
     home = tmp_path / "home"
-    dense = api.fit_head("dense", cache_dir=root / "cache", backbone="vgg16", home=home, epochs=2).directory
+    dense = api.fit_head("dense", cache_dir=root / "cache", backbone="vgg16", home=home, epochs=2,
+                         hidden=(16,)).directory  # one configuration: no default search
     api.fit_head("lightgbm", cache_dir=root / "cache", backbone="vgg16", home=home)
     assert featx.latest_head(home).name.startswith("vgg16-lightgbm")
     assert ft.seed_head(home).resolve() == dense.resolve()

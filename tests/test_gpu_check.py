@@ -22,7 +22,7 @@ def test_gpu_check_dry_run_writes_its_records(tmp_path):
     for key in ("device", "date", "backend", "backbone", "image_size", "precision", "batch_size", "workers",
                 "images_per_s", "model_ceiling", "host_ceiling", "warm_fraction", "plus10_fraction"):
         assert r[key] is not None, key
-    assert r["images"] == 48 and r["batch_size"] == 8 and r["backend"] in ("tensorflow", "jax")
+    assert r["images"] == 30 and r["batch_size"] == 8 and r["backend"] in ("tensorflow", "jax")
     assert 0 < r["warm_fraction"] < 1 and r["model_ceiling"] > 0 and r["host_ceiling"] > 0
     table = (tmp_path / "out" / "gpu.md").read_text()
     assert "model-alone ceiling" in table and "| decode |" in table and "Bound by the" in table

@@ -257,7 +257,7 @@ def test_ray_logs_are_quiet_unless_verbose(verbose, monkeypatch, capfd):
     fake = _FakeRay()
     monkeypatch.setattr(ray_engine, "require", lambda: fake)
     with pytest.raises(featx.FeatxError, match="Could not start or join Ray"):
-        ray_engine.RayEngine().compute(None, [], None, None, {}, set())
+        ray_engine.RayEngine().compute(None, [], None, {}, set())
     import logging
 
     assert fake.kwargs["logging_level"] == (logging.INFO if verbose else logging.ERROR)
