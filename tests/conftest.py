@@ -30,9 +30,18 @@ def _isolate(mp: pytest.MonkeyPatch, work: Path) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_workspace(tmp_path_factory):
-    """Module- and session-scoped fixtures run here, never in the checkout."""
+    """Module- and session-scoped fixtures run here, never in the checkout.
+
+    The default dense search stops at a 3 s budget instead of 20 s: on the
+    suite's tiny data it walks the same path (the first configuration always
+    runs), and the budget rules themselves are tested with explicit budgets
+    and a fake clock (test_selection.py).
+    """
+    import featx.selection
+
     with pytest.MonkeyPatch.context() as mp:
         _isolate(mp, tmp_path_factory.mktemp("session-work"))
+        mp.setattr(featx.selection, "DENSE_BUDGET_S", 3.0)
         yield
 
 
