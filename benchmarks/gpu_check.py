@@ -177,6 +177,7 @@ def _run(a, work: Path) -> int:
     from featx.runtime import backend_name
 
     t0 = time.perf_counter()
+    os.environ["FEATX_CACHE_DIR"] = str(work / "cache-spec")  # what resolving a spec writes stays in the scratch folder
     extra_n = max(1, a.images // 10)
     data = make_images(work / "data", a.images, a.px)
     extra = make_images(work / "extra", extra_n, a.px, start=a.images)
