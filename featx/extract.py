@@ -809,12 +809,6 @@ class _TapSet:
     def unsaved(self) -> bool:
         return all(p.unsaved for p in self.parts)
 
-    def index(self) -> dict:
-        indexes = [p.index() for p in self.parts]
-        self._held = {p.name: set(ix) for p, ix in zip(self.parts, indexes)}
-        common = set(indexes[0]).intersection(*indexes[1:])
-        return {sha: indexes[0].get(sha) for sha in common}
-
     def known(self) -> "_AllOf":
         self._held = {p.name: p.known() for p in self.parts}
         return _AllOf(list(self._held.values()))

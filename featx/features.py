@@ -66,7 +66,7 @@ class CachedRows:
         shas = self.sha256 if idx is None else self.sha256[idx]
         if len(shas) == 0:
             return np.empty((0, self.shape[1]), np.float32)
-        return self.extraction.read(list(shas), index=self.index())
+        return self.extraction.read(list(shas))  # binary-searched per shard: needs no index
 
     def storage_order(self) -> np.ndarray:
         """Row positions sorted by where they are stored (shard, row): reads in this order are sequential."""

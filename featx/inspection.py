@@ -850,7 +850,7 @@ class _CachedX:
 
     def read(self, positions: np.ndarray) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
-        return self.extraction.read(list(self.shas[positions]), index=self.index())
+        return self.extraction.read(list(self.shas[positions]))  # binary-searched per shard: needs no index
 
     def __getitem__(self, key) -> np.ndarray:
         positions = np.arange(self.shape[0])[key]
