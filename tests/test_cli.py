@@ -5,6 +5,7 @@ command calls are replaced by recorders, and bad values must be click usage
 errors (exit 2). A few end-to-end runs on tiny synthetic data close the file.
 """
 
+import dataclasses
 import importlib
 import json
 import os
@@ -39,27 +40,32 @@ def isolated(tmp_path, monkeypatch):
 
 
 class Recorder:
-    """Stands in for an API function: records its keyword arguments, then stops the command."""
+    """Stands in for an API function: records its keyword arguments, then stops the command.
+
+    An options object (fit-head, predict, compare) counts as its fields, a head's own parameters included.
+    """
 
     def __init__(self, *, takes_home=False):
         self.calls = []
-        if takes_home:
-            def fn(*args, home=None, **kwargs):
-                self.calls.append({**kwargs, "home": home})
-                raise FeatxError("recorded")
-        else:
-            def fn(*args, **kwargs):
-                self.calls.append(kwargs)
-                raise FeatxError("recorded")
+
+        def fn(*args, **kwargs):
+            options = [a for a in args if dataclasses.is_dataclass(a)]
+            if options:
+                fields = options[0].kwargs()
+                kwargs = {**fields, **fields.pop("params", {}), **kwargs}
+            if takes_home:
+                kwargs.setdefault("home", None)
+            self.calls.append(kwargs)
+            raise FeatxError("recorded")
         self.fn = fn
 
 
 # command line (after `featx`) -> (module, function) the command calls with cache_dir=
 CACHE_COMMANDS = {
     "extract": (["extract", "img.png"], "featx.extract", "extract"),
-    "fit-head": (["fit-head"], "featx.api", "fit_head"),
-    "predict": (["predict", "img.png"], "featx.api", "predict"),
-    "compare": (["compare"], "featx.api", "compare"),
+    "fit-head": (["fit-head"], "featx.fitting", "fit_with"),
+    "predict": (["predict", "img.png"], "featx.predicting", "predict_with"),
+    "compare": (["compare"], "featx.comparing", "compare_with"),
     "finetune": (["finetune"], "featx.finetuning", "finetune"),
 }
 
@@ -186,8 +192,8 @@ def test_bad_values_are_usage_errors(args, mentions, isolated):
 
 def test_good_values_reach_the_api(isolated, monkeypatch):
     fit, tune, cmp = Recorder(), Recorder(), Recorder()
-    monkeypatch.setattr(api, "fit_head", fit.fn)
-    monkeypatch.setattr(api, "compare", cmp.fn)
+    monkeypatch.setattr(importlib.import_module("featx.fitting"), "fit_with", fit.fn)
+    monkeypatch.setattr(importlib.import_module("featx.comparing"), "compare_with", cmp.fn)
     monkeypatch.setattr(importlib.import_module("featx.finetuning"), "finetune", tune.fn)
     invoke("fit-head", "--hidden", "512, 128", "--dropout", "0", "--val-split", "0.5", "--lr", "1e-4", "--C", "2")
     assert fit.calls[-1]["hidden"] == (512, 128) and fit.calls[-1]["dropout"] == 0.0
@@ -197,7 +203,7 @@ def test_good_values_reach_the_api(isolated, monkeypatch):
     invoke("fit-head", "--head", "lightgbm", "--num-leaves", "2", "--n-estimators", "1")
     assert (fit.calls[-1]["num_leaves"], fit.calls[-1]["n_estimators"]) == (2, 1)
     invoke("compare", "--heads", " logreg ,dense")
-    assert cmp.calls[-1]["heads"] == ["logreg", "dense"]
+    assert list(cmp.calls[-1]["heads"]) == ["logreg", "dense"]
     invoke("finetune", "--unfreeze", "ALL", "--augment", "flip,rotate=0.2,zoom", "--patience", "0")
     call = tune.calls[-1]
     assert call["unfreeze"] == "all" and call["patience"] == 0
@@ -209,12 +215,13 @@ def test_good_values_reach_the_api(isolated, monkeypatch):
 
 
 def test_cli_ranges_are_the_library_ranges():
-    from featx.cli import HEAD_KINDS
     from featx.heads import HEADS
+    from featx.normalise import NORMALISATIONS
 
     assert IMAGE_SIZES == backbones.IMAGE_SIZE_RANGE
-    assert sorted(HEAD_KINDS) == sorted(HEADS)
-
+    fit_head_opts = {o.name: o for o in cli.commands["fit-head"].params}
+    assert list(fit_head_opts["kind"].type.choices) == [*HEADS, "auto"]
+    assert list(fit_head_opts["normalise"].type.choices) == list(NORMALISATIONS)
 
 @pytest.mark.parametrize("size", [0, -5, 31, 1025, 10000, 64.0, "64", True])
 def test_extract_api_refuses_out_of_range_image_size(size, tmp_path, monkeypatch):
