@@ -201,3 +201,69 @@ def test_predict_imagenet_class_index_offline_message(tmp_path, monkeypatch):
     assert r.exit_code == 1, r.output
     assert "ImageNet class names could not be downloaded" in r.output and "imagenet_class_index.json" in r.output
     assert "Traceback" not in r.output and r.output.strip().count("\n") == 0
+
+
+# --------------------------------------------------------------------------- one options object per command
+
+
+def test_options_defaults_are_the_api_defaults():
+    """fit_head, predict and compare build their options object: the same names, the same defaults."""
+    import dataclasses
+    import inspect as pyinspect
+
+    from featx.options import CompareOptions, FitHeadOptions, PredictOptions
+
+    for fn, cls, extra in ((api.fit_head, FitHeadOptions, {"log", "params"}), (api.predict, PredictOptions, set()),
+                           (api.compare, CompareOptions, {"log"})):
+        sig = {n: p.default for n, p in pyinspect.signature(fn).parameters.items() if p.kind != p.VAR_KEYWORD}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(sig) | extra == set(fields) | extra, cls.__name__
+        obj = cls()
+        for name, default in sig.items():
+            if name in fields and default is not pyinspect.Parameter.empty:
+                got = getattr(obj, name)
+                assert got == default or tuple(got) == tuple(default), (cls.__name__, name)
+
+
+@pytest.mark.parametrize("kwargs,error,mentions", [
+    ({"head": "svm"}, HeadError, "Unknown head 'svm'"),
+    ({"head": "auto", "auto_heads": ["logreg", "svn"]}, HeadError, "Unknown head 'svn'"),
+    ({"selection": "loo"}, HeadError, "Received: selection='loo'"),
+    ({"folds": 1}, HeadError, "'folds' parameter of FitHeadOptions"),
+    ({"val_split": 1.0}, HeadError, "'val_split' parameter of FitHeadOptions"),
+    ({"seed": -1}, HeadError, "'seed' parameter"),
+    ({"top_k": 0}, HeadError, "'top_k' parameter"),
+    ({"time_budget": 0}, HeadError, "'time_budget' parameter"),
+    ({"class_weight": "even"}, HeadError, "'class_weight' parameter"),
+])
+def test_fit_head_options_refuse_bad_values_before_reading_the_cache(kwargs, error, mentions, tmp_path):
+    """Checked once, when the options object is built: no cache is opened, nothing is written."""
+    from featx.errors import HeadParamError
+    from featx.options import FitHeadOptions
+
+    with pytest.raises(error, match=mentions) as info:
+        api.fit_head(**{"cache_dir": tmp_path / "c", "out": tmp_path / "h", **kwargs})
+    assert isinstance(info.value, ValueError)
+    if "head" not in kwargs and "auto_heads" not in kwargs:
+        assert isinstance(info.value, HeadParamError)
+    with pytest.raises(error, match=mentions):
+        FitHeadOptions(**kwargs)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "h").exists()
+
+
+def test_options_are_frozen_and_normalised():
+    import dataclasses
+
+    from featx.options import CompareOptions, FitHeadOptions, PredictOptions
+
+    opts = FitHeadOptions(head="auto", auto_heads=["logreg"], extraction="a, b", params={"C": 1.0})
+    assert opts.auto and opts.auto_heads == ("logreg",) and opts.extractions == ["a", "b"] and opts.backbones == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.seed = 3
+    assert CompareOptions(heads=["dense"]).heads == ("dense",)
+    with pytest.raises(HeadError, match="Unknown head 'svm'"):
+        CompareOptions(heads=["dense", "svm"])
+    with pytest.raises(HeadError, match="'batch_size' parameter of PredictOptions"):
+        PredictOptions(batch_size=0)
+    with pytest.raises(HeadError, match="Unknown head 'svm'"):
+        api.compare(heads=["svm"])

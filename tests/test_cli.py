@@ -223,6 +223,94 @@ def test_cli_ranges_are_the_library_ranges():
     assert list(fit_head_opts["kind"].type.choices) == [*HEADS, "auto"]
     assert list(fit_head_opts["normalise"].type.choices) == list(NORMALISATIONS)
 
+def test_head_kinds_are_read_from_the_heads_registry(isolated, monkeypatch):
+    """A kind added to heads.HEADS is a choice of --head, --heads and --auto-heads, with no CLI change."""
+    from featx import heads
+
+    monkeypatch.setitem(heads.HEADS, "svm", heads.LogisticHead)
+    assert "[dense|logreg|lightgbm|svm|auto]" in invoke("fit-head", "--help").output
+    rec = Recorder()
+    monkeypatch.setattr(importlib.import_module("featx.comparing"), "compare_with", rec.fn)
+    r = invoke("compare", "--heads", "svm,dense")
+    assert r.exit_code == 1 and "recorded" in r.output, r.output
+    assert rec.calls[-1]["heads"] == ("svm", "dense")
+    monkeypatch.delitem(heads.HEADS, "svm")
+    r = invoke("fit-head", "--auto-heads", "svm")
+    assert r.exit_code == 2 and "expected head kinds among dense, logreg, lightgbm" in r.output
+
+
+def test_cli_types_follow_the_options_objects():
+    """--seed, --selection, --folds, --val-split, --top-k and --time-budget take their ranges from FitHeadOptions."""
+    from featx.options import FOLDS, SELECTIONS, VAL_SPLIT
+
+    params = {o.name: o for o in cli.commands["fit-head"].params}
+    assert list(params["selection"].type.choices) == list(SELECTIONS)
+    assert (params["folds"].type.min, params["folds"].type.min_open) == (FOLDS.left, False)
+    assert (params["val_split"].type.min, params["val_split"].type.max) == (VAL_SPLIT.left, VAL_SPLIT.right)
+    assert params["val_split"].type.min_open and params["val_split"].type.max_open
+    assert params["seed"].type.max == 2**32 - 1 and params["top_k"].type.min == 1
+    compare = {o.name: o for o in cli.commands["compare"].params}
+    assert list(compare["selection"].type.choices) == list(SELECTIONS)
+
+
+# fit-head option -> (head kind, parameter): the heads check these too; the CLI's ranges must be theirs.
+HEAD_PARAM_OPTIONS = {"hidden": None, "dropout": ("dense", "dropout"), "lr": ("dense", "lr"),
+                      "epochs": ("dense", "epochs"), "batch_size": ("dense", "batch_size"), "C": ("logreg", "C"),
+                      "n_estimators": ("lightgbm", "n_estimators"), "num_leaves": ("lightgbm", "num_leaves")}
+
+
+def test_head_parameter_options_have_the_heads_ranges():
+    """The head's own parameters keep click types (so `fit-head --help` imports no scikit-learn);
+    each range is the one the head checks, and the optimizer choices are the dense head's."""
+    from featx.cli.types import interval_type
+    from featx.heads import HEADS
+    from featx.params import Interval
+
+    params = {o.name: o for o in cli.commands["fit-head"].params}
+    for name, where in HEAD_PARAM_OPTIONS.items():
+        if where is None:
+            continue
+        kind, param = where
+        want = interval_type(next(c for c in HEADS[kind]._parameter_constraints[param] if isinstance(c, Interval)))
+        got = params[name].type
+        assert (got.min, got.min_open, type(got)) == (want.min, want.min_open, type(want)), name
+        if name != "num_leaves":  # LightGBM's own ceiling, 131072, which the head leaves to LightGBM
+            assert (got.max, got.max_open) == (want.max, want.max_open), name
+    optimizer = HEADS["dense"]._parameter_constraints["optimizer"][0]
+    assert set(params["optimizer"].type.choices) == set(optimizer.values)
+
+
+def test_help_imports_no_scikit_learn(tmp_path):
+    """Choices read from the heads registry are read lazily: `featx --help` stays fast."""
+    import subprocess
+
+    code = ("import sys\nfrom featx.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'sklearn' not in sys.modules and 'lightgbm' not in sys.modules, 'imported'\nprint('ok')\n")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(featx.__file__))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-1000:]
+
+
+OWN_MODULES = ["api.py", "fitting.py", "predicting.py", "comparing.py", "options.py", "outputs.py", "normalise.py",
+               "calibration.py", "metrics.py", "fusion.py", "cli/*.py"]
+
+
+def test_cli_and_api_modules_stay_small():
+    """Issue #21: no module over 500 lines, no function or class over 100."""
+    import ast
+    from pathlib import Path
+
+    root = Path(featx.__file__).parent
+    paths = [p for pattern in OWN_MODULES for p in sorted(root.glob(pattern))]
+    assert len(paths) >= 20
+    for path in paths:
+        text = path.read_text()
+        assert text.count("\n") <= 500, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                assert node.end_lineno - node.lineno < 100, f"{path.name}: {node.name}"
+
+
 @pytest.mark.parametrize("size", [0, -5, 31, 1025, 10000, 64.0, "64", True])
 def test_extract_api_refuses_out_of_range_image_size(size, tmp_path, monkeypatch):
     def no_model(*a, **k):

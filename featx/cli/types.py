@@ -64,8 +64,11 @@ class RegistryChoice(click.Choice):
 def option_type(options_cls, name: str) -> click.ParamType:
     """The click type of ``options_cls``'s field ``name``, from the field's own constraint."""
     c = constraint(options_cls, name, (Interval, OneOf))
-    if isinstance(c, OneOf):
-        return RegistryChoice(c)
+    return RegistryChoice(c) if isinstance(c, OneOf) else interval_type(c)
+
+
+def interval_type(c: Interval) -> click.ParamType:
+    """An :class:`~featx.params.Interval` as a click range (floats: finite ones only)."""
     bounds = {"min": c.left, "max": c.right,
               "min_open": c.left is not None and c.closed in ("right", "neither"),
               "max_open": c.right is not None and c.closed in ("left", "neither")}
