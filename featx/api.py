@@ -111,6 +111,8 @@ def fit_head(
     the auto search) runs on a stratified subsample of ``SELECT_ROWS``
     (20,000) of them and the chosen configuration is refitted on every
     row; the report says so. See docs/scale.md.
+    Every value is checked once, before the cache is read, by the
+    :class:`~featx.options.FitHeadOptions` this builds (a bad one is a ``HeadError``).
     """
     opts = FitHeadOptions(head=head, data=data, backbone=backbone, extraction=extraction, cache_dir=cache_dir,
                           out=out, seed=seed, selection=selection, folds=folds, val_split=val_split, refit_all=refit_all,

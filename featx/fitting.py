@@ -156,7 +156,7 @@ class Rows:
 
 
 @dataclass
-class Protocol:
+class Plan:
     """How the head is chosen (``kind`` "cv" or "val"), on which rows, and the splits it is scored on."""
 
     kind: str
@@ -205,7 +205,7 @@ def load_rows(parts: list[Features], log=None) -> Rows:
     return Rows(parts, feats, widths, scale)
 
 
-def choose_protocol(opts: FitHeadOptions, rows: Rows, log=None) -> Protocol:
+def choose_protocol(opts: FitHeadOptions, rows: Rows, log=None) -> Plan:
     """Step 3: the val split (the data's, or made from train) or K folds; at scale, on a stratified subsample."""
     from .selection import SELECT_ROWS, cv_protocol, stratified_subsample, val_protocol
 
@@ -236,10 +236,10 @@ def choose_protocol(opts: FitHeadOptions, rows: Rows, log=None) -> Protocol:
                 + f", then refitted on all {len(train):,} train rows")
         if log:
             log(f"{len(train):,} train rows: {note}")
-    return Protocol(kind, protocol, X, y, train, val, test, made_val, opts.val_split, note)
+    return Plan(kind, protocol, X, y, train, val, test, made_val, opts.val_split, note)
 
 
-def choose_head(opts: FitHeadOptions, rows: Rows, p: Protocol, log=None) -> Choice:
+def choose_head(opts: FitHeadOptions, rows: Rows, p: Plan, log=None) -> Choice:
     """Step 4: ``auto`` searches head kind x feature set x normalisation; a named kind selects its own parameters.
 
     Narrows ``rows`` (auto: to the chosen feature set) and ``p`` (a dense
@@ -278,7 +278,7 @@ def choose_head(opts: FitHeadOptions, rows: Rows, p: Protocol, log=None) -> Choi
     return Choice(opts.head, best, trials)
 
 
-def fit_final(opts: FitHeadOptions, rows: Rows, p: Protocol, c: Choice):
+def fit_final(opts: FitHeadOptions, rows: Rows, p: Plan, c: Choice):
     """Step 5: the chosen configuration fitted on the rows it keeps (all of train; train+val with refit_all)."""
     from .selection import EARLY_STOPPING_KINDS, fit_for_scoring
 
@@ -320,7 +320,7 @@ def _calibrate(est, val: Features, names: Sequence[str]) -> dict:
             "val_ece_after": expected_calibration_error(apply_temperature(proba, T), val.y)}
 
 
-def evaluate(opts: FitHeadOptions, rows: Rows, p: Protocol, c: Choice, est) -> tuple[dict, dict | None]:
+def evaluate(opts: FitHeadOptions, rows: Rows, p: Plan, c: Choice, est) -> tuple[dict, dict | None]:
     """Step 6: metrics per split (train, val, test), and the calibration when asked for."""
     names, calibration = rows.names, None
     if opts.calibrate:
@@ -347,15 +347,15 @@ def _backbone_name(parts: list[Features]) -> str:
     return "+".join(dict.fromkeys(p.settings.backbone for p in parts))
 
 
-def _cv(p: Protocol, c: Choice) -> dict | None:
+def _cv(p: Plan, c: Choice) -> dict | None:
     if p.kind != "cv":
         return None
     return {"accuracy": c.best.mean, "std": c.best.std, "folds": p.protocol.folds, "scores": c.best.scores}
 
 
-def save_head(opts: FitHeadOptions, rows: Rows, p: Protocol, c: Choice, est, by_split: dict,
+def save_head(opts: FitHeadOptions, rows: Rows, p: Plan, c: Choice, est, by_split: dict,
               calibration: dict | None, fit_s: float) -> tuple[Path, dict]:
-    """Step 7: the head with its manifest, metrics.json, confusion.png (and curves.png for dense); -> (folder, metrics)."""
+    """Step 7: the head, its manifest, metrics.json, confusion.png (curves.png for dense); -> (folder, metrics)."""
     from .selection import heads_split_record
 
     kind, best, parts, names = c.kind, c.best, rows.parts, rows.names
@@ -417,7 +417,7 @@ def move_latest(opts: FitHeadOptions, directory: Path, kind: str) -> None:
     set_latest("head", directory, opts.home, kind=kind)
 
 
-def describe(rows: Rows, p: Protocol, c: Choice, by_split: dict, fit_s: float, auto: bool) -> tuple[str, str, str]:
+def describe(rows: Rows, p: Plan, c: Choice, by_split: dict, fit_s: float, auto: bool) -> tuple[str, str, str]:
     """The report lines, the features line and the leaderboard (auto, or several trials) that the CLI prints."""
     from .selection import leaderboard_table
 

@@ -73,11 +73,14 @@ def _opt(default=None, *allowed):
 
 
 def constraint(cls, name: str, kind: type | None = None):
-    """The first constraint of ``cls``'s field ``name`` (of type ``kind`` when given): what the CLI builds its type from."""
+    """The first constraint of ``cls``'s field ``name`` (an instance of ``kind`` when given).
+
+    The CLI builds its option types from these (see ``featx.cli.types.option_type``).
+    """
     for f in fields(cls):
         if f.name == name:
-            found = [c for c in f.metadata.get("allowed", ()) if c is not None and (kind is None or isinstance(c, kind))]
-            return found[0]
+            allowed = f.metadata.get("allowed", ())
+            return [c for c in allowed if c is not None and (kind is None or isinstance(c, kind))][0]
     raise KeyError(name)
 
 

@@ -18,6 +18,7 @@ Importing this package registers every command on :data:`cli`.
 
 from .group import cli, main
 from .types import IMAGE_SIZES, RAY_WORKERS_DEFAULT, WORKERS_DEFAULT
-from . import backbones, cache, export, extract, finetune, heads, inspect, predict  # noqa: E402,F401  (registers the commands)
+# Each command module registers its commands on `cli`.
+from . import backbones, cache, export, extract, finetune, heads, inspect, predict  # noqa: F401
 
 __all__ = ["cli", "main", "IMAGE_SIZES", "WORKERS_DEFAULT", "RAY_WORKERS_DEFAULT"]

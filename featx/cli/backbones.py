@@ -10,6 +10,7 @@ from ..errors import FeatxError
 from . import show
 from .group import cli
 
+
 @cli.command()
 @click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")

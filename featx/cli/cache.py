@@ -13,6 +13,7 @@ from . import show
 from .group import cli
 from .types import cache_dir_option
 
+
 @cli.group()
 def cache():
     """Inspect and manage the feature cache."""

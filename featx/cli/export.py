@@ -7,6 +7,7 @@ import click
 from .group import cli
 from .types import cache_dir_option
 
+
 @cli.command("export")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(), help="Dataset folder/CSV given to extract [default: the latest extraction].")

@@ -6,7 +6,9 @@ import click
 
 from . import show
 from .group import cli
-from .types import IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT, COUNT, SEED, RAY_WORKERS_DEFAULT, WORKERS_DEFAULT, Taps, cache_dir_option
+from .types import (COUNT, IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT, RAY_WORKERS_DEFAULT, SEED, WORKERS_DEFAULT, Taps,
+                    cache_dir_option)
+
 
 @cli.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path())

@@ -7,7 +7,9 @@ import sys
 import click
 
 from .group import cli
-from .types import COUNT, POSITIVE_FLOAT, POSITIVE_INT, SEED, Augmentations, LayersOrAll, cache_dir_option, home_option, resolved
+from .types import (COUNT, POSITIVE_FLOAT, POSITIVE_INT, SEED, Augmentations, LayersOrAll, cache_dir_option, home_option,
+                    resolved)
+
 
 @cli.command()
 @click.option("--head", metavar="HEAD",

@@ -9,7 +9,7 @@ from ..options import CompareOptions, FitHeadOptions
 from .group import cli
 from .types import DROPOUT, POSITIVE_FLOAT, POSITIVE_INT, HeadKinds, Widths, cache_dir_option, home_option, option_type
 
-FIT, COMPARE = FitHeadOptions, CompareOptions
+FIT, COMPARE = FitHeadOptions, CompareOptions  # whose fields give the options their types
 
 
 @cli.command("fit-head")

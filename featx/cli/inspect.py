@@ -7,6 +7,7 @@ import click
 from .group import cli
 from .types import SEED, cache_dir_option, home_option, resolved
 
+
 @cli.command()
 @click.option("--data", type=click.Path(), help="Dataset folder/CSV given to extract [default: the latest extraction].")
 @click.option("-b", "--backbone", help="Use the latest extraction with this backbone.")

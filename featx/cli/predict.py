@@ -11,6 +11,7 @@ from .group import cli
 from ..options import PredictOptions
 from .types import HEAD_HELP, MODEL_HELP, POSITIVE_INT, cache_dir_option, home_option, option_type, resolved
 
+
 @cli.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path())
 @click.option("--head", metavar="HEAD", help=HEAD_HELP)
