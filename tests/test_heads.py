@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,26 @@ def test_logistic_head_fits_without_future_warnings():
         warnings.simplefilter("error", FutureWarning)
         head = LogisticHead().fit(X, y)
     assert head.C_ in C_GRID
+
+
+SAVED = Path(__file__).parent / "data" / "saved_heads"
+
+
+@pytest.mark.parametrize("kind", ["logreg", "lightgbm", "dense"])
+def test_heads_saved_before_the_package_split_load_and_predict_the_same(kind, tmp_path):
+    """Folders written by the flat featx/heads.py (tests/data/saved_heads/make_fixture.py) still load,
+    predict what they predicted then, and save again to the same files."""
+    with np.load(SAVED / "inputs.npz") as z:
+        X, expected = z["X"], z[f"proba_{kind}"]
+    head = load_head(SAVED / kind)
+    np.testing.assert_allclose(head.predict_proba(X), expected, rtol=1e-5, atol=1e-6)
+    old = (SAVED / kind / "manifest.json").read_bytes()
+    again = head.save(tmp_path / kind, manifest=json.loads(old))
+    assert (again / "manifest.json").read_bytes() == old
+    assert sorted(f.name for f in again.iterdir()) == sorted(f.name for f in (SAVED / kind).iterdir())
+    for f in (SAVED / kind).glob("*.npz"):
+        with np.load(f) as a, np.load(again / f.name) as b:
+            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    for name in ("lightgbm.txt", "history.json"):
+        if (SAVED / kind / name).exists():
+            assert (again / name).read_bytes() == (SAVED / kind / name).read_bytes()
