@@ -178,6 +178,32 @@ def test_logistic_head_fits_without_future_warnings():
     assert head.C_ in C_GRID
 
 
+def test_declared_sequences_and_names_lists():
+    """params.Items takes a non-empty sequence of accepted items; as_list reads "a,b" or a list."""
+    from featx.params import Integral, Interval, Items, as_list, check_params
+
+    widths = {"hidden": [Items(Interval(Integral, 1, None, closed="left"))]}
+    check_params(widths, {"hidden": (512, 128)}, "DenseHead")
+    check_params(widths, {"hidden": [8]}, "DenseHead")
+    for bad in [(), (64, 0), (1.5,), 64, "64"]:
+        with pytest.raises(ValueError, match=r"'hidden' parameter of DenseHead must be a non-empty tuple or list, "
+                                             r"each item an int in the range \[1, inf\)"):
+            check_params(widths, {"hidden": bad}, "DenseHead")
+    assert as_list(" a, b,,") == ["a", "b"] and as_list(("a", 2)) == ["a", "2"] and as_list(None) == []
+
+
+def test_kinds_names_the_registry_without_importing_a_head():
+    """The CLI's --head choices come from featx.heads.KINDS, which costs no import."""
+    import subprocess
+    import sys
+
+    from featx.heads import HEADS, KINDS
+
+    assert KINDS == tuple(HEADS)
+    code = "import sys, featx.heads as h; h.KINDS; print(sorted(m for m in ('sklearn', 'keras') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
 SAVED = Path(__file__).parent / "data" / "saved_heads"
 
 
