@@ -225,3 +225,26 @@ def test_heads_saved_before_the_package_split_load_and_predict_the_same(kind, tm
     for name in ("lightgbm.txt", "history.json"):
         if (SAVED / kind / name).exists():
             assert (again / name).read_bytes() == (SAVED / kind / name).read_bytes()
+
+
+# Every name the flat modules had (and that other modules import) resolves from the packages.
+OLD_NAMES = {
+    "featx.heads": ["C_GRID", "CHUNKED_SOLVER_VALUES", "WARM_START_ROWS", "PCA_FIT_ROWS", "HEAD_FILES", "MIN_DELTA",
+                    "one_blas_thread", "DenseHead", "LogisticHead", "LightGBMHead", "HEADS", "head_class",
+                    "make_head", "read_manifest", "load_head", "align_proba", "_class_weights", "_best_epoch"],
+    "featx.selection": ["DENSE_GRID", "DENSE_BUDGET_S", "CV_BUDGETS", "DEFAULT_FOLDS", "EARLY_STOP_FRACTION",
+                        "EARLY_STOP_MAX_ROWS", "EARLY_STOPPING_KINDS", "SCALE_ROWS", "SELECT_ROWS", "AUTO_NORMS",
+                        "Protocol", "Trial", "stratified_subsample", "cv_protocol", "val_protocol",
+                        "early_stopping_split", "fit_for_scoring", "refit_counts", "evaluate", "grid_for", "select",
+                        "search", "feature_set_names", "leaderboard_table", "heads_split_record"],
+    "featx.arrays": ["LAYOUT", "ANONYMOUS", "KERAS_DATASETS", "ArrayError", "ArrayItem", "row_key", "resize_pixels",
+                     "is_array_data", "as_dataset", "view_source", "is_streamed", "row_reader", "spooled"],
+}
+
+
+@pytest.mark.parametrize("package", sorted(OLD_NAMES))
+def test_the_packages_export_what_the_flat_modules_did(package):
+    import importlib
+
+    mod = importlib.import_module(package)
+    assert [n for n in [*OLD_NAMES[package], *mod.__all__] if not hasattr(mod, n)] == []
