@@ -1,7 +1,8 @@
 """Declarative parameter checks, in the spirit of scikit-learn's ``_parameter_constraints``.
 
 An estimator lists, for each parameter, the values it accepts: ``None``, a
-type (``dict``, ``tuple``), an :class:`Interval` or :class:`Options`. A value
+type (``dict``, ``tuple``), an :class:`Interval`, :class:`Options` or
+:class:`Items` (a sequence of accepted values). A value
 that none of them accepts is an error naming the class, the parameter, what is
 accepted and what was received::
 
@@ -65,6 +66,19 @@ class Options:
         return f"a str among {sorted(self.values)}"
 
 
+@dataclass(frozen=True)
+class Items:
+    """A non-empty tuple or list whose every item ``item`` (a constraint) accepts: ``hidden=(512, 128)``."""
+
+    item: object
+
+    def accepts(self, value) -> bool:
+        return isinstance(value, (tuple, list)) and len(value) > 0 and all(_accepts(self.item, v) for v in value)
+
+    def __str__(self) -> str:
+        return f"a non-empty tuple or list, each item {_describe(self.item)},"
+
+
 def _accepts(constraint, value) -> bool:
     if constraint is None:
         return value is None
@@ -95,4 +109,13 @@ def check_params(constraints: dict, params: dict, caller: str, error: type = Fea
         raise error(f"The {name!r} parameter of {caller} must be {expected}. Got {value!r} instead.")
 
 
-__all__ = ["Interval", "Options", "check_params", "Integral", "Real"]
+def as_list(value) -> list[str]:
+    """Names given as one comma-separated string or a sequence (``"a,b"``, ``["a", "b"]``); None is none."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+__all__ = ["Interval", "Items", "Options", "as_list", "check_params", "Integral", "Real"]

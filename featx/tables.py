@@ -36,6 +36,7 @@ import numpy as np
 
 from .cache import Cache, DatasetView, Extraction
 from .errors import CacheError, FeatxError, FeatxValueError
+from .params import as_list
 
 FORMATS = ("parquet", "arrow", "npz")
 _SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow",
@@ -88,19 +89,11 @@ class _Part:
 # --------------------------------------------------------------------------- what to export
 
 
-def _as_list(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
-
-
 def _views(cache: Cache, data, backbone, extraction) -> list[DatasetView]:
     """The views named, as ``fit-head`` picks them: the latest by default; several to export side by side."""
     from .features import find_view
 
-    extractions, backbones = _as_list(extraction), _as_list(backbone)
+    extractions, backbones = as_list(extraction), as_list(backbone)
     if extractions and backbones:
         raise FeatxValueError("Name the extractions to export either by --extraction or by --backbone, not both.")
     if extractions:

@@ -28,6 +28,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .errors import BadImage, CacheError, FeatxValueError
+from .params import Options, check_params
 
 ON_BAD = ("raise", "nan")
 # Normalisations that work row by row: a "standard" z-score would have to be
@@ -92,6 +93,11 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     >>> fx.get_feature_names_out()[:2]                                            # doctest: +SKIP
     array(['mobilenetv3small_0', 'mobilenetv3small_1'], dtype=object)
     """
+
+    _parameter_constraints = {
+        "on_bad": [Options(ON_BAD)],
+        "normalise": [Options(ROW_NORMALISATIONS)],
+    }
 
     def __init__(
         self,
@@ -214,13 +220,12 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     # -- helpers
     def _check_params(self) -> None:
-        if self.on_bad not in ON_BAD:
-            raise FeatxValueError(f"FeatureExtractor: on_bad must be one of {ON_BAD}. Received: on_bad={self.on_bad!r}")
-        if self.normalise not in ROW_NORMALISATIONS:
-            hint = " (a z-score is learned from data: put a StandardScaler after the extractor)" \
-                if self.normalise == "standard" else ""
-            raise FeatxValueError(f"FeatureExtractor: normalise must be one of {ROW_NORMALISATIONS}{hint}. "
-                                  f"Received: normalise={self.normalise!r}")
+        """The transformer's own parameters; the extraction's are checked by :func:`featx.extract`."""
+        if self.normalise == "standard":
+            raise FeatxValueError("The 'normalise' parameter of FeatureExtractor must be one of "
+                                  f"{ROW_NORMALISATIONS}: a z-score is learned from data, so put a StandardScaler "
+                                  "after the extractor. Got 'standard' instead.")
+        check_params(self._parameter_constraints, self.get_params(deep=False), type(self).__name__)
 
     def _cuts(self) -> list[int]:
         return [int(t) for t in self.taps] if self.taps is not None else [int(self.cut_blocks)]
@@ -314,13 +319,13 @@ def _files_dataset(paths: list[str]):
 
 def _pil_dataset(images: list):
     """Each PIL image as an array row keyed by its pixels (grayscale kept as one channel)."""
-    from .arrays import LAYOUT, ArrayItem, _Rows
+    from .arrays.rows import LAYOUT, ArrayItem, Rows
     from .data import Dataset
 
     items = []
     for i, img in enumerate(images):
         pixels = np.asarray(img.convert("L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"), dtype=np.uint8)
-        items.append(ArrayItem(str(i), None, "", _Rows(pixels[None], None), 0))
+        items.append(ArrayItem(str(i), None, "", Rows(pixels[None], None), 0))
     return Dataset("<arrays>", LAYOUT, items, [])
 
 

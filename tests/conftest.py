@@ -37,11 +37,11 @@ def _session_workspace(tmp_path_factory):
     runs), and the budget rules themselves are tested with explicit budgets
     and a fake clock (test_selection.py).
     """
-    import featx.selection
+    import featx.selection.grid
 
     with pytest.MonkeyPatch.context() as mp:
         _isolate(mp, tmp_path_factory.mktemp("session-work"))
-        mp.setattr(featx.selection, "DENSE_BUDGET_S", 3.0)
+        mp.setattr(featx.selection.grid, "DENSE_BUDGET_S", 3.0)
         yield
 
 

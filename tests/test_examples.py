@@ -28,9 +28,9 @@ HEADER = "path,label_1,prob_1,label_2,prob_2"
 
 def _short_dense_search(monkeypatch):
     """The default dense search stops at a 3 s budget instead of 20: the same path, on 24 tiny images."""
-    import featx.selection
+    import featx.selection.grid
 
-    monkeypatch.setattr(featx.selection, "DENSE_BUDGET_S", 3.0)
+    monkeypatch.setattr(featx.selection.grid, "DENSE_BUDGET_S", 3.0)
 
 
 def test_quickstart_example_runs(tmp_path, monkeypatch, capsys):

@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,75 @@ def test_logistic_head_fits_without_future_warnings():
         warnings.simplefilter("error", FutureWarning)
         head = LogisticHead().fit(X, y)
     assert head.C_ in C_GRID
+
+
+def test_declared_sequences_and_names_lists():
+    """params.Items takes a non-empty sequence of accepted items; as_list reads "a,b" or a list."""
+    from featx.params import Integral, Interval, Items, as_list, check_params
+
+    widths = {"hidden": [Items(Interval(Integral, 1, None, closed="left"))]}
+    check_params(widths, {"hidden": (512, 128)}, "DenseHead")
+    check_params(widths, {"hidden": [8]}, "DenseHead")
+    for bad in [(), (64, 0), (1.5,), 64, "64"]:
+        with pytest.raises(ValueError, match=r"'hidden' parameter of DenseHead must be a non-empty tuple or list, "
+                                             r"each item an int in the range \[1, inf\)"):
+            check_params(widths, {"hidden": bad}, "DenseHead")
+    assert as_list(" a, b,,") == ["a", "b"] and as_list(("a", 2)) == ["a", "2"] and as_list(None) == []
+
+
+def test_kinds_names_the_registry_without_importing_a_head():
+    """The CLI's --head choices come from featx.heads.KINDS, which costs no import."""
+    import subprocess
+    import sys
+
+    from featx.heads import HEADS, KINDS
+
+    assert KINDS == tuple(HEADS)
+    code = "import sys, featx.heads as h; h.KINDS; print(sorted(m for m in ('sklearn', 'keras') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+SAVED = Path(__file__).parent / "data" / "saved_heads"
+
+
+@pytest.mark.parametrize("kind", ["logreg", "lightgbm", "dense"])
+def test_heads_saved_before_the_package_split_load_and_predict_the_same(kind, tmp_path):
+    """Folders written by the flat featx/heads.py (tests/data/saved_heads/make_fixture.py) still load,
+    predict what they predicted then, and save again to the same files."""
+    with np.load(SAVED / "inputs.npz") as z:
+        X, expected = z["X"], z[f"proba_{kind}"]
+    head = load_head(SAVED / kind)
+    np.testing.assert_allclose(head.predict_proba(X), expected, rtol=1e-5, atol=1e-6)
+    old = (SAVED / kind / "manifest.json").read_bytes()
+    again = head.save(tmp_path / kind, manifest=json.loads(old))
+    assert (again / "manifest.json").read_bytes() == old
+    assert sorted(f.name for f in again.iterdir()) == sorted(f.name for f in (SAVED / kind).iterdir())
+    for f in (SAVED / kind).glob("*.npz"):
+        with np.load(f) as a, np.load(again / f.name) as b:
+            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    for name in ("lightgbm.txt", "history.json"):
+        if (SAVED / kind / name).exists():
+            assert (again / name).read_bytes() == (SAVED / kind / name).read_bytes()
+
+
+# Every name the flat modules had (and that other modules import) resolves from the packages.
+OLD_NAMES = {
+    "featx.heads": ["C_GRID", "CHUNKED_SOLVER_VALUES", "WARM_START_ROWS", "PCA_FIT_ROWS", "HEAD_FILES", "MIN_DELTA",
+                    "one_blas_thread", "DenseHead", "LogisticHead", "LightGBMHead", "HEADS", "head_class",
+                    "make_head", "read_manifest", "load_head", "align_proba", "_class_weights", "_best_epoch"],
+    "featx.selection": ["DENSE_GRID", "DENSE_BUDGET_S", "CV_BUDGETS", "DEFAULT_FOLDS", "EARLY_STOP_FRACTION",
+                        "EARLY_STOP_MAX_ROWS", "EARLY_STOPPING_KINDS", "SCALE_ROWS", "SELECT_ROWS", "AUTO_NORMS",
+                        "Protocol", "Trial", "stratified_subsample", "cv_protocol", "val_protocol",
+                        "early_stopping_split", "fit_for_scoring", "refit_counts", "evaluate", "grid_for", "select",
+                        "search", "feature_set_names", "leaderboard_table", "heads_split_record"],
+    "featx.arrays": ["LAYOUT", "ANONYMOUS", "KERAS_DATASETS", "ArrayError", "ArrayItem", "row_key", "resize_pixels",
+                     "is_array_data", "as_dataset", "view_source", "is_streamed", "row_reader", "spooled"],
+}
+
+
+@pytest.mark.parametrize("package", sorted(OLD_NAMES))
+def test_the_packages_export_what_the_flat_modules_did(package):
+    import importlib
+
+    mod = importlib.import_module(package)
+    assert [n for n in [*OLD_NAMES[package], *mod.__all__] if not hasattr(mod, n)] == []

@@ -68,7 +68,6 @@ def test_lazy_features_read_nothing_until_asked_and_match_the_eager_ones(cached,
 
 def test_dense_head_streams_bounded_blocks_from_the_cache(cached, reads, monkeypatch):
     monkeypatch.setattr(F, "CHUNK_ROWS", 64)
-    monkeypatch.setattr(H, "CHUNK_ROWS", 64)
     root, X, y = cached
     f = load_features(cache_dir=root, lazy=True)
     head = H.DenseHead(hidden=(8,), epochs=3, batch_size=16, lr=1e-2, normalise="standard").fit(f.X, y)
@@ -87,9 +86,9 @@ def test_chunked_logistic_solver_is_scikit_learns_model(monkeypatch):
     for k in (2, 3):
         y = np.array(["a", "b", "c"])[(X[:, 0] + X[:, 1] * (k - 2) + rng.normal(0, 2, 600) > 3).astype(int) + (k - 2)
                                       * (X[:, 2] > 4)]
-        monkeypatch.setattr(H, "CHUNKED_SOLVER_VALUES", 1000)
-        monkeypatch.setattr(H, "WARM_START_ROWS", 50)
-        monkeypatch.setattr(H, "CHUNK_ROWS", 128)
+        monkeypatch.setattr(H.logreg, "CHUNKED_SOLVER_VALUES", 1000)
+        monkeypatch.setattr(H.logreg, "WARM_START_ROWS", 50)
+        monkeypatch.setattr(F, "CHUNK_ROWS", 128)
         head = H.LogisticHead(C=0.3, class_weight="balanced").fit(X, y)
         Xs = (X - X.astype(np.float64).mean(0)) / X.astype(np.float64).std(0)
         ref = LogisticRegression(C=0.3, class_weight="balanced", max_iter=2000).fit(Xs, y)
@@ -102,8 +101,8 @@ def test_lightgbm_learns_its_projection_on_a_sample_and_projects_in_chunks(monke
 
     X, y = make_blobs(n_samples=500, n_features=32, centers=3, cluster_std=4.0, random_state=0)
     X = X.astype(np.float32)
-    monkeypatch.setattr(H, "PCA_FIT_ROWS", 100)
-    monkeypatch.setattr(H, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(H.lightgbm, "PCA_FIT_ROWS", 100)
+    monkeypatch.setattr(F, "CHUNK_ROWS", 64)
     head = H.LightGBMHead(n_estimators=30, pca_components=8).fit(X, y)
     want = (X - head.pca_mean_) @ head.pca_components_.T
     np.testing.assert_allclose(head._project(X), want, rtol=1e-4, atol=1e-4)

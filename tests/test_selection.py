@@ -136,13 +136,13 @@ def test_a_skipped_configuration_does_not_let_the_next_one_through(monkeypatch):
     from featx import selection as S
 
     clock = [0.0]
-    monkeypatch.setattr(S, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(S.grid, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
     def fake_evaluate(kind, X, y, protocol, params, features="", keep_estimator=False, deadline=None):
         clock[0] += 12.0
         return S.Trial(kind, dict(params), features, scores=[0.5], seconds=12.0)
 
-    monkeypatch.setattr(S, "evaluate", fake_evaluate)
+    monkeypatch.setattr(S.grid, "evaluate", fake_evaluate)
     X, y = blobs(n=30)
     p = S.val_protocol(20, 10)
     best, trials = S.select("dense", X, y, p, {"seed": 0}, budget_s=20.0)
@@ -151,10 +151,10 @@ def test_a_skipped_configuration_does_not_let_the_next_one_through(monkeypatch):
 
 
 def _recording_make_head(monkeypatch, calls):
-    """selection.make_head, recording the row ids (column 0) each fit and eval set held; dense kept tiny."""
+    """make_head as selection fits with it, recording the row ids (column 0) each fit and eval set held; dense kept tiny."""
     from featx import selection as S
 
-    real = S.make_head
+    real = S.trials.make_head
 
     def make(kind, **params):
         if kind == "dense":
@@ -169,7 +169,7 @@ def _recording_make_head(monkeypatch, calls):
         head.fit = recording_fit
         return head
 
-    monkeypatch.setattr(S, "make_head", make)
+    monkeypatch.setattr(S.trials, "make_head", make)
 
 
 def test_early_stopping_rows_are_disjoint_from_the_scored_rows(monkeypatch):
@@ -217,7 +217,7 @@ def test_auto_scores_every_head_kind_even_when_the_screen_spent_the_budget(monke
 
 
 def test_best_epoch_is_the_one_early_stopping_restores():
-    from featx.heads import _best_epoch
+    from featx.heads.dense import _best_epoch
 
     assert _best_epoch([1.0, 0.5, 0.4995, 0.6], 1e-3) == 2  # 0.4995 is not better by more than 0.001
     assert _best_epoch([1.0, 0.5, 0.498, 0.6], 1e-3) == 3
@@ -351,13 +351,13 @@ def test_val_scores_show_no_spread_and_skipped_rows_no_fit_time(monkeypatch):
     from featx import selection as S
 
     clock = [0.0]
-    monkeypatch.setattr(S, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(S.grid, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
     def fake_evaluate(kind, X, y, protocol, params, features="", keep_estimator=False, deadline=None):
         clock[0] += 7.0
         return S.Trial(kind, dict(params), features, scores=[0.5] * len(protocol.pairs), seconds=7.0)
 
-    monkeypatch.setattr(S, "evaluate", fake_evaluate)
+    monkeypatch.setattr(S.grid, "evaluate", fake_evaluate)
     X, y = blobs(n=30)
     lines = []
     best, trials = S.select("dense", X, y, S.val_protocol(20, 10), {"seed": 0}, budget_s=20.0, log=lines.append)
