@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import atomic_write_bytes
+from .heads import KINDS  # costs no import of head code
 from .errors import FeatxWarning, HeadError
 
 DEFAULT_HEADS_DIR = "heads"
@@ -21,8 +22,6 @@ DEFAULT_MODELS_DIR = "models"
 HOME_ENV = "FEATX_HOME"
 _WHAT = {"head": DEFAULT_HEADS_DIR, "model": DEFAULT_MODELS_DIR}
 MODEL_KIND = "end-to-end"  # the manifest kind of a fine-tuned model; heads carry their head kind
-# Kept in step with heads.HEADS (tested), so that resolving a path imports no head code.
-_HEAD_KINDS = ("dense", "logreg", "lightgbm")
 _OTHER_KIND = {"head": MODEL_KIND, "model": "featx"}  # what a models/ (heads/) folder holds, for the message
 
 
@@ -196,9 +195,9 @@ def resolve_result(what: str, value: str | os.PathLike | None = None,
         if kind is not None and what == "model":
             raise HeadError(f"Fine-tuned models have one pointer, latest; {text!r} is not one. "
                             "Pass --model latest or --model DIR.")
-        if kind is not None and kind not in _HEAD_KINDS:
+        if kind is not None and kind not in KINDS:
             raise HeadError(f"{text!r} names no kind of head: use latest, or latest-KIND with KIND among "
-                            f"{', '.join(_HEAD_KINDS)}.")
+                            f"{', '.join(KINDS)}.")
         return latest_dir(what, home, kind)
     if not path.exists():
         raise HeadError(f"{option} {text}: no such file or folder.")

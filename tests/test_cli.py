@@ -224,9 +224,11 @@ def test_cli_ranges_are_the_library_ranges():
     assert list(fit_head_opts["normalise"].type.choices) == list(NORMALISATIONS)
 
 def test_head_kinds_are_read_from_the_heads_registry(isolated, monkeypatch):
-    """A kind added to heads.HEADS is a choice of --head, --heads and --auto-heads, with no CLI change."""
+    """A kind added to the registry (heads.KINDS and heads.HEADS, kept equal by
+    test_heads) is a choice of --head, --heads and --auto-heads, with no CLI change."""
     from featx import heads
 
+    monkeypatch.setattr(heads, "KINDS", (*heads.KINDS, "svm"))
     monkeypatch.setitem(heads.HEADS, "svm", heads.LogisticHead)
     assert "[dense|logreg|lightgbm|svm|auto]" in invoke("fit-head", "--help").output
     rec = Recorder()
@@ -235,6 +237,7 @@ def test_head_kinds_are_read_from_the_heads_registry(isolated, monkeypatch):
     assert r.exit_code == 1 and "recorded" in r.output, r.output
     assert rec.calls[-1]["heads"] == ("svm", "dense")
     monkeypatch.delitem(heads.HEADS, "svm")
+    monkeypatch.setattr(heads, "KINDS", heads.KINDS[:-1])
     r = invoke("fit-head", "--auto-heads", "svm")
     assert r.exit_code == 2 and "expected head kinds among dense, logreg, lightgbm" in r.output
 

@@ -29,7 +29,7 @@ def _private(module: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("path", sorted(FEATX.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(FEATX.rglob("*.py")), ids=lambda p: str(p.relative_to(FEATX)))
 def test_featx_imports_no_private_module(path):
     found = [f"{path.name}:{line} imports {mod}" for line, mod in _imports(path) if _private(mod)]
     assert not found, found

@@ -312,4 +312,4 @@ def test_gitignore_covers_every_folder_featx_writes_in_the_home():
 def test_path_resolution_knows_every_head_kind():
     from featx import heads, outputs
 
-    assert set(outputs._HEAD_KINDS) == set(heads.HEADS)
+    assert outputs.KINDS is heads.KINDS and set(heads.KINDS) == set(heads.HEADS)
