@@ -33,6 +33,7 @@ def _short_dense_search(monkeypatch):
     monkeypatch.setattr(featx.selection.grid, "DENSE_BUDGET_S", 3.0)
 
 
+@pytest.mark.slow
 def test_quickstart_example_runs(tmp_path, monkeypatch, capsys):
     data = make_dataset(tmp_path / "data", per_class=6, splits=["train", "val"])
     _short_dense_search(monkeypatch)

@@ -380,13 +380,13 @@ def test_kill_dash_nine_then_resume(tmp_path, cache_dir):
     proc = subprocess.Popen(_extract_cmd(data, cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     shards = Path(cache_dir) / "extractions"
     deadline = time.time() + 120
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:  # a process that died early ends the wait
         if shards.exists() and len(list(shards.rglob("shards/*.h5"))) >= 2:
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     res = run(data, cache_dir, batch_size=2)
     assert res.reused > 0 and res.computed > 0
     assert res.reused + res.computed == 600

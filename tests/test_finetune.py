@@ -22,14 +22,14 @@ from conftest import make_dataset
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """Split data, extractions with two backbones, and dense heads on each."""
+    """Split data, extractions with two backbones, and dense heads on each (one configuration: no search)."""
     root = tmp_path_factory.mktemp("ft")
     data = make_dataset(root / "data", per_class=8, splits=["train", "val", "test"])
     heads = {}
     for bb in ("vgg16", "resnet50"):
         featx.extract(data, bb, weights="none", image_size=32, cache_dir=root / "cache", progress=False)
         heads[bb] = api.fit_head("dense", cache_dir=root / "cache", backbone=bb, out=root / f"head-{bb}",
-                                 epochs=10, hidden=(16,)).directory
+                                 epochs=10, hidden=(16,), dropout=0.5, lr=1e-3).directory
     return root, data, heads
 
 
@@ -258,7 +258,7 @@ def test_finetune_seeds_from_the_newest_dense_or_logreg_head(project, tmp_path):
     root, data, heads = project
     home = tmp_path / "home"
     dense = api.fit_head("dense", cache_dir=root / "cache", backbone="vgg16", home=home, epochs=2,
-                         hidden=(16,)).directory  # one configuration: no default search
+                         hidden=(16,), dropout=0.5, lr=1e-3).directory  # one configuration: no default search
     api.fit_head("lightgbm", cache_dir=root / "cache", backbone="vgg16", home=home)
     assert featx.latest_head(home).name.startswith("vgg16-lightgbm")
     assert ft.seed_head(home).resolve() == dense.resolve()
@@ -403,6 +403,7 @@ def test_curves_have_whole_epochs_and_mark_the_restored_one(tmp_path, monkeypatc
         assert marked and marked[0].get_marker() == "*"
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_exits_130_without_a_crash(project, tmp_path):
     """SIGINT once training runs: featx stops its decode threads and exits 130 (never -11/139)."""
     import signal

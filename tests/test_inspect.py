@@ -341,6 +341,7 @@ def test_report_files_written_and_parseable(planted, tmp_path):
     assert "4 near pairs" not in rep.summary() and "2 near pairs (1 at cosine >= 0.95, 1 mutual" in rep.summary()
 
 
+@pytest.mark.slow
 def test_inspect_imports_no_keras(planted, tmp_path):
     """The whole report from the cache alone: no Keras, no TensorFlow, no model."""
     cache = Path(planted[0].view.path).parents[1]

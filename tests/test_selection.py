@@ -110,22 +110,22 @@ def test_select_by_cv_picks_the_best_mean_and_averages_tree_counts():
 
 def test_dense_cv_that_would_overrun_its_budget_is_chosen_on_fold_one():
     X, y = blobs(n=90)
-    p = cv_protocol(np.unique(y, return_inverse=True)[1], ["a", "b", "c"], folds=3)
+    p = cv_protocol(np.unique(y, return_inverse=True)[1], ["a", "b", "c"], folds=2)
     fixed = {"seed": 0, "epochs": 3, "hidden": (8,), "dropout": 0.5, "lr": 1e-3}
     # a budget no fit can meet: the default selection keeps fold 1 as its validation split
     best, trials = select("dense", X, y, p, fixed, budget_s=1e-6, holdout_ok=True)
     fit_rows, val_rows = best.holdout
     np.testing.assert_array_equal(fit_rows, p.pairs[0][0])
     np.testing.assert_array_equal(val_rows, p.pairs[0][1])
-    assert len(best.scores) == 1 and "fold 1 of 3 only" in best.note and best.estimator is not None
+    assert len(best.scores) == 1 and "fold 1 of 2 only" in best.note and best.estimator is not None
     assert best.scores[0] == (best.estimator.predict(X[val_rows]) == y[val_rows]).mean()
     assert trials[0] is best and len(trials) == 1
     # an explicit CV (holdout_ok False) runs every fold whatever the budget
     best, _ = select("dense", X, y, p, fixed, budget_s=1e-6)
-    assert best.holdout is None and len(best.scores) == 3
+    assert best.holdout is None and len(best.scores) == 2
     # within the budget, the default selection is the full CV too, fold 1 included once
     best, trials = select("dense", X, y, p, fixed, budget_s=1e6, holdout_ok=True)
-    assert best.holdout is None and len(trials[0].scores) == 3 and trials[0].estimator is None
+    assert best.holdout is None and len(trials[0].scores) == 2 and trials[0].estimator is None
     assert trials[0].chosen["epochs"] >= 1
 
 
@@ -238,10 +238,10 @@ def test_default_dense_selection_falls_back_to_a_recorded_fold(tmp_path, flat):
     assert "over 2 x the 0s budget" in res.metrics["selection"]["note"]
     feats, splits, note = _split_rows(man, tmp_path / "c")
     assert sorted(splits.val.sha256.tolist()) == sel["val_sha256"] and note == ""
-    # asked for explicitly, CV runs all folds and refits
+    # asked for explicitly, CV runs all folds and refits (3 of them: the count is not the point)
     res = api.fit_head("dense", data=flat, cache_dir=tmp_path / "c", out=tmp_path / "h2", time_budget=1e-6,
-                       selection="cv", epochs=2, hidden=(8,), dropout=0.5, lr=1e-3)
-    assert res.metrics["cv"]["folds"] == 5 and len(res.metrics["cv"]["scores"]) == 5
+                       selection="cv", folds=3, epochs=2, hidden=(8,), dropout=0.5, lr=1e-3)
+    assert res.metrics["cv"]["folds"] == 3 and len(res.metrics["cv"]["scores"]) == 3
 
 
 def test_split_record_keys():

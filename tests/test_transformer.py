@@ -148,6 +148,7 @@ def test_taps_are_concatenated_and_named(warm):
 # --------------------------------------------------------------------------- the cache
 
 
+@pytest.mark.slow
 def test_grid_search_computes_features_once(tmp_path, passes):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV

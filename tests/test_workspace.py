@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from featx.outputs import home_dir
 from featx.cache import default_cache_dir
 
@@ -37,6 +39,7 @@ def _pytest(repo: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, env=env)
 
 
+@pytest.mark.slow
 def test_a_run_that_writes_into_the_checkout_fails(tmp_path):
     repo = _fake_checkout(tmp_path, (
         "from pathlib import Path\n"
