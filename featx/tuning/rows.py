@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FeatxError, HeadError
-from ..heads import make_head
+from ..heads import load_head, make_head
 from .build import SEED_KINDS
 from .options import FinetuneError
 
@@ -151,8 +151,11 @@ def start_from(head_dir: Path, man: dict, cache_dir, out_dir: Path, log=print) -
     keep = {k: v for k, v in man.items() if k not in ("kind", "params", "temperature", "created")}
     start_dir = est.save(out_dir / "start-head", {**keep, "selection": record, "refit_all": False,
                                                  "refit_from": str(head_dir)})
-    val_acc = float(np.mean(np.asarray(est.predict(np.asarray(sp.val.X)), dtype=object) == _names(sp.val, classes)))
-    log(f"note: {note}; its val accuracy {val_acc:.4f} ({start_dir})")
+    truth = _names(sp.val, classes)
+    val_acc = float(np.mean(np.asarray(est.predict(np.asarray(sp.val.X)), dtype=object) == truth))
+    head_acc = float(np.mean(np.asarray(load_head(head_dir).predict(np.asarray(sp.val.X)), dtype=object) == truth))
+    log(f"note: {note}; val accuracy {val_acc:.4f} (the {kind} head: {head_acc:.4f}"
+        + (", on rows it has seen)" if seen else ")") + f"; written to {start_dir}")
     notes.append(note)
     return Start(start_dir, feats, sp, True, notes)
 

@@ -155,20 +155,25 @@ def finetune(
     best_epoch = _keep_best(run, hist, before, start_weights)
     after, before = _score(run, before)
     _save(run, head_dir, man)
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    metrics = {
+    metrics = _write_metrics(run, hist, best_epoch, {
         "head": str(head_dir), "start_head": str(start.head_dir), "backbone": run.spec.backbone,
         "unfreeze": opts.unfreeze, "unfreeze_blocks": unfreeze_blocks, "unfreeze_default": opts.unfreeze_by_default,
         "lr": opts.lr, "lr_decay": opts.lr_decay, "augment": augment, "unfrozen_backbone_layers": n_unfrozen,
-        "trainable_params": counts[0], "non_trainable_params": counts[1], "epochs_run": len(history.get("loss", [])),
-        "best_epoch": best_epoch, "train_seconds": train_s, "parity_max_diff": diff, "before": before,
-        "after": after, "history": history, "unreadable": run.unreadable, "notes": run.notes,
-    }
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        "trainable_params": counts[0], "non_trainable_params": counts[1], "train_seconds": train_s,
+        "parity_max_diff": diff, "before": before, "after": after})
+    return FinetuneResult(directory, run.model, metrics, table, counts[0], counts[1], diff, run.notes)
+
+
+def _write_metrics(run: _Run, hist, best_epoch: int, record: dict) -> dict:
+    """metrics.json (the record, the epochs, the Keras history, notes) and curves.png."""
     from ..metrics import plot_curves
 
-    plot_curves(history, directory / "curves.png", f"{run.spec.backbone}: fine-tuning", best_epoch=best_epoch)
-    return FinetuneResult(directory, run.model, metrics, table, counts[0], counts[1], diff, run.notes)
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    metrics = {**record, "epochs_run": len(history.get("loss", [])), "best_epoch": best_epoch, "history": history,
+               "unreadable": run.unreadable, "notes": run.notes}
+    (run.directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curves(history, run.directory / "curves.png", f"{run.spec.backbone}: fine-tuning", best_epoch=best_epoch)
+    return metrics
 
 
 def _unfreeze_setting(opts: FinetuneOptions, specs, n_train: int) -> tuple[int | None, str]:
@@ -239,6 +244,7 @@ def _train(run: _Run, unfreeze_blocks, chosen: str, augment: dict):
     hist, stopping, t = None, None, time.perf_counter()
     with _StopOnCtrlC() as ctrl_c:
         try:
+            start_weights = run.model.get_weights()  # the head it starts from, before any warm-up
             if warmup:
                 run.log(f"warm-up: the head alone for {warmup} epoch(s), the backbone frozen...")
                 set_trainable(run.model, run.base, run.spec.backbone)
@@ -246,7 +252,6 @@ def _train(run: _Run, unfreeze_blocks, chosen: str, augment: dict):
                 run.model.fit(train_ds, epochs=warmup, callbacks=[ctrl_c.callback(keras)], **fit)
             n_unfrozen, table, counts, scales = _unfreeze(run, unfreeze_blocks, chosen)
             _compile(run, scales)
-            start_weights = run.model.get_weights()
             callbacks, stopping = _callbacks(run)
             run.log(f"training on {len(sp.train)} images, {len(train_ds)} batches an epoch, up to {opts.epochs} "
                     "epochs...")
