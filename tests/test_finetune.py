@@ -234,6 +234,11 @@ def test_validation_is_the_heads_own_split(tmp_path):
     held_out = make_splits(feats, 0.2, 3).val.paths
     assert sorted(sp.val.paths) == sorted(held_out)
     assert sorted(make_splits(feats, 0.2, 0).val.paths) != sorted(held_out)  # the seed matters here
+    # fitted on exactly the rows fine-tuning trains on: no refit, no warm-up; on other rows: a warm-up
+    assert ft_rows.start_from(d, man, tmp_path / "c", tmp_path / "m").same_rows
+    man["selection"]["train_sha256_digest"] = "0" * 64
+    start = ft_rows.start_from(d, man, tmp_path / "c", tmp_path / "m")
+    assert start.head_dir == d and not start.same_rows and not (tmp_path / "m").exists()
 
 
 def test_arguments_are_checked_before_anything_is_built(project, monkeypatch):
