@@ -39,9 +39,9 @@ _LAZY = {
     "predict_imagenet": "api",
     "compare": "api",
     "inspect": "inspection",
-    "finetune": "finetuning",
-    "build_end_to_end": "finetuning",
-    "predict_images": "finetuning",
+    "finetune": "tuning",
+    "build_end_to_end": "tuning",
+    "predict_images": "tuning",
 }
 
 # Bound eagerly: the function shadows its own module's name, and importing

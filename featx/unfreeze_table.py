@@ -15,7 +15,7 @@ upgrade that changes a family::
 
     python -m featx.unfreeze_table > /tmp/table.py   # then paste TABLE below
 
-The check after the real build (:func:`featx.finetuning.set_trainable`)
+The check after the real build (:func:`featx.tuning.set_trainable`)
 stays the authority; a backbone missing here is checked there only.
 """
 

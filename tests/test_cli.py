@@ -66,7 +66,7 @@ CACHE_COMMANDS = {
     "fit-head": (["fit-head"], "featx.fitting", "fit_with"),
     "predict": (["predict", "img.png"], "featx.predicting", "predict_with"),
     "compare": (["compare"], "featx.comparing", "compare_with"),
-    "finetune": (["finetune"], "featx.finetuning", "finetune"),
+    "finetune": (["finetune"], "featx.tuning", "finetune"),
 }
 
 
@@ -194,7 +194,7 @@ def test_good_values_reach_the_api(isolated, monkeypatch):
     fit, tune, cmp = Recorder(), Recorder(), Recorder()
     monkeypatch.setattr(importlib.import_module("featx.fitting"), "fit_with", fit.fn)
     monkeypatch.setattr(importlib.import_module("featx.comparing"), "compare_with", cmp.fn)
-    monkeypatch.setattr(importlib.import_module("featx.finetuning"), "finetune", tune.fn)
+    monkeypatch.setattr(importlib.import_module("featx.tuning"), "finetune", tune.fn)
     invoke("fit-head", "--hidden", "512, 128", "--dropout", "0", "--val-split", "0.5", "--lr", "1e-4", "--C", "2")
     assert fit.calls[-1]["hidden"] == (512, 128) and fit.calls[-1]["dropout"] == 0.0
     assert fit.calls[-1]["val_split"] == 0.5 and fit.calls[-1]["lr"] == 1e-4
@@ -205,13 +205,12 @@ def test_good_values_reach_the_api(isolated, monkeypatch):
     invoke("compare", "--heads", " logreg ,dense")
     assert list(cmp.calls[-1]["heads"]) == ["logreg", "dense"]
     invoke("finetune", "--unfreeze", "ALL", "--augment", "flip,rotate=0.2,zoom", "--patience", "0")
-    call = tune.calls[-1]
-    assert call["unfreeze"] == "all" and call["patience"] == 0
-    from featx.finetuning import parse_augment
-
-    assert parse_augment(call["augment"]) == {"flip": 1.0, "rotate": 0.2, "zoom": 0.1}
-    invoke("finetune", "--unfreeze", "60")
-    assert tune.calls[-1]["unfreeze"] == 60
+    call = tune.calls[-1]["options"]
+    assert call.unfreeze == "all" and call.patience == 0
+    assert call.augmentation == {"flip": 1.0, "rotate": 0.2, "zoom": 0.1}
+    invoke("finetune", "--unfreeze", "60", "--lr-decay", "1", "--warmup-epochs", "0", "--augment", "none")
+    call = tune.calls[-1]["options"]
+    assert (call.unfreeze, call.lr_decay, call.warmup_epochs, call.augmentation) == (60, 1.0, 0, {})
 
 
 def test_cli_ranges_are_the_library_ranges():
@@ -441,7 +440,7 @@ def test_predict_model_and_head_options_refuse_the_other_kind(isolated):
 
 
 def test_predict_images_api_refuses_a_head_folder(tmp_path):
-    from featx.finetuning import FinetuneError, predict_images
+    from featx.tuning import FinetuneError, predict_images
 
     head = _folder(tmp_path / "h", "logreg")
     with pytest.raises(FinetuneError, match=r"is a logreg head \(from `featx fit-head`\), not a fine-tuned model"):

@@ -226,7 +226,7 @@ def test_best_epoch_is_the_one_early_stopping_restores():
 
 def test_default_dense_selection_falls_back_to_a_recorded_fold(tmp_path, flat):
     """Too slow for K folds + refit: fold 1's held-out rows become a recorded val split that finetune reuses."""
-    from featx.finetuning import _split_rows
+    from featx.tuning.rows import _split_rows
 
     res = api.fit_head("dense", data=flat, cache_dir=tmp_path / "c", out=tmp_path / "h", time_budget=1e-6,
                        epochs=2, hidden=(8,), dropout=0.5, lr=1e-3)

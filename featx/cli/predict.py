@@ -58,7 +58,7 @@ def predict(obj, data, head, model, imagenet, backbone, top_k, out, batch_size, 
     if imagenet:
         preds = predict_imagenet(source, backbone, top_k=top_k, batch_size=batch_size)
     elif model:
-        from ..finetuning import predict_images
+        from ..tuning import predict_images
 
         preds = predict_images(model, source, top_k=top_k, batch_size=batch_size, split=split)
     else:

@@ -129,23 +129,25 @@ class LayersOrAll(click.ParamType):
 
 
 class Augmentations(click.ParamType):
-    """``--augment flip,zoom=0.1``, checked with featx.finetuning.parse_augment.
+    """``--augment flip,zoom=0.1`` or ``none``, checked with featx.tuning.parse_augment.
 
-    Returns the canonical spec ("flip=1.0,zoom=0.1"), which parse_augment
-    reads back to the same settings.
+    Returns the canonical spec ("flip=1.0,zoom=0.1", or "none"), which
+    parse_augment reads back to the same settings.
     """
 
     name = "SPEC"
 
     def convert(self, value, param, ctx):
-        from ..finetuning import parse_augment
+        from ..tuning.options import parse_augment
 
         try:
             parsed = parse_augment(value)
         except FeatxError as exc:
             self.fail(str(exc), param, ctx)
         if not parsed:
-            self.fail(f"expected augmentations like flip,rotate=0.1; got {value!r}", param, ctx)
+            if value.strip().lower() == "none":
+                return "none"
+            self.fail(f"expected augmentations like flip,rotate=0.1, or none; got {value!r}", param, ctx)
         return ",".join(f"{k}={v!r}" for k, v in parsed.items())
 
 

@@ -17,18 +17,32 @@ The modules, in the order a run uses them:
 The package is not called ``finetune`` so that ``featx.finetune`` stays the function.
 """
 
-from .build import SEED_KINDS, build_end_to_end, parity_check
-from .data import load_pixels, random_resized_crop
-from .interrupt import FinetuneInterrupted
-from .optim import make_optimizer
-from .options import AUGMENTATIONS, FinetuneError, FinetuneOptions, parse_augment
-from .predict import predict_images
-from .rows import seed_head
-from .train import FinetuneResult, finetune
-from .unfreeze import check_unfreeze, layer_table, param_counts, set_trainable
+from importlib import import_module
 
-__all__ = [
-    "AUGMENTATIONS", "FinetuneError", "FinetuneInterrupted", "FinetuneOptions", "FinetuneResult", "SEED_KINDS",
-    "build_end_to_end", "check_unfreeze", "finetune", "layer_table", "load_pixels", "make_optimizer", "param_counts",
-    "parity_check", "parse_augment", "predict_images", "random_resized_crop", "seed_head", "set_trainable",
-]
+# Loaded on first use, so that the CLI can read FinetuneOptions' choices
+# (``featx --help``) without importing scikit-learn or Keras.
+_LAZY = {
+    "SEED_KINDS": "build", "build_end_to_end": "build", "parity_check": "build",
+    "load_pixels": "data", "random_resized_crop": "data",
+    "FinetuneInterrupted": "interrupt",
+    "make_optimizer": "optim",
+    "AUGMENTATIONS": "options", "FinetuneError": "options", "FinetuneOptions": "options", "parse_augment": "options",
+    "predict_images": "predict",
+    "seed_head": "rows",
+    "FinetuneResult": "train", "finetune": "train",
+    "check_unfreeze": "unfreeze", "layer_table": "unfreeze", "param_counts": "unfreeze", "set_trainable": "unfreeze",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
