@@ -111,6 +111,70 @@ def test_old_unsorted_shards_are_read_and_rewritten_sorted_by_compact(cache_dir)
     np.testing.assert_array_equal(ext.read([sha(i) for i in range(300)])[:, 0], np.arange(300))
 
 
+def _no_index(monkeypatch):
+    """Make Extraction.index(), a dict of every row, an error: the code under test must not build it."""
+    def index(self):
+        raise AssertionError("built a dict of every row")
+
+    monkeypatch.setattr(featx.cache.Extraction, "index", index)
+
+
+def test_storage_order_comes_from_the_shards_sorted_keys_not_an_index(cache_dir, monkeypatch):
+    from featx.features import CachedRows
+
+    ext = fake_extraction(cache_dir, shards=((0, 40), (40, 70)))
+    write_old_shard(ext, 70, 100)  # an older, unsorted shard: rows in file order come from its permutation
+    files = ext.shards()
+    where = {}
+    for j, shard in enumerate(files):
+        with h5py.File(shard) as f:
+            for row, key in enumerate(f["sha256"][...].tolist()):
+                where.setdefault(key.decode(), (j, row))  # the first copy, in name order
+    _no_index(monkeypatch)
+    picked = [83, 5, 71, 39, 40, 0, 99, 41]
+    X = CachedRows(ext, [sha(i) for i in picked])
+    order = X.storage_order()
+    assert [where[sha(picked[i])] for i in order] == sorted(where[sha(i)] for i in picked)
+    shard, row = ext.locate([sha(5), sha(1000), sha(71)])
+    assert shard.tolist()[1] == row.tolist()[1] == -1 and (shard[0], row[0]) == where[sha(5)]
+    pieces = list(X.chunks(3))
+    assert [len(p) for p, _ in pieces] == [3, 3, 2]
+    for pos, block in pieces:  # every row once, each the row asked for
+        np.testing.assert_array_equal(block[:, 0], np.array(picked)[pos])
+    assert sorted(np.concatenate([p for p, _ in pieces]).tolist()) == list(range(len(picked)))
+
+
+def test_lazy_load_features_checks_for_missing_rows_without_an_index(cache_dir, monkeypatch):
+    ext = fake_extraction(cache_dir, shards=((0, 6), (6, 10)))
+    cache = Cache(cache_dir)
+    shas = [sha(i) for i in range(10)]
+    cache.write_view(ext, "all", "folders", ["a"], [f"/img/{i}.png" for i in range(10)], shas,
+                     np.zeros(10, np.int32), ["train"] * 10)
+    _no_index(monkeypatch)
+    f = featx.load_features("all", cache_dir=cache_dir, lazy=True)
+    assert f.lazy and f.X.shape == (10, 3)
+    np.testing.assert_array_equal(np.asarray(f.X)[:, 0], np.arange(10))
+    cache.write_view(ext, "more", "folders", ["a"], ["/img/0.png", "/img/x.png"], [sha(0), sha(500)],
+                     np.zeros(2, np.int32), ["train"] * 2)
+    with pytest.raises(CacheError, match=f"1 images are not in extraction .*first: {sha(500)[:12]}"):
+        featx.load_features("more", cache_dir=cache_dir, lazy=True)
+
+
+def test_known_rows_check_many_keys_at_once(cache_dir):
+    ext = fake_extraction(cache_dir, shards=((0, 6), (6, 10)))
+    known = ext.known()
+    known.add(sha(20))
+    asked = [sha(21), sha(3), sha(20), sha(9), sha(22), sha(3)]
+    assert known.missing(asked) == [sha(21), sha(22)]
+    assert known.missing([]) == []
+
+
+def test_read_takes_the_keys_only(cache_dir):
+    import inspect
+
+    assert list(inspect.signature(featx.cache.Extraction.read).parameters) == ["self", "shas"]
+
+
 # ---------------------------------------------------------------- merging
 
 
