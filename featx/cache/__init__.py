@@ -23,6 +23,8 @@ The package, one concern a module (docs/cache.md, "Layout of featx/cache/"):
     store       Cache: the root, its extractions, views and memo
 """
 
+# Re-exported for reading: a test or tool that patches a constant or a function does so in the
+# module that uses it (featx.cache.merge.TIER0_ROWS, featx.cache.shards.WORK_BYTES, ...).
 from .atomic import atomic_write_bytes, atomic_write_json
 from .extraction import Extraction
 from .layout import CACHE_ENV, DEFAULT_CACHE_DIR, STAGED_PREFIX, default_cache_dir
