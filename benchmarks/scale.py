@@ -82,21 +82,22 @@ def _run(ext, lo: int, hi: int, width: int, flush: int = FLUSH_ROWS) -> int:
 
 
 def step(name: str, cache_dir: Path, rows: int, width: int) -> dict:
-    import featx.cache as C
+    import featx.cache.merge as M
+    import featx.cache.shards as S
 
     out: dict = {}
     if name == "baseline":
-        C._h5()
+        S.h5()
         return out
     if name in ("write-tiered", "write-flat"):
         rewritten = [0]
-        real = C._merge_shards
+        real = M.merge_shards
 
         def counting(path, extraction, shards, store, replaces):
             rewritten[0] += sum(s.n for s in shards)
             return real(path, extraction, shards, store, replaces)
 
-        C._merge_shards = counting
+        M.merge_shards = counting
         ext = _extraction(cache_dir, width, create=True)
         bounds = np.linspace(0, rows, RUNS + 1).astype(int)
         for lo, hi in zip(bounds[:-1], bounds[1:]):

@@ -25,8 +25,9 @@ class CachedRows:
     array's ``shape``, ``dtype`` and ``len``; ``np.asarray(rows)`` (or
     ``rows[idx]``) reads rows into memory, ``rows.subset(idx)`` selects rows
     without reading any, and :meth:`chunks` walks them in bounded pieces.
-    Rows are read through :meth:`featx.cache.Extraction.read`, with one
-    sha256 -> (shard, row) index built on first use and kept.
+    Rows are read through :meth:`featx.cache.Extraction.read`, which
+    binary-searches each shard's sorted key column: no table of every row
+    is built, so memory follows the rows read, not the extraction.
 
     Attributes
     ----------
@@ -37,10 +38,9 @@ class CachedRows:
     dtype = np.dtype(np.float32)
     ndim = 2
 
-    def __init__(self, extraction: Extraction, sha256, index: dict | None = None):
+    def __init__(self, extraction: Extraction, sha256):
         self.extraction = extraction
         self.sha256 = np.asarray(sha256, dtype=object)
-        self._index = index
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -52,28 +52,26 @@ class CachedRows:
     def __repr__(self) -> str:
         return f"CachedRows({self.shape[0]} x {self.shape[1]} of {self.extraction.name})"
 
-    def index(self) -> dict:
-        if self._index is None:
-            self._index = self.extraction.index()
-        return self._index
-
     def subset(self, idx) -> "CachedRows":
         """The rows selected by a boolean mask or an index array; nothing is read."""
-        return CachedRows(self.extraction, self.sha256[idx], self._index)
+        return CachedRows(self.extraction, self.sha256[idx])
 
     def read(self, idx=None) -> np.ndarray:
         """Rows ``idx`` (all by default) as a float32 array, in that order."""
         shas = self.sha256 if idx is None else self.sha256[idx]
         if len(shas) == 0:
             return np.empty((0, self.shape[1]), np.float32)
-        return self.extraction.read(list(shas))  # binary-searched per shard: needs no index
+        return self.extraction.read(list(shas))
 
     def storage_order(self) -> np.ndarray:
-        """Row positions sorted by where they are stored (shard, row): reads in this order are sequential."""
-        index = self.index()
-        shards = {p: i for i, p in enumerate(sorted({index[s][0] for s in self.sha256}))}
-        where = np.array([(shards[index[s][0]], index[s][1]) for s in self.sha256], dtype=np.int64).reshape(-1, 2)
-        return np.lexsort((where[:, 1], where[:, 0]))
+        """Row positions sorted by where they are stored (shard, row): reads in this order are sequential.
+
+        Found by binary-searching the shards' sorted key columns
+        (:meth:`~featx.cache.Extraction.locate`); rows not in the cache come last.
+        """
+        shard, row = self.extraction.locate(self.sha256.tolist())
+        shard[shard < 0] = np.iinfo(np.int64).max
+        return np.lexsort((row, shard))
 
     def chunks(self, rows: int | None = None):
         """(positions, float32 rows) pieces of at most ``rows`` (CHUNK_ROWS) rows, covering every row once in storage order."""
@@ -272,7 +270,7 @@ def load_features(
     lazy : bool
         Leave the rows on disk: ``X`` is a :class:`CachedRows`, read on
         demand (the heads stream it; ``np.asarray(f.X)`` loads it). Memory
-        then holds the row index, not the matrix.
+        then holds the view's columns, not the matrix.
 
     Examples
     --------
@@ -293,8 +291,7 @@ def load_features(
     cols = cache.read_view(view)
     if lazy:
         X = CachedRows(ext, cols["sha256"])
-        index = X.index()
-        missing = [s for s in X.sha256 if s not in index]
+        missing = ext.known().missing(X.sha256.tolist())
         if missing:  # an error now, not halfway through a head
             raise CacheError(f"{len(missing)} images are not in extraction {ext.name} (first: {missing[0][:12]}). "
                              "Run `featx extract` again to compute them.")

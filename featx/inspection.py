@@ -828,29 +828,19 @@ class _CachedX:
         self.shas = shas
         self.shape = (len(shas), int(extraction.meta["feature_width"]))
         self.dtype = np.dtype(np.float32)
-        self._index = None
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def index(self) -> dict:
-        if self._index is None:
-            self._index = self.extraction.index()
-        return self._index
-
     def storage_order(self) -> np.ndarray:
         """Positions sorted by (shard, row), so that blocks read shards front to back."""
-        idx = self.index()
-        shards = {}
-        key = np.empty(len(self.shas), np.int64)
-        for k, sha in enumerate(self.shas.tolist()):
-            shard, row = idx[sha]
-            key[k] = shards.setdefault(shard, len(shards)) * (1 << 40) + row
-        return np.argsort(key, kind="stable")
+        shard, row = self.extraction.locate(self.shas.tolist())
+        shard[shard < 0] = np.iinfo(np.int64).max
+        return np.lexsort((row, shard))
 
     def read(self, positions: np.ndarray) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
-        return self.extraction.read(list(self.shas[positions]))  # binary-searched per shard: needs no index
+        return self.extraction.read(list(self.shas[positions]))
 
     def __getitem__(self, key) -> np.ndarray:
         positions = np.arange(self.shape[0])[key]

@@ -26,7 +26,8 @@ from featx.errors import CacheError, ExtractionRemoved, WeightsError
 from conftest import make_image
 
 extract_mod = sys.modules["featx.extract"]
-cache_mod = sys.modules["featx.cache"]
+memo_mod = sys.modules["featx.cache.memo"]
+store_mod = sys.modules["featx.cache.store"]
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="vgg16", weights="none", image_size=32, batch_size=4, progress=False)
 
@@ -114,7 +115,7 @@ def test_bad_marks_carry_the_decoder_version_and_old_memos_migrate(tmp_path, mon
     memo.remember_bad([(sha(2), "not an image")])
     assert memo.bad() == {sha(2): "not an image"}
     memo.close()
-    monkeypatch.setattr(featx.memo, "decoder_version", lambda: "Pillow 99.0.0; featx format 1")
+    monkeypatch.setattr(memo_mod, "decoder_version", lambda: "Pillow 99.0.0; featx format 1")
     memo = Memo(path)
     assert memo.bad() == {}  # a new Pillow gets another chance at every bad file
     memo.close()
@@ -139,14 +140,14 @@ def test_a_memo_that_cannot_be_opened_for_writing_is_kept_not_renamed(cache_dir,
     memo = cache.memo()
     memo.remember([("/data/a.jpg", 1, 2, sha(1))])
     memo.close()
-    real = featx.cache.Memo
+    real = store_mod.Memo
 
     def failing(path, readonly=False):
         if not readonly:
             raise sqlite3.OperationalError(message)
         return real(path, readonly=True)
 
-    monkeypatch.setattr(featx.cache, "Memo", failing)
+    monkeypatch.setattr(store_mod, "Memo", failing)
     with pytest.warns(UserWarning, match=message):
         memo = cache.memo()
     assert memo.lookup({"/data/a.jpg": (1, 2)}) == {"/data/a.jpg": sha(1)}  # still there, read-only
@@ -155,7 +156,7 @@ def test_a_memo_that_cannot_be_opened_for_writing_is_kept_not_renamed(cache_dir,
 
 
 def test_a_memo_locked_by_another_connection_is_reported_and_skipped_not_raised(tmp_path, monkeypatch):
-    monkeypatch.setattr(featx.memo, "BUSY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(memo_mod, "BUSY_TIMEOUT_S", 0.05)
     path = tmp_path / "memo.sqlite"
     memo = Memo(path)
     other = sqlite3.connect(path, isolation_level=None)
@@ -172,11 +173,11 @@ def test_a_memo_locked_by_another_connection_is_reported_and_skipped_not_raised(
 
 
 def test_the_memo_uses_a_rollback_journal_on_network_file_systems(tmp_path, monkeypatch):
-    assert featx.memo.filesystem_type("/proc") == "proc"
+    assert memo_mod.filesystem_type("/proc") == "proc"
     memo = Memo(tmp_path / "local.sqlite")
-    assert memo.journal_mode == "wal" or featx.memo.is_network_filesystem(tmp_path)
+    assert memo.journal_mode == "wal" or memo_mod.is_network_filesystem(tmp_path)
     memo.close()
-    monkeypatch.setattr(featx.memo, "filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(memo_mod, "filesystem_type", lambda path: "nfs4")
     memo = Memo(tmp_path / "shared.sqlite")
     assert memo.journal_mode == "delete"
     assert memo._db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
@@ -189,14 +190,13 @@ def test_the_memo_uses_a_rollback_journal_on_network_file_systems(tmp_path, monk
 # ---------------------------------------------------------------- 2. concurrency
 
 
-def test_read_retries_when_a_compaction_removed_the_shards_of_its_index(cache_dir):
+def test_read_finds_rows_after_a_compaction_replaced_the_shards_it_had_opened(cache_dir):
     ext = fake_extraction(cache_dir)
-    index = ext.index()
-    assert len(ext.shards()) == 2
+    assert ext.rows() == 8 and len(ext.shards()) == 2  # both shards opened
     with ext.lock():
         assert ext.compact() == 2
     shas = [sha(i) for i in (7, 0, 5)]
-    np.testing.assert_array_equal(ext.read(shas, index=index)[:, 0], [7, 0, 5])
+    np.testing.assert_array_equal(ext.read(shas)[:, 0], [7, 0, 5])
 
 
 def test_readers_never_fail_while_another_thread_compacts(cache_dir):

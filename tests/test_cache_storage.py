@@ -24,7 +24,8 @@ from featx.cli import cli
 from featx.errors import CacheError
 from featx.spec import ExtractionSpec
 
-cache_mod = sys.modules["featx.cache"]
+merge_mod = sys.modules["featx.cache.merge"]
+shards_mod = sys.modules["featx.cache.shards"]
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="vgg16", weights="none", image_size=32, batch_size=4, progress=False)
 
@@ -110,6 +111,70 @@ def test_old_unsorted_shards_are_read_and_rewritten_sorted_by_compact(cache_dir)
     np.testing.assert_array_equal(ext.read([sha(i) for i in range(300)])[:, 0], np.arange(300))
 
 
+def _no_index(monkeypatch):
+    """Make Extraction.index(), a dict of every row, an error: the code under test must not build it."""
+    def index(self):
+        raise AssertionError("built a dict of every row")
+
+    monkeypatch.setattr(featx.cache.Extraction, "index", index)
+
+
+def test_storage_order_comes_from_the_shards_sorted_keys_not_an_index(cache_dir, monkeypatch):
+    from featx.features import CachedRows
+
+    ext = fake_extraction(cache_dir, shards=((0, 40), (40, 70)))
+    write_old_shard(ext, 70, 100)  # an older, unsorted shard: rows in file order come from its permutation
+    files = ext.shards()
+    where = {}
+    for j, shard in enumerate(files):
+        with h5py.File(shard) as f:
+            for row, key in enumerate(f["sha256"][...].tolist()):
+                where.setdefault(key.decode(), (j, row))  # the first copy, in name order
+    _no_index(monkeypatch)
+    picked = [83, 5, 71, 39, 40, 0, 99, 41]
+    X = CachedRows(ext, [sha(i) for i in picked])
+    order = X.storage_order()
+    assert [where[sha(picked[i])] for i in order] == sorted(where[sha(i)] for i in picked)
+    shard, row = ext.locate([sha(5), sha(1000), sha(71)])
+    assert shard.tolist()[1] == row.tolist()[1] == -1 and (shard[0], row[0]) == where[sha(5)]
+    pieces = list(X.chunks(3))
+    assert [len(p) for p, _ in pieces] == [3, 3, 2]
+    for pos, block in pieces:  # every row once, each the row asked for
+        np.testing.assert_array_equal(block[:, 0], np.array(picked)[pos])
+    assert sorted(np.concatenate([p for p, _ in pieces]).tolist()) == list(range(len(picked)))
+
+
+def test_lazy_load_features_checks_for_missing_rows_without_an_index(cache_dir, monkeypatch):
+    ext = fake_extraction(cache_dir, shards=((0, 6), (6, 10)))
+    cache = Cache(cache_dir)
+    shas = [sha(i) for i in range(10)]
+    cache.write_view(ext, "all", "folders", ["a"], [f"/img/{i}.png" for i in range(10)], shas,
+                     np.zeros(10, np.int32), ["train"] * 10)
+    _no_index(monkeypatch)
+    f = featx.load_features("all", cache_dir=cache_dir, lazy=True)
+    assert f.lazy and f.X.shape == (10, 3)
+    np.testing.assert_array_equal(np.asarray(f.X)[:, 0], np.arange(10))
+    cache.write_view(ext, "more", "folders", ["a"], ["/img/0.png", "/img/x.png"], [sha(0), sha(500)],
+                     np.zeros(2, np.int32), ["train"] * 2)
+    with pytest.raises(CacheError, match=f"1 images are not in extraction .*first: {sha(500)[:12]}"):
+        featx.load_features("more", cache_dir=cache_dir, lazy=True)
+
+
+def test_known_rows_check_many_keys_at_once(cache_dir):
+    ext = fake_extraction(cache_dir, shards=((0, 6), (6, 10)))
+    known = ext.known()
+    known.add(sha(20))
+    asked = [sha(21), sha(3), sha(20), sha(9), sha(22), sha(3)]
+    assert known.missing(asked) == [sha(21), sha(22)]
+    assert known.missing([]) == []
+
+
+def test_read_takes_the_keys_only(cache_dir):
+    import inspect
+
+    assert list(inspect.signature(featx.cache.Extraction.read).parameters) == ["self", "shas"]
+
+
 # ---------------------------------------------------------------- merging
 
 
@@ -121,16 +186,16 @@ def test_a_merge_streams_in_bounded_rounds_and_the_first_copy_wins(cache_dir, mo
             f["features"][...] += 10000 * j
             spans[j] = f["features"][:, 0] % 10000
     want = [min(j for j in spans if i in spans[j]) * 10000 + i for i in range(1000)]
-    monkeypatch.setattr(cache_mod, "WORK_BYTES", 3 * 4 * 64)  # 64 rows of 3 floats per round, over all shards
+    monkeypatch.setattr(shards_mod, "WORK_BYTES", 3 * 4 * 64)  # 64 rows of 3 floats per round, over all shards
     seen = []
-    real = cache_mod._merge_rounds
+    real = merge_mod.merge_rounds
 
     def spy(shards, step):
         for out in real(shards, step):
             seen.append(len(out[0]))
             yield out
 
-    monkeypatch.setattr(cache_mod, "_merge_rounds", spy)
+    monkeypatch.setattr(merge_mod, "merge_rounds", spy)
     with ext.lock():
         assert ext.compact() == 3
     assert len(seen) > 20 and max(seen) <= 3 * 21  # three shards, 21 keys each at most
@@ -139,15 +204,15 @@ def test_a_merge_streams_in_bounded_rounds_and_the_first_copy_wins(cache_dir, mo
 
 
 def test_size_tiered_merging_bounds_the_shard_count_and_the_rewrites(cache_dir, monkeypatch):
-    monkeypatch.setattr(cache_mod, "TIER0_ROWS", 4)
+    monkeypatch.setattr(merge_mod, "TIER0_ROWS", 4)
     written = []
-    real = cache_mod._merge_shards
+    real = merge_mod.merge_shards
 
     def count(path, extraction, shards, store, replaces):
         written.append(sum(s.n for s in shards))
         return real(path, extraction, shards, store, replaces)
 
-    monkeypatch.setattr(cache_mod, "_merge_shards", count)
+    monkeypatch.setattr(merge_mod, "merge_shards", count)
     ext = fake_extraction(cache_dir, shards=())
     n = 0
     with ext.lock():
@@ -155,17 +220,17 @@ def test_size_tiered_merging_bounds_the_shard_count_and_the_rewrites(cache_dir, 
             ext.write_shard(rows(n, n + 3), [sha(i) for i in range(n, n + 3)], ["p"] * 3, [""] * 3)
             n += 3
             live = ext.shards()
-            tiers = [cache_mod.tier(s.n) for _, s in ext._live()]
-            assert all(tiers.count(t) < cache_mod.FANOUT for t in set(tiers)), tiers
-            assert len(live) <= (cache_mod.FANOUT - 1) * (cache_mod.tier(n) + 1)
+            tiers = [merge_mod.tier(s.n) for _, s in ext._live()]
+            assert all(tiers.count(t) < merge_mod.FANOUT for t in set(tiers)), tiers
+            assert len(live) <= (merge_mod.FANOUT - 1) * (merge_mod.tier(n) + 1)
     assert ext.rows() == n == disk_rows(ext)
     # Each row is rewritten at most once per size class it passes through: O(N log N), not O(N^2).
-    assert sum(written) <= n * (cache_mod.tier(n) + 1), (sum(written), n)
+    assert sum(written) <= n * (merge_mod.tier(n) + 1), (sum(written), n)
     np.testing.assert_array_equal(ext.read([sha(i) for i in range(n)])[:, 0], np.arange(n))
 
 
 def test_an_incremental_run_merges_its_own_shards_and_leaves_big_ones_alone(cache_dir, monkeypatch):
-    monkeypatch.setattr(cache_mod, "TIER0_ROWS", 16)
+    monkeypatch.setattr(merge_mod, "TIER0_ROWS", 16)
     ext = fake_extraction(cache_dir, shards=((0, 2000),))
     (big,) = ext.shards()
     with ext.lock():
@@ -182,18 +247,20 @@ KILL_SCRIPT = r"""
 import os, signal, sys
 from pathlib import Path
 import featx.cache as C
+import featx.cache.merge as M
+import featx.cache.shards as S
 cache, where = sys.argv[1:3]
 ext = C.Cache(cache).extractions()[0]
 die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 if where == "mid-write":  # after the first round of rows is in the temporary file
-    real = C._merge_rounds
+    real = M.merge_rounds
     def rounds(shards, step):
         for i, out in enumerate(real(shards, step)):
             if i == 1 and any(p.name.startswith(".tmp-") for p in ext.shard_dir.iterdir()):
                 die()
             yield out
-    C._merge_rounds = rounds
-    C.WORK_BYTES = 3 * 4 * 32
+    M.merge_rounds = rounds
+    S.WORK_BYTES = 3 * 4 * 32
 with ext.lock():
     if where == "after-rename":  # the merged shard is in place, its parts not yet removed
         C.Extraction._drop_replaced = die
@@ -225,7 +292,7 @@ def test_a_reader_during_a_merge_sees_every_row_once(cache_dir, monkeypatch):
     ext = fake_extraction(cache_dir, shards=((0, 10), (10, 20), (20, 30)))
     parts = ext.shards()
     seen = {}
-    real = cache_mod.Extraction._drop_replaced
+    real = featx.cache.Extraction._drop_replaced
 
     def look_then_drop(self):
         if not seen:  # the merged shard is in place; its parts are still on disk
@@ -238,7 +305,7 @@ def test_a_reader_during_a_merge_sees_every_row_once(cache_dir, monkeypatch):
         return real(self)
 
     with ext.lock():
-        monkeypatch.setattr(cache_mod.Extraction, "_drop_replaced", look_then_drop)
+        monkeypatch.setattr(featx.cache.Extraction, "_drop_replaced", look_then_drop)
         assert ext.compact() == 3
     assert len(seen["shards"]) == 1 and seen["shards"][0] not in parts
     assert seen["rows"] == seen["index"] == 30
@@ -248,13 +315,13 @@ def test_a_reader_during_a_merge_sees_every_row_once(cache_dir, monkeypatch):
 def test_a_full_disk_during_a_merge_is_one_line_and_the_shards_stay(cache_dir, monkeypatch):
     ext = fake_extraction(cache_dir, shards=((0, 10), (10, 20)))
     before = sorted(ext.shards())
-    real = cache_mod._merge_shards
+    real = merge_mod.merge_shards
 
     def full(path, *a, **k):
         real(path, *a, **k)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cache_mod, "_merge_shards", full)
+    monkeypatch.setattr(merge_mod, "merge_shards", full)
     out = CliRunner().invoke(cli, ["--cache-dir", str(cache_dir), "cache", "compact"])
     assert out.exit_code == 1 and "No space left on device while merging 2 shards" in out.output, out.output
     assert "Traceback" not in out.output and out.output.strip().count("\n") == 0, out.output

@@ -23,8 +23,8 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-from .data import sha256_file
-from .errors import FeatxWarning
+from ..data import sha256_file
+from ..errors import FeatxWarning
 
 # How long a statement waits for another process's lock before it gives up
 # (SQLite retries the lock in between): a writer holds it for one batch.
@@ -47,7 +47,7 @@ def decoder_version() -> str:
     """
     import PIL
 
-    from . import data
+    from .. import data
 
     return f"Pillow {PIL.__version__}; featx decoder {data.DECODER_VERSION}"
 
