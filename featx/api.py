@@ -477,7 +477,7 @@ def predict(
     or ``"test#12"`` for data with several splits and no ``split``.
     """
     from .arrays import as_dataset, is_array_data, is_streamed, spooled
-    from .data import Dataset
+    from .datasets import Dataset
     from .extract import extract
 
     if is_array_data(data):
@@ -532,7 +532,8 @@ def predict_imagenet(
 ) -> Predictions:
     """ImageNet top-k with a backbone's full classifier (needs the ImageNet weights)."""
     from . import backbones as B
-    from .data import discover, read_image
+    from .datasets import discover
+    from .decode import read_image
     from .runtime import import_keras
 
     keras = import_keras()

@@ -1,6 +1,6 @@
 """Images that are not files: NumPy arrays, ``.npz``/``.npy`` files, ``keras.datasets``, streams.
 
-:func:`as_dataset` turns any of these into a :class:`~featx.data.Dataset`
+:func:`as_dataset` turns any of these into a :class:`~featx.datasets.Dataset`
 whose items are :class:`ArrayItem` rows, so they go through the same
 extraction, cache, heads and prediction as image files:
 
@@ -48,7 +48,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .data import SPLIT_ALIASES, SPLIT_ORDER, Dataset, ImageItem, _target_size
+from .datasets import SPLIT_ALIASES, SPLIT_ORDER, Dataset, ImageItem
+from .decode import _target_size
 from .errors import DataError
 from .runtime import keras_cache_dir
 
@@ -128,7 +129,7 @@ def row_key(pixels: np.ndarray) -> str:
 
 
 def resize_pixels(pixels: np.ndarray, size) -> np.ndarray:
-    """(H, W, 1|3) uint8 to (size, size, 3) uint8 exactly as :func:`~featx.data.read_image` resizes.
+    """(H, W, 1|3) uint8 to (size, size, 3) uint8 exactly as :func:`~featx.decode.read_image` resizes.
 
     Pillow's bilinear filter treats channels alike, so a grayscale row is
     resized once and then repeated, as a grayscale file decoded to RGB would be.
@@ -283,7 +284,7 @@ class _Labels:
 
 
 def is_array_data(data) -> bool:
-    """Whether :func:`as_dataset` (rather than :func:`~featx.data.discover`) reads ``data``."""
+    """Whether :func:`as_dataset` (rather than :func:`~featx.datasets.discover`) reads ``data``."""
     if isinstance(data, (str, os.PathLike)):
         s = os.fspath(data)
         return s.startswith("keras:") or s.lower().endswith((".npz", ".npy"))
@@ -302,7 +303,7 @@ def is_array_data(data) -> bool:
 
 def as_dataset(data, *, name: str | None = None, class_names=None, scale="auto", split: str | None = None,
                log=None) -> Dataset:
-    """A :class:`~featx.data.Dataset` of :class:`ArrayItem` rows (see the module docstring).
+    """A :class:`~featx.datasets.Dataset` of :class:`ArrayItem` rows (see the module docstring).
 
     Parameters
     ----------

@@ -32,7 +32,8 @@ import numpy as np
 from . import backbones as B
 from .arrays import ArrayItem, as_dataset, is_array_data, is_streamed, view_source
 from .cache import Cache, DatasetView, Extraction
-from .data import Dataset, ImageItem, discover, read_image
+from .datasets import Dataset, ImageItem, discover
+from .decode import read_image
 from .errors import BadImage, DataError, DecoderUnavailable, FeatxError
 from .runtime import backend_name, gpu_available
 from .spec import ExtractionSpec, note_loaded, one_pass_groups, resolve_spec

@@ -29,7 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from . import backbones as B
-from .data import discover, read_image
+from .datasets import discover
+from .decode import read_image
 from .errors import BadImage, FeatxError, HeadError
 from .heads import load_head, read_manifest
 from .outputs import Predictions

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import backbones as B
 from .cache import write_staged_shard
-from .data import ImageItem
+from .datasets import ImageItem
 from .errors import CacheError, DataError, FeatxError
 from .extract import FLUSH_SECONDS, _padded, _progress, _Run
 from .runtime import stderr_to_devnull

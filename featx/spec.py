@@ -241,7 +241,7 @@ def one_pass_groups(specs) -> list[list[int]]:
 
 
 def _sha256_file(path) -> str:
-    from .data import sha256_file
+    from .datasets import sha256_file
 
     return sha256_file(path)
 

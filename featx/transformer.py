@@ -307,7 +307,7 @@ def _is_pil(x) -> bool:
 
 
 def _files_dataset(paths: list[str]):
-    from .data import Dataset, ImageItem
+    from .datasets import Dataset, ImageItem
 
     return Dataset("<files>", "files", [ImageItem(p, None, "") for p in paths], [])
 
@@ -315,7 +315,7 @@ def _files_dataset(paths: list[str]):
 def _pil_dataset(images: list):
     """Each PIL image as an array row keyed by its pixels (grayscale kept as one channel)."""
     from .arrays import LAYOUT, ArrayItem, _Rows
-    from .data import Dataset
+    from .datasets import Dataset
 
     items = []
     for i, img in enumerate(images):

@@ -260,8 +260,8 @@ BOMB_RUN = """
 import sys
 import PIL.Image
 PIL.Image.MAX_IMAGE_PIXELS = 1000  # 40 x 40 images are "bombs": Pillow warns below twice its limit
-import featx.data
-featx.data.MAX_PIXELS = 1000
+import featx.decode
+featx.decode.MAX_PIXELS = 1000
 from featx.cli import main
 main(sys.argv[1:])
 """

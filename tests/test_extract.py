@@ -40,7 +40,7 @@ def forbid_model(monkeypatch):
 def test_features_equal_keras_applications_on_same_pixels(tiny_dataset, cache_dir, tmp_path):
     import keras
 
-    from featx.data import read_image
+    from featx.decode import read_image
 
     keras.utils.set_random_seed(7)
     ref = keras.applications.VGG16(weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3))
@@ -166,7 +166,7 @@ def test_strict_makes_bad_files_fatal_and_keeps_the_cache(tiny_dataset, cache_di
 def test_pipeline_rows_equal_the_model_on_each_image(tmp_path, cache_dir):
     """Batches in flight, a last short batch, duplicates and bad files: every row is its own image's."""
     from featx import backbones as B
-    from featx.data import read_image
+    from featx.decode import read_image
 
     data = make_dataset(tmp_path / "d", per_class=11, size=(48, 40))
     (data / "cats" / "copy.png").write_bytes((data / "dogs" / "dogs_3.png").read_bytes())
@@ -465,7 +465,7 @@ def test_hymenoptera_end_to_end(cache_dir, tmp_path):
     """Every file of the real dataset is a row, labelled by its folders; odd files' rows are the model's."""
     import keras
 
-    from featx.data import read_image
+    from featx.decode import read_image
 
     keras.utils.set_random_seed(11)
     ref = keras.applications.VGG16(weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3))
