@@ -478,7 +478,7 @@ def predict(
     """
     from .arrays import as_dataset, is_array_data, is_streamed, spooled
     from .datasets import Dataset
-    from .extract import extract
+    from .extraction import extract
 
     if is_array_data(data):
         data = as_dataset(data, split=split, scale=scale, log=lambda msg: print(msg, file=sys.stderr))

@@ -149,7 +149,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """Features of the images ``X``: float32, shape ``(n, d)``, from the cache where present."""
         self._check_params()
         kind, data, n = _read_input(X)
-        from .extract import extract
+        from .extraction import extract
 
         opts = dict(
             backbone=self.backbone, weights=self.weights, image_size=self.image_size, pooling=self.pooling,

@@ -25,7 +25,7 @@ from featx.errors import CacheError, ExtractionRemoved, WeightsError
 
 from conftest import make_image
 
-extract_mod = sys.modules["featx.extract"]
+extract_mod = sys.modules["featx.extraction.steps"]  # its open() reads the images
 cache_mod = sys.modules["featx.cache"]
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="vgg16", weights="none", image_size=32, batch_size=4, progress=False)

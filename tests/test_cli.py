@@ -56,7 +56,7 @@ class Recorder:
 
 # command line (after `featx`) -> (module, function) the command calls with cache_dir=
 CACHE_COMMANDS = {
-    "extract": (["extract", "img.png"], "featx.extract", "extract"),
+    "extract": (["extract", "img.png"], "featx.extraction", "extract"),
     "fit-head": (["fit-head"], "featx.api", "fit_head"),
     "predict": (["predict", "img.png"], "featx.api", "predict"),
     "compare": (["compare"], "featx.api", "compare"),
