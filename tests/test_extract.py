@@ -1,5 +1,6 @@
 """Phase one end to end: extraction, the cache's promises, bad input."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -596,3 +597,115 @@ def test_planning_drops_its_copy_of_the_extractions_keys_before_computing(tmp_pa
     monkeypatch.setattr(plan.Run, "_compute", compute)
     assert run(data, cache_dir).computed == 1
     assert alive == []
+
+
+# --------------------------------------------------------------------------- options, checked once
+
+BAD_OPTIONS = [
+    dict(batch_size=0), dict(workers=0), dict(engine="spark"), dict(address="auto"), dict(num_gpus_per_worker=1),
+    dict(engine="ray", num_gpus_per_worker=-1), dict(taps=[0, 1], cut_blocks=1), dict(taps=[1, 1]),
+    dict(pooling="min"), dict(cut_blocks=-1), dict(precision="half"), dict(store="float64"), dict(image_size=5),
+    dict(backbone="resnet5"), dict(spec="vgg16"),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_OPTIONS, ids=lambda kw: ",".join(kw))
+def test_extract_options_refuse_what_extract_refuses_with_its_message(bad, tmp_path):
+    from featx.extraction import ExtractOptions
+
+    with pytest.raises(featx.FeatxError) as built:
+        ExtractOptions(**bad)
+    with pytest.raises(featx.FeatxError) as called:
+        featx.extract(tmp_path / "nothing-here", cache_dir=tmp_path / "c", **bad)
+    assert (type(called.value), str(called.value)) == (type(built.value), str(built.value))
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_extract_options_hold_the_choices_and_ranges_a_cli_offers():
+    from featx.extraction import ExtractOptions
+
+    lo, hi = ExtractOptions.IMAGE_SIZES
+    assert (lo, hi) == featx.backbones.IMAGE_SIZE_RANGE
+    for size in (lo, hi):
+        assert ExtractOptions(backbone="vgg16", image_size=size).image_size == size
+    for size in (lo - 1, hi + 1):
+        with pytest.raises(ValueError, match="image_size must be an integer"):
+            ExtractOptions(backbone="vgg16", image_size=size)
+    assert set(ExtractOptions.CHOICES) == {"pooling", "precision", "store", "engine"}
+    for option, choices in ExtractOptions.CHOICES.items():
+        for value in choices:
+            assert getattr(ExtractOptions(**{option: value}), option) == value
+        with pytest.raises(featx.FeatxError, match=f"{option}"):
+            ExtractOptions(**{option: "nonesuch"})
+    opts = ExtractOptions(taps=[2, 0], class_names=["a"])
+    assert (opts.taps, opts.cuts, opts.class_names) == ((2, 0), (2, 0), ("a",))
+    assert ExtractOptions(cut_blocks=3).cuts == (3,)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.pooling = "max"
+    assert ExtractOptions.names()[:3] == ("backbone", "weights", "image_size")
+
+
+def test_extract_with_built_options_is_extract(tiny_dataset, cache_dir, monkeypatch):
+    from featx.extraction import ExtractOptions, extract_with
+
+    _free_model(monkeypatch, bars=[])
+    first = extract_with(tiny_dataset, ExtractOptions(**TINY, cache_dir=cache_dir), log=lambda msg: None)
+    again = run(tiny_dataset, cache_dir)
+    assert first.computed == len(first.paths) == 12
+    assert (again.spec, again.paths, again.sha256, again.computed) == (first.spec, first.paths, first.sha256, 0)
+
+
+# --------------------------------------------------------------------------- the extraction package's shape
+
+FEATX_DIR = Path(featx.__file__).parent
+OWN = ["extraction", "datasets.py", "decode.py", "spec.py"]
+
+
+def _featx_imports(path: Path) -> set[str]:
+    """The featx modules ``path`` imports (relative imports resolved), at any depth of the file."""
+    import ast
+
+    parts = path.relative_to(FEATX_DIR.parent).with_suffix("").parts
+    package = ".".join(parts if path.name == "__init__.py" else parts[:-1]).removesuffix(".__init__")
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            mod = f"{base}.{node.module}" if node.module else base
+            out |= {mod} if node.module else {mod, *(f"{mod}.{a.name}" for a in node.names)}
+    return out
+
+
+def test_extraction_modules_are_in_no_import_circle():
+    """Not at module level, not inside functions (extract.py and ray_engine.py imported each other)."""
+    modules = {".".join(p.relative_to(FEATX_DIR.parent).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in FEATX_DIR.rglob("*.py")}
+    graph = {name: {m for m in _featx_imports(path) if m in modules and m != name and not name.startswith(m + ".")}
+             for name, path in modules.items()}
+    mine = [m for m in modules if m.startswith(("featx.extract", "featx.ray_engine", "featx.spec", "featx.data",
+                                                "featx.decode"))]
+    assert "featx.extraction.engines.ray" in mine
+    for start in mine:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            assert m != start, f"{start} imports itself through {sorted(seen)}"
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+
+
+def test_the_extraction_modules_stay_small():
+    import ast
+
+    paths = [p for own in OWN for p in ([FEATX_DIR / own] if own.endswith(".py") else (FEATX_DIR / own).rglob("*.py"))]
+    long_modules = [p.name for p in paths if len(p.read_text().splitlines()) > 500]
+    assert not long_modules
+    long_functions = []
+    for p in paths:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno >= 100:
+                body = node.body[1:] if ast.get_docstring(node) else node.body  # a public docstring may be long
+                if node.end_lineno - body[0].lineno >= 100:
+                    long_functions.append(f"{p.name}:{node.name}")
+    assert not long_functions
