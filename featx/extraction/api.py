@@ -15,6 +15,7 @@ from ..datasets import Dataset, discover
 from ..errors import DataError
 from ..runtime import gpu_available
 from ..spec import ExtractionSpec, resolve_spec
+from .engines.local import LocalEngine
 from .forward import default_batch_size
 from .options import ExtractOptions
 from .plan import Run, Settings
@@ -235,8 +236,6 @@ def extract_with(data, options: ExtractOptions, *, log: Callable[[str], None] | 
 def _engine(opts: ExtractOptions):
     """The engine that computes the missing images (Ray's needs the ``ray`` extra, checked now)."""
     if not opts.remote:
-        from .engines.local import LocalEngine
-
         return LocalEngine()
     from .engines.ray import RayEngine, require
 
