@@ -152,8 +152,7 @@ class ExtractionSpec:
 
     def with_store(self, store: str) -> "ExtractionSpec":
         """The same extraction with its rows stored as ``store`` (another key unless it is the same)."""
-        if store not in STORES:
-            raise FeatxValueError(f"store must be one of {STORES}. Received: store={store!r}")
+        check_store(store)
         return replace(self, store=store)
 
     def with_weights_source(self, source: str) -> "ExtractionSpec":
@@ -270,6 +269,19 @@ def versions() -> tuple:
     return tuple(sorted(out.items()))
 
 
+def check_store(store: str) -> None:
+    if store not in STORES:
+        raise FeatxValueError(f"store must be one of {STORES}. Received: store={store!r}")
+
+
+def check_settings(pooling: str, cut_blocks: int) -> None:
+    """The one check of the spec's own options (``ExtractOptions`` and :func:`resolve_spec` call it)."""
+    if pooling not in POOLINGS:
+        raise FeatxValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
+    if not isinstance(cut_blocks, int) or cut_blocks < 0:
+        raise FeatxValueError(f"cut_blocks must be an integer >= 0. Received: cut_blocks={cut_blocks!r}")
+
+
 def resolve_spec(
     cache,
     backbone: str,
@@ -290,10 +302,7 @@ def resolve_spec(
     remembered, so a warm run imports no framework.
     """
     bb = B.get_backbone(backbone)
-    if pooling not in POOLINGS:
-        raise FeatxValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
-    if not isinstance(cut_blocks, int) or cut_blocks < 0:
-        raise FeatxValueError(f"cut_blocks must be an integer >= 0. Received: cut_blocks={cut_blocks!r}")
+    check_settings(pooling, cut_blocks)
     backend = backend_name()
     memo = cache.memo()
     try:

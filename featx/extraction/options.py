@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from .. import backbones as B
-from ..errors import DataError, FeatxError, FeatxValueError
-from ..runtime import PRECISIONS, resolve_precision
-from ..spec import POOLINGS, STORES, ExtractionSpec, one_pass_groups
+from ..errors import DataError, FeatxValueError
+from ..runtime import PRECISIONS, check_precision, resolve_precision
+from ..spec import POOLINGS, STORES, ExtractionSpec, check_settings, check_store, one_pass_groups
 
 ENGINES = ("local", "ray")
 
@@ -96,10 +96,8 @@ class ExtractOptions:
             raise DataError(f"batch_size must be an integer >= 1. Received: batch_size={self.batch_size!r}")
         if self.workers is not None and not (isinstance(self.workers, int) and self.workers >= 1):
             raise DataError(f"workers must be an integer >= 1. Received: workers={self.workers!r}")
-        if self.precision not in PRECISIONS:
-            raise FeatxError(f"precision must be one of {PRECISIONS}. Received: precision={self.precision!r}")
-        if self.store not in STORES:
-            raise FeatxValueError(f"store must be one of {STORES}. Received: store={self.store!r}")
+        check_precision(self.precision)
+        check_store(self.store)
 
     def _check_engine(self) -> None:
         if self.engine not in ENGINES:
@@ -124,10 +122,7 @@ class ExtractOptions:
     def _check_model(self) -> None:
         """The options that resolve into a spec (the weights and the tap layer are resolved later)."""
         bb = B.get_backbone(self.backbone)
-        if self.pooling not in POOLINGS:
-            raise FeatxValueError(f"pooling must be one of {POOLINGS}. Received: pooling={self.pooling!r}")
-        if not isinstance(self.cut_blocks, int) or self.cut_blocks < 0:
-            raise FeatxValueError(f"cut_blocks must be an integer >= 0. Received: cut_blocks={self.cut_blocks!r}")
+        check_settings(self.pooling, self.cut_blocks)
         B.check_input_size(bb, self.image_size)
 
     def _check_specs(self) -> None:
