@@ -39,7 +39,7 @@ def measure(backbone: str, size: int, batch: int, seconds: float) -> dict:
     import tensorflow as tf
     from tensorflow.python.util import _pywrap_util_port as port
 
-    E = importlib.import_module("featx.extract")  # the module; featx.extract is also the function
+    E = importlib.import_module("featx.extraction")
     spec = E.spec_for(backbone, weights=None, image_size=size, precision="float32")
     model = B.build_feature_model(spec)
     call = tf.function(lambda x: model(x, training=False))

@@ -68,7 +68,7 @@ def fill(cache_dir: Path, rows: int, width: int, seed: int = 0) -> str:
     import numpy as np
 
     from featx.cache import Cache
-    from featx.extract import spec_for
+    from featx.extraction import spec_for
 
     backbone = {2048: "resnet50", 512: "vgg16", 1280: "efficientnetb0"}.get(width, "resnet50")
     spec = spec_for(backbone, weights="none", image_size=32, cache_dir=cache_dir)

@@ -307,7 +307,7 @@ def model_ceiling(backbone, weights, size, batch, precision, seconds: float = 10
     from featx import backbones as B
     from featx.runtime import backend_name
 
-    E = importlib.import_module("featx.extract")  # the module; featx.extract is also the function
+    E = importlib.import_module("featx.extraction")
 
     spec = E.spec_for(backbone, weights=weights, image_size=size, precision=precision)
     model = B.build_feature_model(spec)
@@ -315,7 +315,7 @@ def model_ceiling(backbone, weights, size, batch, precision, seconds: float = 10
     if backend_name() == "jax":
         import jax
 
-        forward = E._Forward(model)
+        forward = E.forward.Forward(model)
         x = jax.device_put(x)
         run, sync = forward.dispatch, lambda out: out.block_until_ready()
     elif backend_name() == "tensorflow":
@@ -341,7 +341,7 @@ def host_ceiling(data, cache: Path, backbone, weights, size, batch, precision) -
 
     from featx import backbones as B
 
-    E = importlib.import_module("featx.extract")
+    E = importlib.import_module("featx.extraction.engines.local")  # where the pipeline finds Forward
     width = B.get_backbone(backbone).feature_width
 
     class Stub:
@@ -353,12 +353,12 @@ def host_ceiling(data, cache: Path, backbone, weights, size, batch, precision) -
 
         fetch = staticmethod(np.asarray)
 
-    real = E._Forward
-    E._Forward = Stub
+    real = E.Forward
+    E.Forward = Stub
     try:
         res, _ = featx_extract(data, cache, backbone, weights, size, batch, precision)
     finally:
-        E._Forward = real
+        E.Forward = real
     return res.computed / res.compute_seconds, res
 
 
@@ -393,7 +393,7 @@ def main(argv=None):
 
     from featx.runtime import backend_name, gpu_available
 
-    E = importlib.import_module("featx.extract")
+    E = importlib.import_module("featx.extraction")
     batch = args.batch_size or E.default_batch_size(gpu_available(), args.image_size)
     ceilings = gpu_available() if args.ceilings is None else args.ceilings
     work = Path(tempfile.mkdtemp(prefix="featx-bench-"))

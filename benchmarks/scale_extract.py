@@ -161,7 +161,7 @@ def child(args) -> None:
     import featx
     from featx.cache import Extraction
 
-    extract_mod = sys.modules["featx.extract"]
+    extract_mod = sys.modules["featx.extraction.engines.local"]  # the pipeline's AHEAD_* limits
     if args.ahead_mb is not None:
         extract_mod.AHEAD_BYTES = int(args.ahead_mb * 2**20)
     if args.ahead_images is not None:
@@ -196,9 +196,9 @@ def model_child(args) -> None:
     import featx  # noqa: F401
     from featx import backbones as B
 
-    extract_mod = sys.modules["featx.extract"]
+    extract_mod = sys.modules["featx.extraction"]
     spec = extract_mod.spec_for(args.backbone, weights="none", image_size=args.image_size, cache_dir=args.cache)
-    forward = extract_mod._Forward(B.build_feature_model(spec, spec.load_weights()))
+    forward = extract_mod.forward.Forward(B.build_feature_model(spec, spec.load_weights()))
     built = _status_mb("VmHWM")
     x = np.random.default_rng(0).integers(0, 256, (args.batch_size, args.image_size, args.image_size, 3), np.uint8)
     forward.fetch(forward.dispatch(x))

@@ -21,9 +21,9 @@ _LAZY = {
     "get_backbone": "backbones",
     "list_backbones": "backbones",
     "Cache": "cache",
-    "discover": "data",
-    "read_image": "data",
-    "ExtractResult": "extract",
+    "discover": "datasets",
+    "read_image": "decode",
+    "ExtractResult": "extraction",
     "Features": "features",
     "FeatureExtractor": "transformer",
     "load_features": "features",
@@ -44,10 +44,9 @@ _LAZY = {
     "predict_images": "tuning",
 }
 
-# Bound eagerly: the function shadows its own module's name, and importing
-# the submodule first would otherwise leave `featx.extract` the module.
-# (No framework is imported by this.)
-from .extract import extract  # noqa: E402,F401
+# Bound eagerly, from the package named ``extraction`` so that no module
+# shadows the function. (No framework is imported by this.)
+from .extraction import extract  # noqa: E402,F401
 
 __all__ = sorted([*_LAZY, "extract"])
 

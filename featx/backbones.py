@@ -366,7 +366,7 @@ def resolve_weights(
         )
     path = path.resolve()
     if file_hasher is None:
-        from .data import sha256_file as file_hasher
+        from .datasets import sha256_file as file_hasher
     return Weights("file", str(path), f"sha256:{file_hasher(path)}")
 
 

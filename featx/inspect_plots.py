@@ -22,7 +22,7 @@ def thumbnail(path: str, size: int = THUMB) -> np.ndarray | None:
     """The image at ``path`` fitted in ``size`` x ``size`` (aspect kept), or None if it cannot be read."""
     from PIL import Image
 
-    from .data import read_image
+    from .decode import read_image
 
     try:
         with Image.open(path) as im:

@@ -26,8 +26,8 @@ from .spec import one_pass_groups, specs_of_manifest
 def predict_with(opts: PredictOptions) -> Predictions:
     """Apply the head ``opts`` names to its images (see :func:`featx.predict`)."""
     from .arrays import as_dataset, is_array_data, is_streamed, spooled
-    from .data import Dataset
-    from .extract import extract
+    from .datasets import Dataset
+    from .extraction import extract
 
     data, split, home = opts.data, opts.split, opts.home
     if is_array_data(data):
@@ -82,7 +82,8 @@ def predict_imagenet(
 ) -> Predictions:
     """ImageNet top-k with a backbone's full classifier (needs the ImageNet weights)."""
     from . import backbones as B
-    from .data import discover, read_image
+    from .datasets import discover
+    from .decode import read_image
     from .runtime import import_keras
 
     keras = import_keras()

@@ -57,10 +57,14 @@ def gpu_available() -> bool:
         return False
 
 
-def resolve_precision(precision: str = "auto") -> str:
-    """``auto`` means mixed float16 on a GPU and float32 on a CPU."""
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise FeatxError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
+
+
+def resolve_precision(precision: str = "auto") -> str:
+    """``auto`` means mixed float16 on a GPU and float32 on a CPU."""
+    check_precision(precision)
     if precision == "auto":
         return "mixed" if gpu_available() else "float32"
     return precision

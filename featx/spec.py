@@ -54,6 +54,9 @@ RESIZE = "squash-bilinear"
 TAP_OUTPUT = "output"  # the backbone's own pooled output (no cut)
 POOLINGS = ("avg", "max")
 STORES = ("float32", "float16")  # the dtype feature rows are stored in
+# Marks the key fields that differ between the outputs one forward pass fills
+# (its taps, each stored as it chooses); the other key fields are the pass's.
+PER_OUTPUT = {"per_output": True}
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,12 @@ class ExtractionSpec:
     input_size: int
     preprocessing: str
     pooling: str
-    tap: str  # the layer whose output is pooled; "output" for the backbone's own pooled output
-    cut_blocks: int
+    tap: str = field(metadata=PER_OUTPUT)  # the layer whose output is pooled; "output": the backbone's own
+    cut_blocks: int = field(metadata=PER_OUTPUT)
     precision: str
     numerics: str = ""  # the backend, where it changes the numbers (mixed precision)
     resize: str = RESIZE
-    store: str = "float32"  # in the key only when not float32, so that older keys stay as they were
+    store: str = field(default="float32", metadata=PER_OUTPUT)  # in the key only when not float32, so that older keys stay
     format_version: int = FORMAT_VERSION
     weights_source: str = field(default="imagenet", compare=False)
     seed: int = field(default=0, compare=False)
@@ -87,6 +90,11 @@ class ExtractionSpec:
     def key_fields(cls) -> tuple[str, ...]:
         names = [f.name for f in fields(cls)]
         return tuple(names[: names.index("format_version") + 1])
+
+    @classmethod
+    def pass_fields(cls) -> tuple[str, ...]:
+        """The key fields one forward pass shares: all but those marked :data:`PER_OUTPUT`."""
+        return tuple(f.name for f in fields(cls) if f.name in cls.key_fields() and not f.metadata.get("per_output"))
 
     def settings(self) -> dict:
         """The fields of the key, as a dict (``store`` only where it is not float32)."""
@@ -144,8 +152,7 @@ class ExtractionSpec:
 
     def with_store(self, store: str) -> "ExtractionSpec":
         """The same extraction with its rows stored as ``store`` (another key unless it is the same)."""
-        if store not in STORES:
-            raise FeatxValueError(f"store must be one of {STORES}. Received: store={store!r}")
+        check_store(store)
         return replace(self, store=store)
 
     def with_weights_source(self, source: str) -> "ExtractionSpec":
@@ -231,17 +238,18 @@ def specs_of_manifest(man: dict, where: str = "") -> list[ExtractionSpec]:
 
 
 def one_pass_groups(specs) -> list[list[int]]:
-    """Indices of the specs one forward pass serves (the same model, weights and
+    """Indices of the specs one forward pass serves (equal in every
+    :meth:`~ExtractionSpec.pass_fields` field: the same model, weights and
     input; other taps), grouped in first-seen order."""
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(specs):
-        key = (s.backbone, s.weights, s.input_size, s.preprocessing, s.pooling, s.precision, s.numerics)
+        key = tuple(getattr(s, name) for name in s.pass_fields())
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
 
 def _sha256_file(path) -> str:
-    from .data import sha256_file
+    from .datasets import sha256_file
 
     return sha256_file(path)
 
@@ -259,6 +267,19 @@ def versions() -> tuple:
             except metadata.PackageNotFoundError:
                 pass
     return tuple(sorted(out.items()))
+
+
+def check_store(store: str) -> None:
+    if store not in STORES:
+        raise FeatxValueError(f"store must be one of {STORES}. Received: store={store!r}")
+
+
+def check_settings(pooling: str, cut_blocks: int) -> None:
+    """The one check of the spec's own options (``ExtractOptions`` and :func:`resolve_spec` call it)."""
+    if pooling not in POOLINGS:
+        raise FeatxValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
+    if not isinstance(cut_blocks, int) or cut_blocks < 0:
+        raise FeatxValueError(f"cut_blocks must be an integer >= 0. Received: cut_blocks={cut_blocks!r}")
 
 
 def resolve_spec(
@@ -281,10 +302,7 @@ def resolve_spec(
     remembered, so a warm run imports no framework.
     """
     bb = B.get_backbone(backbone)
-    if pooling not in POOLINGS:
-        raise FeatxValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
-    if not isinstance(cut_blocks, int) or cut_blocks < 0:
-        raise FeatxValueError(f"cut_blocks must be an integer >= 0. Received: cut_blocks={cut_blocks!r}")
+    check_settings(pooling, cut_blocks)
     backend = backend_name()
     memo = cache.memo()
     try:

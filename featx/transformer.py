@@ -155,7 +155,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """Features of the images ``X``: float32, shape ``(n, d)``, from the cache where present."""
         self._check_params()
         kind, data, n = _read_input(X)
-        from .extract import extract
+        from .extraction import extract
 
         opts = dict(
             backbone=self.backbone, weights=self.weights, image_size=self.image_size, pooling=self.pooling,
@@ -312,7 +312,7 @@ def _is_pil(x) -> bool:
 
 
 def _files_dataset(paths: list[str]):
-    from .data import Dataset, ImageItem
+    from .datasets import Dataset, ImageItem
 
     return Dataset("<files>", "files", [ImageItem(p, None, "") for p in paths], [])
 
@@ -320,7 +320,7 @@ def _files_dataset(paths: list[str]):
 def _pil_dataset(images: list):
     """Each PIL image as an array row keyed by its pixels (grayscale kept as one channel)."""
     from .arrays.rows import LAYOUT, ArrayItem, Rows
-    from .data import Dataset
+    from .datasets import Dataset
 
     items = []
     for i, img in enumerate(images):

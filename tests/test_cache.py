@@ -25,7 +25,7 @@ from featx.errors import CacheError, ExtractionRemoved, WeightsError
 
 from conftest import make_image
 
-extract_mod = sys.modules["featx.extract"]
+extract_mod = sys.modules["featx.extraction.steps"]  # its open() reads the images
 memo_mod = sys.modules["featx.cache.memo"]
 store_mod = sys.modules["featx.cache.store"]
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_memo_stats_before_reading_so_an_edit_during_the_read_is_seen(tiny_datas
     again = run(tiny_dataset, cache_dir)
     assert (again.computed, again.reused) == (1, 11)  # the memo did not pin the old hash to the new mtime
     f = featx.load_features(tiny_dataset, cache_dir=cache_dir)
-    assert f.sha256[list(f.paths).index(str(victim))] == featx.data.sha256_file(victim)
+    assert f.sha256[list(f.paths).index(str(victim))] == featx.datasets.sha256_file(victim)
 
 
 @pytest.mark.parametrize("failure", [OSError("decoder png not available"), ImportError("libpng"), MemoryError()],
@@ -126,7 +126,7 @@ def test_a_file_marked_bad_by_a_featx_decoder_bug_is_tried_again_after_the_fix(t
     memo.remember_bad([(sha(3), "cannot decode: ValueError: a featx bug")])
     assert memo.bad() == {sha(3): "cannot decode: ValueError: a featx bug"}
     memo.close()
-    monkeypatch.setattr(featx.data, "DECODER_VERSION", getattr(featx.data, "DECODER_VERSION", 1) + 1,
+    monkeypatch.setattr(featx.decode, "DECODER_VERSION", getattr(featx.decode, "DECODER_VERSION", 1) + 1,
                         raising=False)  # the fix
     memo = Memo(tmp_path / "memo.sqlite")
     assert memo.bad() == {}

@@ -459,7 +459,7 @@ def test_store_float16_is_an_extraction_of_its_own_and_float32_keys_are_unchange
         assert f["features"].dtype == np.float16
     f = featx.load_features(tiny_dataset, cache_dir=cache_dir)
     assert f.X.dtype == np.float32 and f.X.shape == (12, 512)
-    plain = sys.modules["featx.extract"].spec_for("vgg16", weights="none", image_size=32, cache_dir=cache_dir)
+    plain = sys.modules["featx.extraction"].spec_for("vgg16", weights="none", image_size=32, cache_dir=cache_dir)
     assert "store" not in plain.settings() and plain.key != ext.spec.key  # float32 keys: as older featx computed
     assert plain.with_store("float16").key == ext.spec.key
     with pytest.raises(featx.FeatxError, match="store must be one of"):

@@ -62,7 +62,7 @@ class Recorder:
 
 # command line (after `featx`) -> (module, function) the command calls with cache_dir=
 CACHE_COMMANDS = {
-    "extract": (["extract", "img.png"], "featx.extract", "extract"),
+    "extract": (["extract", "img.png"], "featx.extraction", "extract"),
     "fit-head": (["fit-head"], "featx.fitting", "fit_with"),
     "predict": (["predict", "img.png"], "featx.predicting", "predict_with"),
     "compare": (["compare"], "featx.comparing", "compare_with"),
@@ -357,8 +357,8 @@ BOMB_RUN = """
 import sys
 import PIL.Image
 PIL.Image.MAX_IMAGE_PIXELS = 1000  # 40 x 40 images are "bombs": Pillow warns below twice its limit
-import featx.data
-featx.data.MAX_PIXELS = 1000
+import featx.decode
+featx.decode.MAX_PIXELS = 1000
 from featx.cli import main
 main(sys.argv[1:])
 """

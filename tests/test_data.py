@@ -1,4 +1,4 @@
-"""featx.data: dataset discovery in every layout, and image decoding in every mode."""
+"""featx.datasets and featx.decode: dataset discovery in every layout, and image decoding in every mode."""
 
 import hashlib
 import io
@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, features
 
-import featx.data as D
-from featx.data import (
-    IMAGE_EXTENSIONS,
-    SPLIT_ALIASES,
-    Dataset,
-    ImageItem,
-    discover,
-    read_image,
-    sha256_file,
-)
+import featx.datasets as D
+import featx.decode as DEC
+from featx.datasets import IMAGE_EXTENSIONS, SPLIT_ALIASES, Dataset, ImageItem, discover, sha256_file
+from featx.decode import read_image
 from featx.errors import BadImage, DataError, FeatxError, FeatxWarning
 
 HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
@@ -492,17 +486,17 @@ def test_bad_images(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(D, "open", denied, raising=False)
+    monkeypatch.setattr(DEC, "open", denied, raising=False)
     with pytest.raises(BadImage, match="^unreadable: Permission denied$"):
         read_image(tmp_path / "text.jpg")
 
 
 def test_decompression_bomb(tmp_path, monkeypatch):
     path = img(tmp_path / "big.png", size=(20, 10))
-    monkeypatch.setattr(D, "MAX_PIXELS", 199)
+    monkeypatch.setattr(DEC, "MAX_PIXELS", 199)
     with pytest.raises(BadImage, match=r"^decompression bomb \(20 x 10 pixels\)$"):
         read_image(path)
-    monkeypatch.setattr(D, "MAX_PIXELS", 200)
+    monkeypatch.setattr(DEC, "MAX_PIXELS", 200)
     assert read_image(path).shape == (10, 20, 3)
 
     # Pillow's own limits, where set lower than ours, end the same way.
@@ -522,7 +516,7 @@ def test_unexpected_errors_become_bad_image(tmp_path, monkeypatch):
     def boom(image):
         raise RuntimeError("decoder\nexploded")
 
-    monkeypatch.setattr(D, "_to_rgb", boom)
+    monkeypatch.setattr(DEC, "_to_rgb", boom)
     with pytest.raises(BadImage, match="^cannot decode: RuntimeError: decoder exploded$"):
         read_image(path)
 
@@ -606,7 +600,7 @@ def test_simplejpeg_gives_pillows_pixels(size):
         fast, slow = read_image(data, size), read_image(data, size, decoder="pillow")
         # The same pixels, bit for bit: the cache key does not name the decoder.
         np.testing.assert_array_equal(fast, slow, err_msg=name)
-        used = D._read_jpeg_turbo(D._simplejpeg(), data, D._target_size(size), "bilinear") is not None
+        used = DEC._read_jpeg_turbo(DEC._simplejpeg(), data, DEC._target_size(size), "bilinear") is not None
         assert used == (name != "cmyk"), name  # CMYK goes to Pillow
 
 
@@ -624,14 +618,14 @@ def test_a_simplejpeg_that_decodes_otherwise_is_not_used(monkeypatch):
     simplejpeg = pytest.importorskip("simplejpeg")
     decode = simplejpeg.decode_jpeg
     monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: decode(*a, **k) // 2 * 2)  # another IDCT
-    D._simplejpeg.cache_clear()
+    DEC._simplejpeg.cache_clear()
     try:
-        assert D._simplejpeg() is None  # Pillow decodes every JPEG in this process
+        assert DEC._simplejpeg() is None  # Pillow decodes every JPEG in this process
         monkeypatch.undo()
-        D._simplejpeg.cache_clear()
-        assert D._simplejpeg() is simplejpeg
+        DEC._simplejpeg.cache_clear()
+        assert DEC._simplejpeg() is simplejpeg
     finally:
-        D._simplejpeg.cache_clear()
+        DEC._simplejpeg.cache_clear()
 
 
 def test_simplejpeg_path_reports_bad_jpegs_as_pillow_does():
@@ -647,14 +641,14 @@ def test_simplejpeg_path_reports_bad_jpegs_as_pillow_does():
 
 def test_without_simplejpeg_pillow_decodes(monkeypatch):
     data = _jpeg_bytes(np.full((64, 48, 3), 200, np.uint8))
-    monkeypatch.setattr(D, "_simplejpeg", lambda: None)
+    monkeypatch.setattr(DEC, "_simplejpeg", lambda: None)
     assert read_image(data, 16).shape == (16, 16, 3)
     with pytest.raises(ValueError, match="decoder"):
         read_image(data, 16, decoder="turbo")
 
 
 def test_jpeg_orientation_detection_walks_markers():
-    from featx.data import _jpeg_may_be_oriented
+    from featx.decode import _jpeg_may_be_oriented
 
     exif = Image.Exif()
     exif[0x0112] = 6

@@ -1,5 +1,6 @@
 """Phase one end to end: extraction, the cache's promises, bad input."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,8 +16,10 @@ from click.testing import CliRunner
 
 import featx
 
-extract_mod = sys.modules["featx.extract"]
 from featx.cache import Cache
+from featx.extraction import default_batch_size, plan, spec_for, steps
+from featx.extraction.engines import local
+from featx.extraction.engines.local import LocalEngine
 from featx.cli import cli
 from featx.errors import CacheError, DataError
 
@@ -40,7 +43,7 @@ def forbid_model(monkeypatch):
 def test_features_equal_keras_applications_on_same_pixels(tiny_dataset, cache_dir, tmp_path):
     import keras
 
-    from featx.data import read_image
+    from featx.decode import read_image
 
     keras.utils.set_random_seed(7)
     ref = keras.applications.VGG16(weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3))
@@ -166,14 +169,14 @@ def test_strict_makes_bad_files_fatal_and_keeps_the_cache(tiny_dataset, cache_di
 def test_pipeline_rows_equal_the_model_on_each_image(tmp_path, cache_dir):
     """Batches in flight, a last short batch, duplicates and bad files: every row is its own image's."""
     from featx import backbones as B
-    from featx.data import read_image
+    from featx.decode import read_image
 
     data = make_dataset(tmp_path / "d", per_class=11, size=(48, 40))
     (data / "cats" / "copy.png").write_bytes((data / "dogs" / "dogs_3.png").read_bytes())
     (data / "cats" / "bad.png").write_bytes(b"nope")
     res = run(data, cache_dir, batch_size=4, workers=3)
     assert (res.computed, res.reused, len(res.skipped)) == (22, 1, 1)
-    assert set(res.stage_seconds) == set(extract_mod.STAGES) and res.stage_seconds["model"] > 0
+    assert set(res.stage_seconds) == set(steps.STAGES) and res.stage_seconds["model"] > 0
     f = featx.load_features(data, cache_dir=cache_dir)
     model = B.build_feature_model(res.extraction.spec)
     expected = model.predict(np.stack([read_image(p, 32) for p in f.paths]), verbose=0)
@@ -212,7 +215,7 @@ for batch in (4, 10):  # 12 images: three full batches of 4; 10, then 2 padded t
         np.testing.assert_allclose(np.load(tmp_path / f"jax{batch}.npy"), ref.X, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("ahead, images", [(extract_mod.AHEAD_BYTES, extract_mod.AHEAD_IMAGES), (0, 10**6), (10**9, 6)])
+@pytest.mark.parametrize("ahead, images", [(local.AHEAD_BYTES, local.AHEAD_IMAGES), (0, 10**6), (10**9, 6)])
 def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypatch, ahead, images):
     """The model builds on its own thread; images decoded meanwhile wait for it (up to AHEAD_BYTES).
 
@@ -229,20 +232,20 @@ def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypa
     decoding = [0]  # chunks being decoded now
     decoded_while_building = []
     _free_model(monkeypatch, bars=[])
-    real_model, real_prepare, real_chunk = extract_mod._Run._model, extract_mod._Run._prepare, extract_mod._Run._prepare_chunk
+    real_model, real_prepare, real_chunk = LocalEngine._model, local.prepare_image, LocalEngine._prepare_chunk
 
-    def held_model(self):
+    def held_model(self, run):
         building.set()
         with state:
             settled = state.wait_for(lambda: awaited.is_set() and decoding[0] == 0, timeout=120)
         assert settled, "the pipeline never came to wait for the model"
         try:
-            return real_model(self)
+            return real_model(self, run)
         finally:
             built.set()
 
-    def prepare(self, *a, **k):
-        out = real_prepare(self, *a, **k)
+    def prepare(*a, **k):
+        out = real_prepare(*a, **k)
         if building.is_set() and not built.is_set():
             decoded_while_building.append(out.item.path)
         return out
@@ -278,28 +281,28 @@ def test_decoding_goes_on_while_the_model_is_built(tmp_path, cache_dir, monkeypa
                 future.result = waited_on
             return future
 
-    monkeypatch.setattr(extract_mod._Run, "_model", held_model)
-    monkeypatch.setattr(extract_mod._Run, "_prepare", prepare)
-    monkeypatch.setattr(extract_mod._Run, "_prepare_chunk", prepare_chunk)
+    monkeypatch.setattr(LocalEngine, "_model", held_model)
+    monkeypatch.setattr(local, "prepare_image", prepare)
+    monkeypatch.setattr(LocalEngine, "_prepare_chunk", prepare_chunk)
     monkeypatch.setattr(cf, "ThreadPoolExecutor", Pool)
-    monkeypatch.setattr(extract_mod, "AHEAD_BYTES", ahead)
-    monkeypatch.setattr(extract_mod, "AHEAD_IMAGES", images)
+    monkeypatch.setattr(local, "AHEAD_BYTES", ahead)
+    monkeypatch.setattr(local, "AHEAD_IMAGES", images)
     res = run(data, cache_dir, batch_size=2, workers=2)
     assert res.computed == 80 and awaited.is_set()
     if ahead and images > 80:  # with room to wait in, the rest of the data is decoded during the build
         assert len(decoded_while_building) >= 40
     else:  # no room (in bytes, or past `images`): then at most the decode window (3 tasks of 8) runs ahead
-        held = images + 2 + extract_mod.CHUNK if ahead else 0  # the cap, a batch past it, the chunk being read
-        assert len(decoded_while_building) <= held + 3 * extract_mod.CHUNK, len(decoded_while_building)
+        held = images + 2 + local.CHUNK if ahead else 0  # the cap, a batch past it, the chunk being read
+        assert len(decoded_while_building) <= held + 3 * local.CHUNK, len(decoded_while_building)
     f = featx.load_features(data, cache_dir=cache_dir)
     assert len(f) == 80 and len(set(f.sha256)) == 80
 
 
 def test_a_model_that_fails_to_build_fails_the_run_and_leaves_no_extraction(tiny_dataset, cache_dir, monkeypatch):
-    def offline(self):
+    def offline(self, run):
         raise featx.errors.WeightsError("ImageNet weights for vgg16 cannot be downloaded (offline).")
 
-    monkeypatch.setattr(extract_mod._Run, "_model", offline)
+    monkeypatch.setattr(LocalEngine, "_model", offline)
     with pytest.raises(featx.errors.WeightsError, match="offline"):
         run(tiny_dataset, cache_dir)
     assert Cache(cache_dir).extractions() == []
@@ -310,7 +313,7 @@ def test_writer_thread_errors_reach_the_caller(tiny_dataset, cache_dir, monkeypa
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(featx.cache.Extraction, "write_shard", full)
-    monkeypatch.setattr(extract_mod, "FLUSH_SECONDS", 0.0)  # a flush after every batch
+    monkeypatch.setattr(local, "FLUSH_SECONDS", 0.0)  # a flush after every batch
     with pytest.raises(OSError, match="No space left"):
         run(tiny_dataset, cache_dir, batch_size=2)
 
@@ -465,7 +468,7 @@ def test_hymenoptera_end_to_end(cache_dir, tmp_path):
     """Every file of the real dataset is a row, labelled by its folders; odd files' rows are the model's."""
     import keras
 
-    from featx.data import read_image
+    from featx.decode import read_image
 
     keras.utils.set_random_seed(11)
     ref = keras.applications.VGG16(weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3))
@@ -516,16 +519,16 @@ def _free_model(monkeypatch, fail_at=None, bars=None):
     from tqdm import tqdm
 
     free = type("Free", (_FreeModel,), {"calls": 0, "fail_at": fail_at})
-    monkeypatch.setattr(extract_mod._Run, "_model", lambda self: object())
-    monkeypatch.setattr(extract_mod, "_Forward", free)
-    monkeypatch.setattr(extract_mod, "FLUSH_SECONDS", 0.0)  # a shard per batch
+    monkeypatch.setattr(LocalEngine, "_model", lambda self, run: object())
+    monkeypatch.setattr(local, "Forward", free)
+    monkeypatch.setattr(local, "FLUSH_SECONDS", 0.0)  # a shard per batch
 
     def progress(total, enabled, desc):
         bar = tqdm(total=total, desc=desc, file=io.StringIO(), mininterval=0)
         bars.append(bar)
         return bar
 
-    monkeypatch.setattr(extract_mod, "_progress", progress)
+    monkeypatch.setattr(local, "progress_bar", progress)
 
 
 def test_the_bar_counts_rows_written_and_its_total_shrinks_for_cached_and_bad(tmp_path, cache_dir, monkeypatch):
@@ -535,13 +538,13 @@ def test_the_bar_counts_rows_written_and_its_total_shrinks_for_cached_and_bad(tm
     bars = []
     _free_model(monkeypatch, bars=bars)
     written = []
-    real_put = extract_mod._Writer.put
+    real_put = local.Writer.put
 
     def put(self, rows, *a):  # the bar never runs ahead of the rows handed to the writer
         written.append(bars[0].n)
         return real_put(self, rows, *a)
 
-    monkeypatch.setattr(extract_mod._Writer, "put", put)
+    monkeypatch.setattr(local.Writer, "put", put)
     res = run(data, cache_dir, batch_size=4, progress=True)
     (bar,) = bars
     assert (res.computed, res.reused, len(res.skipped)) == (20, 1, 1)
@@ -556,21 +559,21 @@ def test_an_interrupted_run_says_how_many_rows_it_kept(tmp_path, cache_dir, monk
     _free_model(monkeypatch, fail_at=4, bars=bars)
     with pytest.raises(KeyboardInterrupt):
         run(data, cache_dir, batch_size=4, progress=True, log=said.append)
-    spec = extract_mod.spec_for("vgg16", weights="none", image_size=32, cache_dir=cache_dir)
+    spec = spec_for("vgg16", weights="none", image_size=32, cache_dir=cache_dir)
     kept = Cache(cache_dir).extraction(spec).rows()
     assert 0 < kept < 24
     assert bars[0].n == kept
     assert said == [f"featx: stopped after writing {kept} of 24 rows to the cache; those stay cached and the next "
                     "run computes only the rest."]
-    monkeypatch.setattr(extract_mod._Forward, "fail_at", None)
+    monkeypatch.setattr(local.Forward, "fail_at", None)
     again = run(data, cache_dir, batch_size=4)
     assert (again.computed, again.reused) == (24 - kept, kept)
 
 
 def test_cpu_default_batch_holds_about_the_pixels_of_64_images_of_64_px():
     sizes = {32: 256, 33: 64, 64: 64, 65: 32, 90: 32, 91: 16, 128: 16, 224: 16, 512: 16}
-    assert {s: extract_mod.default_batch_size(False, s) for s in sizes} == sizes
-    assert extract_mod.default_batch_size(True, 224) == 128
+    assert {s: default_batch_size(False, s) for s in sizes} == sizes
+    assert default_batch_size(True, 224) == 128
 
 
 def test_planning_drops_its_copy_of_the_extractions_keys_before_computing(tmp_path, cache_dir, monkeypatch):
@@ -584,13 +587,125 @@ def test_planning_drops_its_copy_of_the_extractions_keys_before_computing(tmp_pa
     keys = set(Cache(cache_dir).extraction(first.spec).index())
     make_image(data / "cats" / "new.png", seed=123)
     alive = []
-    real = extract_mod._Run._compute
+    real = plan.Run._compute
 
     def compute(self, *a, **k):
         gc.collect()
         alive.extend(len(o) for o in gc.get_objects() if isinstance(o, set) and o is not keys and len(o) >= 30 and o <= keys)
         return real(self, *a, **k)
 
-    monkeypatch.setattr(extract_mod._Run, "_compute", compute)
+    monkeypatch.setattr(plan.Run, "_compute", compute)
     assert run(data, cache_dir).computed == 1
     assert alive == []
+
+
+# --------------------------------------------------------------------------- options, checked once
+
+BAD_OPTIONS = [
+    dict(batch_size=0), dict(workers=0), dict(engine="spark"), dict(address="auto"), dict(num_gpus_per_worker=1),
+    dict(engine="ray", num_gpus_per_worker=-1), dict(taps=[0, 1], cut_blocks=1), dict(taps=[1, 1]),
+    dict(pooling="min"), dict(cut_blocks=-1), dict(precision="half"), dict(store="float64"), dict(image_size=5),
+    dict(backbone="resnet5"), dict(spec="vgg16"),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_OPTIONS, ids=lambda kw: ",".join(kw))
+def test_extract_options_refuse_what_extract_refuses_with_its_message(bad, tmp_path):
+    from featx.extraction import ExtractOptions
+
+    with pytest.raises(featx.FeatxError) as built:
+        ExtractOptions(**bad)
+    with pytest.raises(featx.FeatxError) as called:
+        featx.extract(tmp_path / "nothing-here", cache_dir=tmp_path / "c", **bad)
+    assert (type(called.value), str(called.value)) == (type(built.value), str(built.value))
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_extract_options_hold_the_choices_and_ranges_a_cli_offers():
+    from featx.extraction import ExtractOptions
+
+    lo, hi = ExtractOptions.IMAGE_SIZES
+    assert (lo, hi) == featx.backbones.IMAGE_SIZE_RANGE
+    for size in (lo, hi):
+        assert ExtractOptions(backbone="vgg16", image_size=size).image_size == size
+    for size in (lo - 1, hi + 1):
+        with pytest.raises(ValueError, match="image_size must be an integer"):
+            ExtractOptions(backbone="vgg16", image_size=size)
+    assert set(ExtractOptions.CHOICES) == {"pooling", "precision", "store", "engine"}
+    for option, choices in ExtractOptions.CHOICES.items():
+        for value in choices:
+            assert getattr(ExtractOptions(**{option: value}), option) == value
+        with pytest.raises(featx.FeatxError, match=f"{option}"):
+            ExtractOptions(**{option: "nonesuch"})
+    opts = ExtractOptions(taps=[2, 0], class_names=["a"])
+    assert (opts.taps, opts.cuts, opts.class_names) == ((2, 0), (2, 0), ("a",))
+    assert ExtractOptions(cut_blocks=3).cuts == (3,)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.pooling = "max"
+    assert ExtractOptions.names()[:3] == ("backbone", "weights", "image_size")
+
+
+def test_extract_with_built_options_is_extract(tiny_dataset, cache_dir, monkeypatch):
+    from featx.extraction import ExtractOptions, extract_with
+
+    _free_model(monkeypatch, bars=[])
+    first = extract_with(tiny_dataset, ExtractOptions(**TINY, cache_dir=cache_dir), log=lambda msg: None)
+    again = run(tiny_dataset, cache_dir)
+    assert first.computed == len(first.paths) == 12
+    assert (again.spec, again.paths, again.sha256, again.computed) == (first.spec, first.paths, first.sha256, 0)
+
+
+# --------------------------------------------------------------------------- the extraction package's shape
+
+FEATX_DIR = Path(featx.__file__).parent
+OWN = ["extraction", "datasets.py", "decode.py", "spec.py"]
+
+
+def _featx_imports(path: Path) -> set[str]:
+    """The featx modules ``path`` imports (relative imports resolved), at any depth of the file."""
+    import ast
+
+    parts = path.relative_to(FEATX_DIR.parent).with_suffix("").parts
+    package = ".".join(parts if path.name == "__init__.py" else parts[:-1]).removesuffix(".__init__")
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            mod = f"{base}.{node.module}" if node.module else base
+            out |= {mod} if node.module else {mod, *(f"{mod}.{a.name}" for a in node.names)}
+    return out
+
+
+def test_extraction_modules_are_in_no_import_circle():
+    """Not at module level, not inside functions (extract.py and ray_engine.py imported each other)."""
+    modules = {".".join(p.relative_to(FEATX_DIR.parent).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in FEATX_DIR.rglob("*.py")}
+    graph = {name: {m for m in _featx_imports(path) if m in modules and m != name and not name.startswith(m + ".")}
+             for name, path in modules.items()}
+    mine = [m for m in modules if m.startswith(("featx.extract", "featx.ray_engine", "featx.spec", "featx.data",
+                                                "featx.decode"))]
+    assert "featx.extraction.engines.ray" in mine
+    for start in mine:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            assert m != start, f"{start} imports itself through {sorted(seen)}"
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+
+
+def test_the_extraction_modules_stay_small():
+    import ast
+
+    paths = [p for own in OWN for p in ([FEATX_DIR / own] if own.endswith(".py") else (FEATX_DIR / own).rglob("*.py"))]
+    long_modules = [p.name for p in paths if len(p.read_text().splitlines()) > 500]
+    assert not long_modules
+    long_functions = []
+    for p in paths:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno >= 100:
+                body = node.body[1:] if ast.get_docstring(node) else node.body  # a public docstring may be long
+                if node.end_lineno - body[0].lineno >= 100:
+                    long_functions.append(f"{p.name}:{node.name}")
+    assert not long_functions

@@ -89,7 +89,7 @@ def test_ray_and_local_runs_give_the_same_cache_and_reruns_compute_only_new_imag
         raise AssertionError("a warm rerun went to Ray")
 
     with monkeypatch.context() as m:
-        m.setattr("featx.ray_engine.RayEngine.compute", boom)
+        m.setattr("featx.extraction.engines.ray.RayEngine.compute", boom)
         warm = featx.extract(data, cache_dir=tmp_path / "ray", engine="ray", **TINY)
     assert (warm.computed, warm.reused, sorted(warm.skipped)) == (0, 13, sorted(local.skipped))
 
@@ -199,7 +199,7 @@ def test_staged_shards_of_a_dead_driver_are_adopted_without_computing(tiny_datas
 def test_a_node_that_cannot_see_the_cache_stops_the_run_naming_it(tmp_path):
     pytest.importorskip("ray")
     from featx.errors import CacheError
-    from featx.ray_engine import check_shared_storage
+    from featx.extraction.engines.ray import check_shared_storage
 
     class Task:  # runs "on" a node whose disk lacks the driver's folder
         def __init__(self, blind):
@@ -251,7 +251,7 @@ class _FakeRay:
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_ray_logs_are_quiet_unless_verbose(verbose, monkeypatch, capfd):
-    from featx import ray_engine
+    from featx.extraction.engines import ray as ray_engine
 
     monkeypatch.setenv("FEATX_VERBOSE", "1" if verbose else "")
     fake = _FakeRay()

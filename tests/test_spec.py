@@ -99,3 +99,37 @@ def test_a_rebuild_takes_preprocessing_and_resizing_from_the_spec(tmp_path):
     np.testing.assert_allclose(kernel.reshape(3, 3), B.preprocess_affine("tf")[0])
     with pytest.raises(FeatxError, match="resized its images by 'crop-bicubic'"):
         B.build_feature_model(dataclasses.replace(spec, resize="crop-bicubic"))
+
+
+def _spec(**changes) -> S.ExtractionSpec:
+    base = S.ExtractionSpec(backbone="vgg16", weights="random:seed=0:tensorflow", input_size=32, preprocessing="caffe",
+                            pooling="avg", tap="output", cut_blocks=0, precision="float32")
+    return dataclasses.replace(base, **changes)
+
+
+def test_one_pass_groups_follow_the_specs_own_key_fields():
+    """Every key field but a tap's own (tap, cut_blocks, store) splits the passes; the old hand list missed
+    resize and format_version."""
+    other = {"backbone": "vgg19", "weights": "sha256:ab", "input_size": 48, "preprocessing": "tf", "pooling": "max",
+             "tap": "block4_pool", "cut_blocks": 1, "precision": "mixed", "numerics": "jax", "resize": "crop",
+             "store": "float16", "format_version": 1}
+    assert set(other) == set(S.ExtractionSpec.key_fields())
+    for name, value in other.items():
+        together = S.one_pass_groups([_spec(), _spec(**{name: value})]) == [[0, 1]]
+        assert together == (name in ("tap", "cut_blocks", "store")), name
+    assert S.ExtractionSpec.pass_fields() == tuple(n for n in S.ExtractionSpec.key_fields()
+                                                   if n not in ("tap", "cut_blocks", "store"))
+    assert S.one_pass_groups([_spec(), _spec(pooling="max"), _spec(cut_blocks=2)]) == [[0, 2], [1]]
+
+
+def test_ray_auto_precision_is_decided_once_by_the_workers_devices(tmp_path):
+    """The Ray engine gets specs resolved with the workers' precision; nothing decides "auto" again."""
+    from featx.extraction import ExtractOptions
+    from featx.extraction.plan import Settings
+
+    tiny = dict(backbone="vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c")
+    gpu = Settings.resolve(Cache(tmp_path / "c"), ExtractOptions(engine="ray", num_gpus_per_worker=1, **tiny))
+    cpu = Settings.resolve(Cache(tmp_path / "c"), ExtractOptions(engine="ray", **tiny))
+    assert (gpu.spec.precision, gpu.spec.numerics) == ("mixed", featx.runtime.backend_name())
+    assert (cpu.spec.precision, cpu.spec.numerics) == ("float32", "")
+    assert ExtractOptions(precision="float32", engine="ray", num_gpus_per_worker=1).compute_precision() == "float32"

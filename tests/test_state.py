@@ -137,15 +137,15 @@ def test_several_taps_from_one_pass_equal_separate_extractions(tmp_path, monkeyp
     import sys
 
     calls = []
-    extract_mod = sys.modules["featx.extract"]
+    extract_mod = sys.modules["featx.extraction.engines.local"]
 
-    class Counting(extract_mod._Forward):
+    class Counting(extract_mod.Forward):
         def __init__(self, model):
             super().__init__(model)
             dispatch = self.dispatch
             self.dispatch = lambda x: calls.append(len(x)) or dispatch(x)
 
-    monkeypatch.setattr(extract_mod, "_Forward", Counting)
+    monkeypatch.setattr(extract_mod, "Forward", Counting)
     multi = featx.extract(data, "vgg16", taps=[0, 1, 2], batch_size=16, cache_dir=tmp_path / "multi", **TINY)
     assert calls == [16] and multi.computed == 10  # one forward pass over the 10 images, all taps at once
     assert [s.tap for s in multi.specs] == ["output", "block4_pool", "block3_pool"]

@@ -15,7 +15,7 @@ from featx.errors import BadImage, FeatxValueError
 from featx.transformer import FeatureExtractor
 from featx_test_helpers import HYMENOPTERA, make_dataset, make_image
 
-featx_extract = importlib.import_module("featx.extract")  # the module; featx.extract is the function
+featx_extract = importlib.import_module("featx.extraction.engines.local")  # where the model is called
 TINY = dict(backbone="vgg16", weights="none", image_size=32, progress=False)
 
 
@@ -24,7 +24,7 @@ def passes(monkeypatch):
     """Counts the model builds and the rows of each forward pass of every extraction."""
     seen = {"builds": 0, "rows": []}
 
-    class Counting(featx_extract._Forward):
+    class Counting(featx_extract.Forward):
         def __init__(self, model):
             super().__init__(model)
             seen["builds"] += 1
@@ -36,7 +36,7 @@ def passes(monkeypatch):
 
             self.dispatch = dispatch
 
-    monkeypatch.setattr(featx_extract, "_Forward", Counting)
+    monkeypatch.setattr(featx_extract, "Forward", Counting)
     return seen
 
 

@@ -1,6 +1,6 @@
 """Images that are not files: NumPy arrays, ``.npz``/``.npy`` files, ``keras.datasets``, streams.
 
-:func:`as_dataset` turns any of these into a :class:`~featx.data.Dataset`
+:func:`as_dataset` turns any of these into a :class:`~featx.datasets.Dataset`
 whose items are :class:`ArrayItem` rows, so they go through the same
 extraction, cache, heads and prediction as image files:
 

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data import ImageItem, _target_size
+from ..datasets import ImageItem
+
+from ..decode import _target_size
 from .checks import ArrayError
 
 LAYOUT = "arrays"
@@ -71,7 +73,7 @@ def row_key(pixels: np.ndarray) -> str:
 
 
 def resize_pixels(pixels: np.ndarray, size) -> np.ndarray:
-    """(H, W, 1|3) uint8 to (size, size, 3) uint8 exactly as :func:`~featx.data.read_image` resizes.
+    """(H, W, 1|3) uint8 to (size, size, 3) uint8 exactly as :func:`~featx.decode.read_image` resizes.
 
     Pillow's bilinear filter treats channels alike, so a grayscale row is
     resized once and then repeated, as a grayscale file decoded to RGB would be.

@@ -1,4 +1,4 @@
-"""Every kind of array input as one :class:`~featx.data.Dataset` (:func:`as_dataset`), and its rows read again."""
+"""Every kind of array input as one :class:`~featx.datasets.Dataset` (:func:`as_dataset`), and its rows read again."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from ..data import SPLIT_ALIASES, SPLIT_ORDER, Dataset, ImageItem
+from ..datasets import SPLIT_ALIASES, SPLIT_ORDER, Dataset, ImageItem
 from .checks import ArrayError, check_images, check_labels, Labels, scale_for
 from .files import open_file
 from .keras_datasets import KERAS_DATASETS, load_keras_dataset
@@ -16,7 +16,7 @@ from .stream import stream_dataset
 
 
 def is_array_data(data) -> bool:
-    """Whether :func:`as_dataset` (rather than :func:`~featx.data.discover`) reads ``data``."""
+    """Whether :func:`as_dataset` (rather than :func:`~featx.datasets.discover`) reads ``data``."""
     if isinstance(data, (str, os.PathLike)):
         s = os.fspath(data)
         return s.startswith("keras:") or s.lower().endswith((".npz", ".npy"))
@@ -35,7 +35,7 @@ def is_array_data(data) -> bool:
 
 def as_dataset(data, *, name: str | None = None, class_names=None, scale="auto", split: str | None = None,
                log=None) -> Dataset:
-    """A :class:`~featx.data.Dataset` of :class:`ArrayItem` rows (see the module docstring).
+    """A :class:`~featx.datasets.Dataset` of :class:`ArrayItem` rows (see the module docstring).
 
     Parameters
     ----------

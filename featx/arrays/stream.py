@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..data import Dataset, ImageItem
+from ..datasets import Dataset, ImageItem
 from .checks import ArrayError, check_images, check_labels, Labels, scale_for, value_range
 from .rows import LAYOUT, ArrayItem, BatchRows, Rows
 

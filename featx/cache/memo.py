@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-from ..data import sha256_file
+from ..datasets import sha256_file
 from ..errors import FeatxWarning
 
 # How long a statement waits for another process's lock before it gives up
@@ -43,13 +43,13 @@ def decoder_version() -> str:
 
     A file is remembered as bad under this string only; when Pillow is
     upgraded (a plugin added, a decoder bug fixed) or featx's own decoding
-    code changes (:data:`featx.data.DECODER_VERSION`), the file is tried again.
+    code changes (:data:`featx.decode.DECODER_VERSION`), the file is tried again.
     """
     import PIL
 
-    from .. import data
+    from .. import decode
 
-    return f"Pillow {PIL.__version__}; featx decoder {data.DECODER_VERSION}"
+    return f"Pillow {PIL.__version__}; featx decoder {decode.DECODER_VERSION}"
 
 
 class Memo:

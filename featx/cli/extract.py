@@ -65,7 +65,7 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
       featx extract --engine ray --address auto --num-gpus-per-worker 1 /mnt/shared/data/   (a GPU cluster)
       featx extract -b mobilenetv2 --image-size 96 data.npz
     """
-    from ..extract import extract as run
+    from ..extraction import extract as run
 
     source = data[0] if len(data) == 1 else list(data)
     result = run(

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data import read_image
+from ..decode import read_image
 from ..errors import BadImage
 from ..runtime import import_keras
 from .options import CROP_RATIO

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import discover
+from ..datasets import discover
 from ..outputs import Predictions
 from ..runtime import import_keras
 from .data import load_pixels

@@ -1,12 +1,12 @@
-"""Past one machine: ``featx extract --engine ray`` fills the same cache from a Ray cluster.
+"""The Ray engine: ``featx extract --engine ray`` fills the same cache from a Ray cluster.
 
 The driver (the process that runs ``featx extract``) plans exactly as a
 local run does: it lists the files, asks the memo and the extraction's index
 what is missing and takes the extraction's lock. Only the missing files go
 to Ray, as one Ray Data pipeline:
 
-1. CPU tasks read, hash and decode each file with the local engine's own
-   per-image step, so a bad file is skipped with the same reason;
+1. CPU tasks read, hash and decode each file with the step both engines
+   share (:func:`featx.extraction.steps.prepare_image`), so a bad file is skipped with the same reason;
 2. a pool of actors, each building the feature model once, embeds the
    decoded images and writes each call's rows as one shard named by its
    content (:func:`featx.cache.write_staged_shard`): a retried call
@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backbones as B
-from .cache import write_staged_shard
-from .data import ImageItem
-from .errors import CacheError, DataError, FeatxError
-from .extract import FLUSH_SECONDS, _padded, _progress, _Run
-from .runtime import stderr_to_devnull
+from ... import backbones as B
+from ...cache import write_staged_shard
+from ...datasets import ImageItem
+from ...errors import CacheError, DataError, FeatxError
+from ...runtime import stderr_to_devnull
+from ..steps import FLUSH_SECONDS, pad_batch, prepare_image, progress_bar
 
 EXTRA = 'pip install "featx[ray]"'
 # Rows an actor embeds per call, written as one shard. A call is Ray's unit
@@ -106,7 +106,7 @@ class RayEngine:
     num_gpus_per_worker: float = 0
     workers: int | None = None
 
-    def compute(self, run: _Run, todo: list[ImageItem], memo, bad: dict[str, str], cached: set) -> None:
+    def compute(self, run, todo: list[ImageItem], memo, bad: dict[str, str], cached: set) -> None:
         """Compute ``todo`` into ``run.extraction`` (whose lock the caller holds)."""
         ray = require()
         if not ray.is_initialized():
@@ -123,12 +123,12 @@ class RayEngine:
         shard_dir.mkdir(parents=True, exist_ok=True)
         check_shared_storage(ray, shard_dir)
         actors = self.workers or _default_actors(ray, self.num_gpus_per_worker)
-        spec = run.opts.spec
+        spec = run.settings.spec
         known = ray.put((frozenset(cached), dict(bad)))
         rows = [{"path": it.path, "label": it.label or "", "split": it.split} for it in todo]
         blocks = max(1, min(len(rows), 4 * actors, -(-len(rows) // DECODE_ROWS)))
 
-        bar = _progress(len(todo), run.progress, f"extract {run.opts.backbone.name} (ray)")
+        bar = progress_bar(len(todo), run.progress, f"extract {run.settings.backbone.name} (ray)")
         # Rows come back a shard at a time, the first only once the actors are up: a rate
         # (and so an ETA) read from them is noise (4:16:04 for a 40 s job), so the bar shows counts.
         bar.bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]"
@@ -164,7 +164,7 @@ class RayEngine:
                         # with the extraction's recorded weights hash, which each actor's model must match
                         "record": {**spec.record(), **{k: v for k, v in getattr(ext, "meta", {}).items()
                                                       if k == "loaded_weights"}},
-                        "weights": run.opts.weights, "shard_dir": str(shard_dir),
+                        "weights": run.settings.weights, "shard_dir": str(shard_dir),
                         "extraction": ext.name, "batch_size": run.batch_size,
                         "on_gpu": bool(self.num_gpus_per_worker), "fault": os.environ.get(FAULT_ENV, ""),
                     },
@@ -178,7 +178,7 @@ class RayEngine:
                         if status == "bad":
                             if sha:
                                 bad_rows.append((sha, reason))
-                            run._skip(path, reason)
+                            run.skip(path, reason)
                             continue
                         run.sha[path] = sha
                         if status == "computed" and sha not in cached:
@@ -271,26 +271,17 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- on the workers
 
 
-class _Size:
-    """What :meth:`featx.extract._Run._prepare` reads of a run: the input size."""
-
-    def __init__(self, size: int):
-        self.opts = self
-        self.size = size
-
-
 def _decode(batch: dict, size: int, known) -> dict:
     """CPU task: stat, read, hash and decode each file, exactly as a local run does."""
     import ray
 
     cached, bad = ray.get(known)
-    runner = _Size(size)
     n = len(batch["path"])
     out = {k: [] for k in ("path", "label", "sha", "status", "reason", "size", "mtime")}
     pixels = np.zeros((n, size, size, 3), np.uint8)
     for i, (path, label, split) in enumerate(zip(batch["path"], batch["label"], batch["split"])):
         item = ImageItem(str(path), str(label) or None, str(split))
-        prep = _Run._prepare(runner, item, cached, bad)
+        prep = prepare_image(item, size, cached, bad)
         if prep.pixels is not None:
             pixels[i] = prep.pixels
         out["path"].append(item.path)
@@ -313,8 +304,8 @@ class _Embedder:
             # Ray leaves the GPUs visible to an actor that asked for none; a CPU actor
             # on a GPU node must not take one (before the framework is imported).
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        from .runtime import backend_name
-        from .spec import ExtractionSpec
+        from ...runtime import backend_name
+        from ...spec import ExtractionSpec
 
         spec = ExtractionSpec.from_record(record)
         driver, here = dict(spec.versions).get("backend"), backend_name()
@@ -351,9 +342,7 @@ class _Embedder:
         for i in range(0, len(x), self.batch_size):
             part = x[i : i + self.batch_size]
             n = len(part)
-            padded = _padded(n, self.batch_size, self.on_gpu)
-            if n < padded:
-                part = np.concatenate([part, np.zeros((padded - n, *part.shape[1:]), part.dtype)])
+            part = pad_batch(part, self.batch_size, self.on_gpu)
             out.append(np.asarray(self.model.predict_on_batch(part))[:n].astype(np.float32))
         return np.concatenate(out)
 
