@@ -41,6 +41,12 @@ TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
 IMAGE_SIZE_RANGE = (32, 1024)  # px, inclusive: the --image-size values featx accepts
+# Global poolings of a feature map: Keras' own two, both side by side (avg
+# first), and generalised mean (GeM) of the activations clamped at GEM_EPS.
+POOLINGS = ("avg", "max", "avg,max", "gem")
+GEM_P = 3.0
+GEM_EPS = 1e-6
+TTAS = ("none", "flip")  # test-time augmentation inside the feature model
 
 
 @dataclass(frozen=True)
@@ -536,7 +542,8 @@ def build_feature_model(spec, weights: Weights | None = None, include_preprocess
     try:
         cuts = [s.cut_blocks for s in specs]
         model = feature_model(spec.backbone, weights, spec.input_size, spec.pooling, cuts if len(cuts) > 1 else cuts[0],
-                              include_preprocessing=include_preprocessing, preprocessing=spec.preprocessing)
+                              include_preprocessing=include_preprocessing, preprocessing=spec.preprocessing,
+                              tta=spec.tta)
     finally:
         keras.config.set_dtype_policy(previous)
     for s in specs:  # the weights the extraction recorded, or a one-line refusal saying what differs
@@ -611,6 +618,49 @@ def blocks(model, backbone: Backbone | str) -> list[Block]:
     return [Block(name, layers[i].name, i) for name, i in sorted(ends.items(), key=lambda kv: kv[1])]
 
 
+def pool_layer(keras, pooling: str, name: str):
+    """A callable from a feature map (N, H, W, C) to pooled features, built from stock Keras pieces.
+
+    ``avg,max`` gives (N, 2C), the average first; ``gem`` is the generalised
+    mean ``mean(max(x, eps) ** p) ** (1 / p)`` per channel, in float32 (eps
+    cubed underflows in float16), which sits between the average (p=1) and
+    the maximum (p to infinity).
+    """
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name=name)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name=name)
+    if pooling == "avg,max":
+        def both(x):
+            avg = keras.layers.GlobalAveragePooling2D(name=f"{name}_avg", dtype="float32")(x)
+            top = keras.layers.GlobalMaxPooling2D(name=f"{name}_max", dtype="float32")(x)
+            return keras.layers.Concatenate(name=name, dtype="float32")([avg, top])
+        return both
+    if pooling == "gem":
+        def gem(x):
+            x = keras.ops.power(keras.ops.maximum(keras.ops.cast(x, "float32"), GEM_EPS), GEM_P)
+            x = keras.layers.GlobalAveragePooling2D(name=name, dtype="float32")(x)
+            return keras.ops.power(x, 1.0 / GEM_P)
+        return gem
+    raise FeatxValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
+
+
+def flip_tta(keras, model, name: str):
+    """``model`` on a batch and on its mirror image in one call, features averaged.
+
+    The batch is doubled (images, then their left-right mirrors), run through
+    ``model`` once, and the two halves averaged: one decode and one forward
+    pass per batch, twice the images in it.
+    """
+    inp = keras.Input(tuple(model.input.shape[1:]), name="featx_tta_input", dtype=model.input.dtype)
+    doubled = keras.layers.Concatenate(axis=0, name="featx_tta_batch", dtype=model.input.dtype)(
+        [inp, keras.ops.flip(inp, axis=2)])
+    y = keras.ops.cast(model(doubled), "float32")
+    width = int(model.output.shape[-1])
+    y = keras.ops.mean(keras.ops.reshape(y, (2, -1, width)), axis=0)
+    return keras.Model(inp, y, name=name)
+
+
 def feature_model(
     backbone: Backbone | str,
     weights: Weights,
@@ -619,18 +669,24 @@ def feature_model(
     cut_blocks: int | Sequence[int] = 0,
     include_preprocessing: bool = True,
     preprocessing: str | None = None,
+    tta: str = "none",
 ):
     """A Keras model from images to pooled feature vectors.
 
     With ``include_preprocessing`` (the default) it takes RGB uint8 pixels
     and applies the backbone's preprocessing itself; otherwise it takes
-    already-preprocessed float input. With ``cut_blocks=0`` the backbone is
+    already-preprocessed float input. With ``cut_blocks=0`` and ``avg`` or
+    ``max`` pooling the backbone is
     ``keras.applications.<X>(include_top=False, pooling=pooling)`` unchanged;
     with ``cut_blocks=K`` it is tapped at the output of the block K blocks
-    before the end, then pooled. A list of cuts (``[0, 1, 2]``) taps them
+    before the end, then pooled. ``avg,max`` and ``gem`` pooling
+    (:func:`pool_layer`) pool every tap, the last block's feature map
+    included, themselves. A list of cuts (``[0, 1, 2]``) taps them
     all in one forward pass: the output is their pooled features side by
     side, in that order (``model._featx_widths`` gives each one's width), and
     the layers after the deepest tap are not in the model at all.
+    ``tta="flip"`` averages every feature over the image and its mirror
+    (:func:`flip_tta`).
     ``preprocessing`` (default: the registry's for the family) is the mode
     an extraction recorded; ``model._featx_loaded`` is the
     :func:`loaded_fingerprint` of the backbone's weights.
@@ -639,17 +695,21 @@ def feature_model(
 
     keras = import_keras()
     bb = get_backbone(backbone)
-    if pooling not in ("avg", "max"):
-        raise FeatxError(f"pooling must be 'avg' or 'max'. Received: pooling={pooling!r}")
+    if pooling not in POOLINGS:
+        raise FeatxValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
+    if tta not in TTAS:
+        raise FeatxValueError(f"tta must be one of {TTAS}. Received: tta={tta!r}")
     cuts = [cut_blocks] if isinstance(cut_blocks, (int, np.integer)) else [int(c) for c in cut_blocks]
     if not cuts or min(cuts) < 0 or len(set(cuts)) != len(cuts):
         raise FeatxError(f"cut_blocks must be distinct integers >= 0. Received: cut_blocks={cut_blocks!r}")
-    if cuts == [0]:
+    keras_pooling = pooling if pooling in ("avg", "max") else None  # Keras pools the uncut output itself
+    label = pooling.replace(",", "")
+    if cuts == [0] and keras_pooling:
         base = build_backbone(bb, weights, input_size, pooling=pooling)
         names = ["output"]
         loaded = loaded_fingerprint(base)
     else:
-        full = build_backbone(bb, weights, input_size, pooling=pooling if 0 in cuts else None)
+        full = build_backbone(bb, weights, input_size, pooling=keras_pooling if 0 in cuts else None)
         loaded = loaded_fingerprint(full)
         named = blocks(full, bb)
         if max(cuts) >= len(named):
@@ -657,15 +717,14 @@ def feature_model(
                 f"{bb.name} has {len(named)} named blocks, so at most {len(named) - 1} can be cut. "
                 f"Received: cut_blocks={max(cuts)}"
             )
-        pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
         outs, names = [], []
         for k in cuts:
             if k == 0:
-                outs.append(full.output)
+                outs.append(full.output if keras_pooling else pool_layer(keras, pooling, f"featx_{label}_pool")(full.output))
                 names.append("output")
             else:
                 tap = named[-(k + 1)]
-                outs.append(pool(name=f"featx_{pooling}_pool_cut{k}")(full.get_layer(tap.layer).output))
+                outs.append(pool_layer(keras, pooling, f"featx_{label}_pool_cut{k}")(full.get_layer(tap.layer).output))
                 names.append(tap.layer)
         if len(outs) == 1:
             out = outs[0]
@@ -673,9 +732,11 @@ def feature_model(
             outs = [keras.layers.Activation("linear", dtype="float32", name=f"featx_tap{i}")(o)
                     for i, o in enumerate(outs)]
             out = keras.layers.Concatenate(name="featx_taps", dtype="float32")(outs)
-        label = "-".join(f"cut{k}" for k in cuts)
-        base = keras.Model(full.input, out, name=f"{bb.name}_{label}")
+        cut_label = "-".join(f"cut{k}" for k in cuts)
+        base = keras.Model(full.input, out, name=f"{bb.name}_{cut_label}")
         widths = [int(o.shape[-1]) for o in outs]
+    if tta == "flip":
+        base = flip_tta(keras, base, name=f"{base.name}_flip")
     if include_preprocessing:
         size = int(base.input.shape[1])
         inp, x = pixels_input(size, preprocessing or bb.preprocessing)

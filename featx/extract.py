@@ -123,8 +123,10 @@ class _Prepared:
 class _Settings:
     """Resolved options of one extraction run: its specs (one per tap) and the weights to load."""
 
-    def __init__(self, cache, backbone, weights, image_size, pooling, cuts, precision, seed, store="float32"):
-        resolved = [resolve_spec(cache, backbone, weights, image_size, pooling, k, precision, seed) for k in cuts]
+    def __init__(self, cache, backbone, weights, image_size, pooling, cuts, precision, seed, store="float32",
+                 tta="none"):
+        resolved = [resolve_spec(cache, backbone, weights, image_size, pooling, k, precision, seed, tta=tta)
+                    for k in cuts]
         self.specs = [s.with_store(store) for s, _ in resolved]
         self.spec, self._weights = self.specs[0], resolved[0][1]
         self._override = None
@@ -162,9 +164,11 @@ def spec_for(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     store: str = "float32",
+    tta: str = "none",
 ) -> ExtractionSpec:
     """The :class:`~featx.spec.ExtractionSpec` (and so the cache key) these options resolve to."""
-    spec = resolve_spec(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed)[0]
+    spec = resolve_spec(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed,
+                        tta=tta)[0]
     return spec.with_store(store)
 
 
@@ -194,6 +198,7 @@ def extract(
     class_names: Sequence[str] | None = None,
     scale: str | float = "auto",
     store: str = "float32",
+    tta: str = "none",
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
@@ -213,8 +218,9 @@ def extract(
         Keras weights file for the headless model.
     image_size : int, optional
         Square input size; the backbone's native size by default.
-    pooling : {"avg", "max"}
-        Global pooling of the last feature map.
+    pooling : {"avg", "max", "avg,max", "gem"}
+        Global pooling of every tapped feature map: average, maximum, both
+        side by side, or generalised mean (GeM, p=3); docs/accuracy.md.
     cut_blocks : int
         Tap the backbone this many named blocks before its end.
     taps : list of int, optional
@@ -270,6 +276,9 @@ def extract(
     store : {"float32", "float16"}
         The dtype rows are stored in. float16 halves the disk (reads still
         return float32); it is part of the extraction's key (docs/cache.md).
+    tta : {"none", "flip"}
+        ``flip``: every feature is the mean over the image and its mirror,
+        both in one forward pass (a doubled batch); part of the key.
 
     Returns
     -------
@@ -289,7 +298,7 @@ def extract(
     ds = as_dataset(data, name=name, class_names=class_names, scale=scale, log=log) if is_array_data(data) else None
     cuts = _cuts(cut_blocks, taps)
     if spec is None:
-        opts = _Settings(cache, backbone, weights, image_size, pooling, cuts, precision, seed, store)
+        opts = _Settings(cache, backbone, weights, image_size, pooling, cuts, precision, seed, store, tta)
     else:
         override = None if weights in (None, "imagenet", "none") else weights
         opts = _Settings.from_spec(spec if isinstance(spec, (list, tuple)) else [spec], None, override)

@@ -52,7 +52,8 @@ from .runtime import backend_name, resolve_precision
 FORMAT_VERSION = 2
 RESIZE = "squash-bilinear"
 TAP_OUTPUT = "output"  # the backbone's own pooled output (no cut)
-POOLINGS = ("avg", "max")
+POOLINGS = B.POOLINGS
+TTAS = B.TTAS
 STORES = ("float32", "float16")  # the dtype feature rows are stored in
 
 
@@ -77,6 +78,7 @@ class ExtractionSpec:
     numerics: str = ""  # the backend, where it changes the numbers (mixed precision)
     resize: str = RESIZE
     store: str = "float32"  # in the key only when not float32, so that older keys stay as they were
+    tta: str = "none"  # in the key only when not "none", as store
     format_version: int = FORMAT_VERSION
     weights_source: str = field(default="imagenet", compare=False)
     seed: int = field(default=0, compare=False)
@@ -89,8 +91,9 @@ class ExtractionSpec:
         return tuple(names[: names.index("format_version") + 1])
 
     def settings(self) -> dict:
-        """The fields of the key, as a dict (``store`` only where it is not float32)."""
-        return {k: getattr(self, k) for k in self.key_fields() if k != "store" or self.store != "float32"}
+        """The fields of the key, as a dict (``store`` and ``tta`` only where they are not the default)."""
+        defaults = {"store": "float32", "tta": "none"}
+        return {k: getattr(self, k) for k in self.key_fields() if getattr(self, k) != defaults.get(k, ...)}
 
     @property
     def key(self) -> str:
@@ -101,12 +104,14 @@ class ExtractionSpec:
     def dirname(self) -> str:
         cut = f"-cut{self.cut_blocks}" if self.cut_blocks else ""
         f16 = "-f16" if self.store == "float16" else ""
-        return f"{self.backbone}-{self.input_size}px-{self.pooling}{cut}{f16}-{self.key}"
+        flip = "-flip" if self.tta == "flip" else ""
+        return f"{self.backbone}-{self.input_size}px-{self.pooling.replace(',', '')}{cut}{f16}{flip}-{self.key}"
 
     def describe(self) -> str:
         cut = f" cut{self.cut_blocks} ({self.tap})" if self.cut_blocks else ""
         f16 = " float16" if self.store == "float16" else ""
-        return f"{self.backbone} {self.input_size}px {self.pooling}{cut}{f16}"
+        flip = " tta-flip" if self.tta == "flip" else ""
+        return f"{self.backbone} {self.input_size}px {self.pooling}{cut}{f16}{flip}"
 
     def record(self) -> dict:
         """The JSON form stored in ``meta.json`` and in head manifests."""
@@ -235,7 +240,7 @@ def one_pass_groups(specs) -> list[list[int]]:
     input; other taps), grouped in first-seen order."""
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(specs):
-        key = (s.backbone, s.weights, s.input_size, s.preprocessing, s.pooling, s.precision, s.numerics)
+        key = (s.backbone, s.weights, s.input_size, s.preprocessing, s.pooling, s.precision, s.numerics, s.tta)
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
@@ -270,6 +275,7 @@ def resolve_spec(
     cut_blocks: int = 0,
     precision: str = "auto",
     seed: int = 0,
+    tta: str = "none",
 ) -> tuple[ExtractionSpec, B.Weights]:
     """Resolve the user's options into a spec and the weights to load.
 
@@ -283,6 +289,8 @@ def resolve_spec(
     bb = B.get_backbone(backbone)
     if pooling not in POOLINGS:
         raise FeatxValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
+    if tta not in TTAS:
+        raise FeatxValueError(f"tta must be one of {TTAS}. Received: tta={tta!r}")
     if not isinstance(cut_blocks, int) or cut_blocks < 0:
         raise FeatxValueError(f"cut_blocks must be an integer >= 0. Received: cut_blocks={cut_blocks!r}")
     backend = backend_name()
@@ -309,6 +317,7 @@ def resolve_spec(
         cut_blocks=cut_blocks,
         precision=precision,
         numerics=backend if precision == "mixed" else "",
+        tta=tta,
         weights_source=w.source,
         seed=w.seed,
         versions=versions(),
