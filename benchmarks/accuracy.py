@@ -141,7 +141,7 @@ def _save(root: Path, results: dict) -> None:
 
 
 def table(args, results: dict) -> str:
-    rows = ["| dataset | option | protocol | head chosen | CV / val score | test accuracy | extraction s (CPU / wall) "
+    rows = ["| dataset | option | protocol | head chosen | CV / val score | test accuracy | extraction s CPU / wall (images) "
             "| command |", "|---|---|---|---|---|---|---|---|"]
     for dataset in args.datasets:
         split, protocols = PROTOCOLS[dataset]
@@ -152,8 +152,9 @@ def table(args, results: dict) -> str:
             ext = [results.get(f"extract|{cache.name}|{dataset}|{json.dumps(o, sort_keys=True)}") for o in RECIPES[recipe][1]]
             if RECIPES[recipe][2]:  # its 150 px extraction is the default's, copied
                 ext[0] = results.get(f"extract|cache|{dataset}|{json.dumps({}, sort_keys=True)}")
-            secs = (f"{sum(e['cpu_s'] for e in ext):.0f} / {sum(e['wall_s'] for e in ext):.0f}"
-                    if all(ext) else "")
+            # the images computed in the timed run: fewer where an interrupted run had cached some
+            secs = (f"{sum(e['cpu_s'] for e in ext):.0f} / {sum(e['wall_s'] for e in ext):.0f} "
+                    f"({'+'.join(str(e['computed']) for e in ext)} img)" if all(ext) else "")
             for protocol, label in protocols:
                 r = results.get(f"head|{recipe}|{dataset}|{protocol}")
                 if not r:
