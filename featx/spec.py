@@ -52,7 +52,8 @@ from .runtime import backend_name, resolve_precision
 FORMAT_VERSION = 2
 RESIZE = "squash-bilinear"
 TAP_OUTPUT = "output"  # the backbone's own pooled output (no cut)
-POOLINGS = ("avg", "max")
+POOLINGS = B.POOLINGS
+TTAS = B.TTAS
 STORES = ("float32", "float16")  # the dtype feature rows are stored in
 # Marks the key fields that differ between the outputs one forward pass fills
 # (its taps, each stored as it chooses); the other key fields are the pass's.
@@ -80,6 +81,7 @@ class ExtractionSpec:
     numerics: str = ""  # the backend, where it changes the numbers (mixed precision)
     resize: str = RESIZE
     store: str = field(default="float32", metadata=PER_OUTPUT)  # in the key only when not float32, so that older keys stay
+    tta: str = "none"  # in the key only when not "none", as store; a different forward pass
     format_version: int = FORMAT_VERSION
     weights_source: str = field(default="imagenet", compare=False)
     seed: int = field(default=0, compare=False)
@@ -97,8 +99,9 @@ class ExtractionSpec:
         return tuple(f.name for f in fields(cls) if f.name in cls.key_fields() and not f.metadata.get("per_output"))
 
     def settings(self) -> dict:
-        """The fields of the key, as a dict (``store`` only where it is not float32)."""
-        return {k: getattr(self, k) for k in self.key_fields() if k != "store" or self.store != "float32"}
+        """The fields of the key, as a dict (``store`` and ``tta`` only where they are not the default)."""
+        defaults = {"store": "float32", "tta": "none"}
+        return {k: getattr(self, k) for k in self.key_fields() if getattr(self, k) != defaults.get(k, ...)}
 
     @property
     def key(self) -> str:
@@ -109,12 +112,14 @@ class ExtractionSpec:
     def dirname(self) -> str:
         cut = f"-cut{self.cut_blocks}" if self.cut_blocks else ""
         f16 = "-f16" if self.store == "float16" else ""
-        return f"{self.backbone}-{self.input_size}px-{self.pooling}{cut}{f16}-{self.key}"
+        flip = "-flip" if self.tta == "flip" else ""
+        return f"{self.backbone}-{self.input_size}px-{self.pooling.replace(',', '')}{cut}{f16}{flip}-{self.key}"
 
     def describe(self) -> str:
         cut = f" cut{self.cut_blocks} ({self.tap})" if self.cut_blocks else ""
         f16 = " float16" if self.store == "float16" else ""
-        return f"{self.backbone} {self.input_size}px {self.pooling}{cut}{f16}"
+        flip = " tta-flip" if self.tta == "flip" else ""
+        return f"{self.backbone} {self.input_size}px {self.pooling}{cut}{f16}{flip}"
 
     def record(self) -> dict:
         """The JSON form stored in ``meta.json`` and in head manifests."""
@@ -274,10 +279,12 @@ def check_store(store: str) -> None:
         raise FeatxValueError(f"store must be one of {STORES}. Received: store={store!r}")
 
 
-def check_settings(pooling: str, cut_blocks: int) -> None:
+def check_settings(pooling: str, cut_blocks: int, tta: str = "none") -> None:
     """The one check of the spec's own options (``ExtractOptions`` and :func:`resolve_spec` call it)."""
     if pooling not in POOLINGS:
         raise FeatxValueError(f"pooling must be one of {POOLINGS}. Received: pooling={pooling!r}")
+    if tta not in TTAS:
+        raise FeatxValueError(f"tta must be one of {TTAS}. Received: tta={tta!r}")
     if not isinstance(cut_blocks, int) or cut_blocks < 0:
         raise FeatxValueError(f"cut_blocks must be an integer >= 0. Received: cut_blocks={cut_blocks!r}")
 
@@ -291,6 +298,7 @@ def resolve_spec(
     cut_blocks: int = 0,
     precision: str = "auto",
     seed: int = 0,
+    tta: str = "none",
 ) -> tuple[ExtractionSpec, B.Weights]:
     """Resolve the user's options into a spec and the weights to load.
 
@@ -302,7 +310,7 @@ def resolve_spec(
     remembered, so a warm run imports no framework.
     """
     bb = B.get_backbone(backbone)
-    check_settings(pooling, cut_blocks)
+    check_settings(pooling, cut_blocks, tta)
     backend = backend_name()
     memo = cache.memo()
     try:
@@ -327,6 +335,7 @@ def resolve_spec(
         cut_blocks=cut_blocks,
         precision=precision,
         numerics=backend if precision == "mixed" else "",
+        tta=tta,
         weights_source=w.source,
         seed=w.seed,
         versions=versions(),

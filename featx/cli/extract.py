@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..extraction.options import ExtractOptions
 from . import show
 from .group import cli
 from .types import (COUNT, IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT, RAY_WORKERS_DEFAULT, SEED, WORKERS_DEFAULT, Taps,
@@ -19,7 +20,9 @@ from .types import (COUNT, IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT, RAY_WORKERS_DE
 )
 @click.option("--image-size", type=IMAGE_SIZE,
               help=f"Square input size in px, {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} [default: the backbone's native size].")
-@click.option("--pooling", type=click.Choice(["avg", "max"]), default="avg", show_default=True, help="Global pooling.")
+@click.option("--pooling", type=click.Choice(ExtractOptions.CHOICES["pooling"]), default=ExtractOptions.pooling,
+              show_default=True, help="Global pooling of every tap: average, maximum, both side by side (avg,max), "
+                                      "or generalised mean (gem, p=3); docs/accuracy.md.")
 @click.option("--cut-blocks", type=COUNT, default=0, show_default=True, help="Tap the backbone K named blocks before its end.")
 @click.option("--taps", type=Taps(),
               help="Several taps from one forward pass, e.g. 0,1,2 (the output and the ends of the 1 and 2 blocks "
@@ -29,15 +32,21 @@ from .types import (COUNT, IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT, RAY_WORKERS_DE
               help=f"Threads reading and decoding images [default: {WORKERS_DEFAULT}]; with --engine ray, embedding "
                    f"actors [default: {RAY_WORKERS_DEFAULT}].")
 @click.option(
-    "--precision", type=click.Choice(["auto", "float32", "mixed"]), default="auto", show_default=True,
+    "--precision", type=click.Choice(ExtractOptions.CHOICES["precision"]), default=ExtractOptions.precision,
+    show_default=True,
     help="auto: mixed float16 on a GPU, float32 on a CPU.",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of random weights (--weights none).")
-@click.option("--store", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@click.option("--store", type=click.Choice(ExtractOptions.CHOICES["store"]), default=ExtractOptions.store,
+              show_default=True,
               help="dtype of the cached rows: float16 halves the disk (reads return float32); another extraction.")
+@click.option("--tta", type=click.Choice(ExtractOptions.CHOICES["tta"]), default=ExtractOptions.tta, show_default=True,
+              help="flip: each feature is the mean over the image and its mirror (one pass of a doubled batch); "
+                   "another extraction.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--engine", type=click.Choice(ExtractOptions.CHOICES["engine"]), default=ExtractOptions.engine,
+              show_default=True,
               help="Compute missing images here, or on a Ray cluster (pip install \"featx[ray]\"; shared cache root).")
 @click.option("--address", help="--engine ray: 'auto', ray://HOST:10001 [default: $RAY_ADDRESS, else Ray on this machine].")
 @click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
@@ -45,7 +54,7 @@ from .types import (COUNT, IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT, RAY_WORKERS_DE
 @cache_dir_option
 @click.pass_obj
 def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps, batch_size, workers, precision, seed,
-            store, strict, quiet, **engine):
+            store, tta, strict, quiet, **engine):
     """Run a headless backbone over DATA once and cache pooled features.
 
     DATA is a folder of class folders, a folder with train/ val/ test/ split
@@ -71,7 +80,7 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
     result = run(
         source, backbone, weights=weights, image_size=image_size, pooling=pooling, cut_blocks=cut_blocks,
         taps=taps, batch_size=batch_size, cache_dir=obj["cache_dir"], strict=strict, workers=workers,
-        precision=precision, seed=seed, progress=not quiet, store=store, **engine,
+        precision=precision, seed=seed, progress=not quiet, store=store, tta=tta, **engine,
     )
     for path, reason in result.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)

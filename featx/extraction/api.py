@@ -82,9 +82,11 @@ def spec_for(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     store: str = "float32",
+    tta: str = "none",
 ) -> ExtractionSpec:
     """The :class:`~featx.spec.ExtractionSpec` (and so the cache key) these options resolve to."""
-    spec = resolve_spec(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed)[0]
+    spec = resolve_spec(Cache(cache_dir), backbone, weights, image_size, pooling, cut_blocks, precision, seed,
+                        tta=tta)[0]
     return spec.with_store(store)
 
 
@@ -114,6 +116,7 @@ def extract(
     class_names: Sequence[str] | None = None,
     scale: str | float = "auto",
     store: str = "float32",
+    tta: str = "none",
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
@@ -133,8 +136,9 @@ def extract(
         Keras weights file for the headless model.
     image_size : int, optional
         Square input size; the backbone's native size by default.
-    pooling : {"avg", "max"}
-        Global pooling of the last feature map.
+    pooling : {"avg", "max", "avg,max", "gem"}
+        Global pooling of every tapped feature map: average, maximum, both
+        side by side, or generalised mean (GeM, p=3); docs/accuracy.md.
     cut_blocks : int
         Tap the backbone this many named blocks before its end.
     taps : list of int, optional
@@ -190,6 +194,9 @@ def extract(
     store : {"float32", "float16"}
         The dtype rows are stored in. float16 halves the disk (reads still
         return float32); it is part of the extraction's key (docs/cache.md).
+    tta : {"none", "flip"}
+        ``flip``: every feature is the mean over the image and its mirror,
+        both in one forward pass (a doubled batch); part of the key.
 
     Returns
     -------
@@ -201,6 +208,7 @@ def extract(
         batch_size=batch_size, cache_dir=cache_dir, strict=strict, workers=workers, precision=precision, seed=seed,
         progress=progress, record=record, spec=spec, engine=engine, address=address,
         num_gpus_per_worker=num_gpus_per_worker, name=name, class_names=class_names, scale=scale, store=store,
+        tta=tta,
     )
     return extract_with(data, opts, log=log, started=t0)
 

@@ -17,7 +17,7 @@ from typing import ClassVar
 from .. import backbones as B
 from ..errors import DataError, FeatxValueError
 from ..runtime import PRECISIONS, check_precision, resolve_precision
-from ..spec import POOLINGS, STORES, ExtractionSpec, check_settings, check_store, one_pass_groups
+from ..spec import POOLINGS, STORES, TTAS, ExtractionSpec, check_settings, check_store, one_pass_groups
 
 ENGINES = ("local", "ray")
 
@@ -35,14 +35,15 @@ class ExtractOptions:
     --------
     >>> ExtractOptions(backbone="vgg16", image_size=64).cuts
     (0,)
-    >>> ExtractOptions.CHOICES["pooling"]
-    ('avg', 'max')
+    >>> ExtractOptions.CHOICES["tta"]
+    ('none', 'flip')
     """
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "pooling": POOLINGS,
         "precision": PRECISIONS,
         "store": STORES,
+        "tta": TTAS,
         "engine": ENGINES,
     }
     IMAGE_SIZES: ClassVar[tuple[int, int]] = B.IMAGE_SIZE_RANGE  # px, inclusive
@@ -69,6 +70,7 @@ class ExtractOptions:
     class_names: tuple[str, ...] | None = None
     scale: str | float = "auto"
     store: str = "float32"
+    tta: str = "none"
 
     def __post_init__(self):
         if self.taps is not None:
@@ -122,7 +124,7 @@ class ExtractOptions:
     def _check_model(self) -> None:
         """The options that resolve into a spec (the weights and the tap layer are resolved later)."""
         bb = B.get_backbone(self.backbone)
-        check_settings(self.pooling, self.cut_blocks)
+        check_settings(self.pooling, self.cut_blocks, self.tta)
         B.check_input_size(bb, self.image_size)
 
     def _check_specs(self) -> None:

@@ -44,7 +44,7 @@ class Settings:
             return cls(opts.spec, None, opts.weights_override())
         precision = opts.compute_precision()  # decided once, here, for every engine
         resolved = [resolve_spec(cache, opts.backbone, opts.weights, opts.image_size, opts.pooling, k, precision,
-                                 opts.seed) for k in opts.cuts]
+                                 opts.seed, tta=opts.tta) for k in opts.cuts]
         return cls([s.with_store(opts.store) for s, _ in resolved], resolved[0][1])
 
     @property
