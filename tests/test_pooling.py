@@ -9,7 +9,7 @@ import featx
 from featx import backbones as B
 from featx.cache import Cache
 from featx.errors import FeatxValueError
-from featx.extract import spec_for
+from featx.extraction import spec_for
 from featx.spec import ExtractionSpec, resolve_spec
 
 from conftest import make_dataset

@@ -112,7 +112,7 @@ def test_one_pass_groups_follow_the_specs_own_key_fields():
     resize and format_version."""
     other = {"backbone": "vgg19", "weights": "sha256:ab", "input_size": 48, "preprocessing": "tf", "pooling": "max",
              "tap": "block4_pool", "cut_blocks": 1, "precision": "mixed", "numerics": "jax", "resize": "crop",
-             "store": "float16", "format_version": 1}
+             "store": "float16", "tta": "flip", "format_version": 1}
     assert set(other) == set(S.ExtractionSpec.key_fields())
     for name, value in other.items():
         together = S.one_pass_groups([_spec(), _spec(**{name: value})]) == [[0, 1]]
