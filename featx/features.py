@@ -10,7 +10,7 @@ import numpy as np
 
 from .backbones import get_backbone
 from .cache import Cache, DatasetView, Extraction
-from .errors import BrokenExtraction, CacheError, HeadError
+from .errors import BrokenExtraction, CacheError, FeatxError, HeadError
 
 
 # Rows per read when a head or a prediction walks on-disk rows: 8,192 x 2,048 float32
@@ -225,7 +225,7 @@ def find_view(
             raise CacheError(f"No extraction of {src} in {cache.root}. Run `featx extract --backbone NAME {data}` first.")
     if backbone is not None:
         name = get_backbone(backbone).name
-        picked = [v for v in picked if cache_settings_backbone(v) == name]
+        picked = [v for v in picked if _backbone_of(cache, v) == name]
         if not picked:
             raise CacheError(f"No {name} extraction{' of ' + str(data) if data else ''} in {cache.root}.")
     if extraction is not None:
@@ -236,10 +236,14 @@ def find_view(
     return picked[-1]
 
 
-def cache_settings_backbone(view: DatasetView) -> str:
-    # Extraction directories are named "<backbone>-<size>px-..."; reading the
-    # name avoids opening meta.json for every view.
-    return view.extraction.split("-", 1)[0]
+def _backbone_of(cache: Cache, view: DatasetView) -> str | None:
+    """The backbone the view's extraction recorded in its spec (None if it cannot be read).
+
+    Read from the spec, never parsed back out of the folder name."""
+    try:
+        return cache.get_extraction(view.extraction).spec.backbone
+    except FeatxError:
+        return None
 
 
 def load_features(
