@@ -36,12 +36,19 @@ def _session_workspace(tmp_path_factory):
     suite's tiny data it walks the same path (the first configuration always
     runs), and the budget rules themselves are tested with explicit budgets
     and a fake clock (test_selection.py).
+
+    Built feature models are kept for the next extraction of the same model
+    (``FEATX_KEEP_MODELS``, featx.extraction.forward.Shelf): most tests
+    extract with the same tiny VGG16, and building and tracing it again
+    cost a second of CPU each time. A test that replaces the builder gets
+    no kept model (the builders are part of the key).
     """
     import featx.selection.grid
 
     with pytest.MonkeyPatch.context() as mp:
         _isolate(mp, tmp_path_factory.mktemp("session-work"))
         mp.setattr(featx.selection.grid, "DENSE_BUDGET_S", 3.0)
+        mp.setenv("FEATX_KEEP_MODELS", "4")
         yield
 
 

@@ -489,3 +489,14 @@ def test_predict_model_with_a_real_head_says_what_model_expects(partial_splits, 
     assert r.exit_code == 2 and "is a logreg head" in r.output and "Traceback" not in r.output, r.output
     r = invoke("predict", "--head", out, data / "test", "--cache-dir", root / "cache")
     assert r.exit_code == 0 and r.stdout.splitlines()[0] == "path,label_1,prob_1", r.output
+
+
+def test_extract_choices_come_from_extract_options():
+    """`featx extract`'s choices and defaults are ExtractOptions', not copies."""
+    from featx.cli import cli
+    from featx.extraction import ExtractOptions
+
+    params = {p.name: p for p in cli.commands["extract"].params}
+    for name, choices in ExtractOptions.CHOICES.items():
+        assert tuple(params[name].type.choices) == choices, name
+        assert params[name].default == getattr(ExtractOptions, name), name

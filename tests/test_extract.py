@@ -631,7 +631,7 @@ def test_extract_options_hold_the_choices_and_ranges_a_cli_offers():
     for size in (lo - 1, hi + 1):
         with pytest.raises(ValueError, match="image_size must be an integer"):
             ExtractOptions(backbone="vgg16", image_size=size)
-    assert set(ExtractOptions.CHOICES) == {"pooling", "precision", "store", "engine"}
+    assert set(ExtractOptions.CHOICES) == {"pooling", "precision", "store", "tta", "engine"}
     for option, choices in ExtractOptions.CHOICES.items():
         for value in choices:
             assert getattr(ExtractOptions(**{option: value}), option) == value
@@ -709,3 +709,36 @@ def test_the_extraction_modules_stay_small():
                 if node.end_lineno - body[0].lineno >= 100:
                     long_functions.append(f"{p.name}:{node.name}")
     assert not long_functions
+
+
+def test_kept_models_are_reused_only_for_the_same_model_and_one_run_at_a_time(tmp_path, monkeypatch):
+    """FEATX_KEEP_MODELS: a second run of the same spec builds nothing; another spec, or no keeping, builds."""
+    from featx.extraction import forward as F
+    from featx.extraction.engines import local
+
+    builds = []
+    real = local.LocalEngine._model
+
+    def counting(self, run):
+        builds.append(run.settings.spec.dirname)
+        return real(self, run)
+
+    monkeypatch.setattr(local.LocalEngine, "_model", counting)
+    monkeypatch.setattr(F, "SHELF", F.Shelf())
+    monkeypatch.setattr(local, "SHELF", F.SHELF)
+    monkeypatch.setenv("FEATX_KEEP_MODELS", "2")
+    a, b = make_dataset(tmp_path / "a", per_class=2), make_dataset(tmp_path / "b", per_class=2, size=(44, 36))
+    first = featx.extract(a, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
+    again = featx.extract(b, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "c", progress=False)
+    assert len(builds) == 1 and first.computed == again.computed == 4  # the second run used the kept model
+    direct = featx.extract(b, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "d", progress=False)
+    assert np.array_equal(featx.load_features(b, cache_dir=tmp_path / "c").X,
+                          featx.load_features(b, cache_dir=tmp_path / "d").X) and direct.computed == 4
+    featx.extract(a, "vgg16", weights="none", image_size=32, pooling="max", cache_dir=tmp_path / "c", progress=False)
+    assert len(builds) == 2  # another spec is another model
+    key = next(iter(F.SHELF._kept))
+    assert F.SHELF.take(key) is not None and F.SHELF.take(key) is None  # handed to one run at a time
+    monkeypatch.setenv("FEATX_KEEP_MODELS", "0")
+    featx.extract(a, "vgg16", weights="none", image_size=32, pooling="max", cache_dir=tmp_path / "e", progress=False)
+    featx.extract(b, "vgg16", weights="none", image_size=32, pooling="max", cache_dir=tmp_path / "e", progress=False)
+    assert len(builds) == 4  # nothing kept is used or added

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import json
+import os
+import threading
+
 import numpy as np
 
 from ..runtime import backend_name
@@ -26,6 +31,7 @@ class Forward:
     """
 
     def __init__(self, model):
+        self.model = model
         self.dispatch = model.predict_on_batch
         backend = backend_name()
         if backend == "jax":
@@ -45,6 +51,53 @@ class Forward:
     @staticmethod
     def fetch(out) -> np.ndarray:
         return np.asarray(out)
+
+
+class Shelf:
+    """Built forward passes kept for the next run of the same model in this process.
+
+    Opt-in (``FEATX_KEEP_MODELS=N`` keeps up to N; 0, the default, keeps
+    none), for a process that extracts many times with one backbone: a
+    notebook calling ``featx.extract`` or ``FeatureExtractor.transform`` on
+    new images, or the test suite. A model is keyed by everything that
+    builds it (every spec's record, the weights with their sha256, the
+    backend), is handed to one run at a time (``take`` removes it, ``put``
+    returns it), and the least recently returned goes first.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._kept: collections.OrderedDict[str, Forward] = collections.OrderedDict()
+
+    @staticmethod
+    def capacity() -> int:
+        try:
+            return max(0, int(os.environ.get("FEATX_KEEP_MODELS", "0")))
+        except ValueError:
+            return 0
+
+    @staticmethod
+    def key(specs, weights, builders) -> str:
+        """What builds the model: the backend, the weights, every spec, and the builder itself
+        (a replaced builder, e.g. in a test, never gets another's model)."""
+        return json.dumps([backend_name(), repr(weights), [s.record() for s in specs], [id(b) for b in builders]],
+                          sort_keys=True, default=str)
+
+    def take(self, key: str) -> Forward | None:
+        with self._lock:
+            return self._kept.pop(key, None)
+
+    def put(self, key: str, forward: Forward) -> None:
+        keep = self.capacity()
+        with self._lock:
+            self._kept.pop(key, None)
+            if keep:
+                self._kept[key] = forward
+            while len(self._kept) > keep:
+                self._kept.popitem(last=False)
+
+
+SHELF = Shelf()
 
 
 def default_batch_size(on_gpu: bool, image_size: int | None = None) -> int:

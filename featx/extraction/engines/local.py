@@ -24,7 +24,7 @@ import numpy as np
 from ... import backbones as B
 from ...errors import FeatxError
 from ...spec import note_loaded
-from ..forward import Forward, persist_jax_compilations
+from ..forward import SHELF, Forward, persist_jax_compilations
 from ..steps import (FLUSH_ROWS, FLUSH_SECONDS, STAGES, Prepared, pad_batch, prepare_image, progress_bar,
                      stopped_message)
 from ..taps import TapSet
@@ -53,15 +53,28 @@ class LocalEngine:
         _Pipeline(self, run, memo, bad, cached, total).execute(todo)
         run.extraction.settle()  # the run's own shards into one, then the size-class rule
 
+    def _forward(self, run, key: str) -> Forward:
+        """The run's forward pass: kept from an earlier run (forward.SHELF), else built."""
+        forward = SHELF.take(key)
+        if forward is None:
+            return Forward(self._model(run))
+        self._attach(run, forward.model)
+        return forward
+
     def _model(self, run):
-        """The feature model of the run's specs, its weights checked against (or recorded in) the extraction."""
+        """The feature model of the run's specs, attached to the run's extraction."""
         persist_jax_compilations(run.cache.root / "jax-compilation")
         specs = run.settings.specs
         model = B.build_feature_model(specs if len(specs) > 1 else specs[0], run.settings.weights)
+        self._attach(run, model)
+        return model
+
+    @staticmethod
+    def _attach(run, model) -> None:
+        """The model's weights checked against (or recorded in) the extraction; a tap set's widths."""
         note_loaded(run.extraction, model._featx_loaded)  # recorded by a new extraction, checked by an old one
         if isinstance(run.extraction, TapSet):
             run.extraction.widths = list(model._featx_widths)
-        return model
 
     def _prepare_chunk(self, run, items, cached, bad: dict) -> tuple[list[Prepared], list[float]]:
         clock = [0.0, 0.0, 0.0]
@@ -86,6 +99,8 @@ class _Pipeline:
         self.last_flush = time.perf_counter()
         self.writer = Writer(run.extraction, memo, self.clock, on_written=self.bar.update)
         self.forward = None
+        builders = (B.build_feature_model, Forward, type(engine)._model)  # a replaced one gets no kept model
+        self.shelf_key = SHELF.key(run.settings.specs, run.settings.weights, builders) if SHELF.capacity() else ""
         self.builder: cf.Future | None = None  # the model, built on a thread of its own
         self.build_pool: cf.ThreadPoolExecutor | None = None
         # Full batches decoded before the model was ready.
@@ -151,7 +166,7 @@ class _Pipeline:
             self.batch = []
 
     def _build(self) -> Forward:
-        return Forward(self.engine._model(self.run))
+        return self.engine._forward(self.run, self.shelf_key)
 
     def _ready(self, block: bool) -> bool:
         """Whether the model is built (raising its error); waits for it when ``block``."""
@@ -209,6 +224,8 @@ class _Pipeline:
 
     def _finish(self, stopped: BaseException | None) -> None:
         self.build_pool.shutdown(wait=False)
+        if getattr(self.forward, "model", None) is not None and self.shelf_key and stopped is None:
+            SHELF.put(self.shelf_key, self.forward)
         try:
             self._flush()
         finally:
