@@ -195,10 +195,13 @@ def test_approximate_index_past_the_brute_force_limit(planted, monkeypatch, inde
     if index == "numpy":
         monkeypatch.setitem(sys.modules, "faiss", None)
     monkeypatch.setattr(limits, "IVF_MIN_ROWS", 100)  # the IVF index, not faiss's flat one
+    for name, value in {"IVF_CELL_ROWS": 8, "IVF_PROBES": 8, "NUMPY_CELL_ROWS": 16, "NUMPY_PROBES": 4}.items():
+        monkeypatch.setattr(limits, name, value)  # several cells, only some of them probed
     f, rows = planted
     notes = []
     dups = inspection.find_duplicates(f, brute_force_limit=10, notes=notes)
     assert dups["method"].startswith("approximate") and ("numpy inverted file" in dups["method"]) == (index == "numpy")
+    assert ("18 cells of about 8 rows, 8 probed" if index == "faiss" else "9 cells of about 16 rows, 4 probed") in dups["method"]
     assert ("faiss is not installed (pip install 'featx[inspect]')" in " ".join(notes)) == (index == "numpy")
     exact = inspection.find_duplicates(f)
     assert _pairs(dups, "near") == _pairs(exact, "near") == {frozenset(rows["near"]), frozenset(rows["similar"])}
