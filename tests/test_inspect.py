@@ -16,6 +16,8 @@ from click.testing import CliRunner
 
 import featx
 from featx import inspection
+from featx.features import CachedRows, Features
+from featx.inspection import limits, rows as inspect_rows
 from featx.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from featx.cache import Cache
 from featx.cli import cli
@@ -172,7 +174,7 @@ def test_near_rule_checks_its_values():
     with pytest.raises(InspectError, match="max_ratio"):
         inspection.NearRule(max_ratio=1.2)
     with pytest.raises(InspectError, match="near_rule must be"):
-        featx.inspect(inspection.Features.__new__(inspection.Features), near_rule="loose")
+        featx.inspect(Features.__new__(Features), near_rule="loose")
 
 
 def test_blockwise_search_matches_full_matrix():
@@ -192,11 +194,14 @@ def test_approximate_index_past_the_brute_force_limit(planted, monkeypatch, inde
         pytest.skip("faiss-cpu not installed")
     if index == "numpy":
         monkeypatch.setitem(sys.modules, "faiss", None)
-    monkeypatch.setattr(inspection, "IVF_MIN_ROWS", 100)  # the IVF index, not faiss's flat one
+    monkeypatch.setattr(limits, "IVF_MIN_ROWS", 100)  # the IVF index, not faiss's flat one
+    for name, value in {"IVF_CELL_ROWS": 8, "IVF_PROBES": 8, "NUMPY_CELL_ROWS": 16, "NUMPY_PROBES": 4}.items():
+        monkeypatch.setattr(limits, name, value)  # several cells, only some of them probed
     f, rows = planted
     notes = []
     dups = inspection.find_duplicates(f, brute_force_limit=10, notes=notes)
     assert dups["method"].startswith("approximate") and ("numpy inverted file" in dups["method"]) == (index == "numpy")
+    assert ("18 cells of about 8 rows, 8 probed" if index == "faiss" else "9 cells of about 16 rows, 4 probed") in dups["method"]
     assert ("faiss is not installed (pip install 'featx[inspect]')" in " ".join(notes)) == (index == "numpy")
     exact = inspection.find_duplicates(f)
     assert _pairs(dups, "near") == _pairs(exact, "near") == {frozenset(rows["near"]), frozenset(rows["similar"])}
@@ -227,7 +232,7 @@ def test_planted_label_flips_rank_at_the_top(flipped, monkeypatch, with_cleanlab
     if not with_cleanlab:
         monkeypatch.setitem(sys.modules, "cleanlab", None)
     f, bad = flipped
-    section, oof, ranking = inspection.find_label_issues(f, inspection._reduce(f.X, 0))
+    section, oof, ranking = inspection.find_label_issues(f, inspect_rows.reduce(f.X, 0))
     assert section["method"].startswith("cleanlab") == with_cleanlab
     assert set(ranking[:len(bad)].tolist()) == set(bad.tolist())  # precision at k = 1
     flagged = {s["row"] for s in section["suspects"]}
@@ -240,7 +245,7 @@ def test_planted_label_flips_rank_at_the_top(flipped, monkeypatch, with_cleanlab
 def test_budget_curve_rises_on_separable_data(tmp_path):
     X, y, splits = blobs(per_class=(60, 0, 40), k=5, d=64, noise=2.5, seed=4)
     f = write_features(tmp_path / "cache", X, y, splits, list("abcde"))
-    b = inspection.label_budget(f, inspection._reduce(f.X, 0), seeds=3)
+    b = inspection.label_budget(f, inspect_rows.reduce(f.X, 0), seeds=3)
     pts = b["points"]
     assert [p["per_class"] for p in pts] == [1, 2, 5, 10, 20, 50, 60] and pts[-1]["all"]
     assert b["evaluated_on"] == "test" and b["n_eval"] == 200
@@ -254,7 +259,7 @@ def test_budget_curve_rises_on_separable_data(tmp_path):
 def test_budget_holds_out_a_quarter_without_val_or_test(tmp_path):
     X, y, splits = blobs(per_class=(40, 0, 0), k=2, d=16, seed=6)
     f = write_features(tmp_path / "cache", X, y, splits, ["a", "b"])
-    b = inspection.label_budget(f, inspection._reduce(f.X, 0), seeds=2)
+    b = inspection.label_budget(f, inspect_rows.reduce(f.X, 0), seeds=2)
     assert b["evaluated_on"].startswith("a stratified 25%") and b["n_eval"] == 20
     assert b["points"][-1]["per_class"] == 30
 
@@ -306,7 +311,7 @@ def _check_files(d: Path, labeled=True):
     for png in d.glob("*.png"):
         with Image.open(png) as im:
             im.verify()
-    heads = {"duplicates.csv": list(inspection.DUPLICATE_COLUMNS),
+    heads = {"duplicates.csv": list(limits.DUPLICATE_COLUMNS),
              "label_issues.csv": ["path", "split", "given", "suggested", "score"],
              "label_budget.csv": ["per_class", "seed", "n_train", "accuracy"]}
     rows = {}
@@ -350,7 +355,7 @@ def test_inspect_imports_no_keras(planted, tmp_path):
         f"r = featx.inspect(cache_dir={str(cache)!r}, out={str(tmp_path / 'out')!r})\n"
         # umap-learn's own __init__ would import TensorFlow for ParametricUMAP;
         # featx imports it without (running UMAP itself costs a numba start-up of tens of seconds).
-        f"if {installed('umap')}: featx.inspection._import_umap().UMAP\n"
+        f"if {installed('umap')}: featx.inspection.embedding.import_umap().UMAP\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'jax', 'torch'))\n"
         "assert not bad, bad[:5]\n"
         "print('ok', len(r.files))\n"
@@ -526,7 +531,7 @@ def test_intel6_known_cross_split_duplicate(tmp_path):
 def test_contact_sheet_captions_and_the_no_pairs_panel(tmp_path):
     from PIL import Image
 
-    from featx import inspect_plots as P
+    from featx.inspection import plots as P
 
     pair = {"kind": "near", "rule": "neighbourhood", "similarity": 0.93, "cross_split": "train-val",
             "label_conflict": True, "path_a": "/d/train/ants/a.jpg", "split_a": "train", "label_a": "ants",
@@ -558,10 +563,11 @@ def test_large_view_is_read_in_blocks_and_subsampled_sections_say_so(planted, tm
     cache = Path(f.view.path).parents[1]
     for name, value in {"IN_MEMORY_ROWS": 50, "BLOCK_ROWS": 32, "PCA_FIT_ROWS": 60, "LABEL_FIT_ROWS": 60,
                         "BUDGET_FIT_ROWS": 30, "BUDGET_EVAL_ROWS": 25, "IVF_MIN_ROWS": 100}.items():
-        monkeypatch.setattr(inspection, name, value)
+        monkeypatch.setattr(limits, name, value)
     reads = []
-    real_read = inspection._CachedX.read
-    monkeypatch.setattr(inspection._CachedX, "read", lambda self, pos: reads.append(len(pos)) or real_read(self, pos))
+    real_read = CachedRows.read
+    monkeypatch.setattr(CachedRows, "read", lambda self, pos=None: reads.append(len(self) if pos is None else len(pos))
+                        or real_read(self, pos))
     rep = featx.inspect(cache_dir=cache, out=tmp_path / "out", head=False, brute_force_limit=10)
     assert reads and max(reads) <= 32  # never the whole matrix at once
     report, tables = _check_files(tmp_path / "out")
@@ -577,6 +583,6 @@ def test_large_view_is_read_in_blocks_and_subsampled_sections_say_so(planted, tm
     assert [p["per_class"] for p in rep.budget["points"]] == [1, 2, 5, 10] and not rep.budget["points"][-1]["all"]
     assert "images per class, " in rep.budget["verdict"] and "(all)" not in rep.budget["verdict"]
     # The block-wise mean and scale are those of the whole matrix.
-    red = inspection.Reduced.fit(inspection._Rows.of(inspection._open_features(None, None, cache, None, 50)))
+    red = inspect_rows.Reduced.fit(inspect_rows.Rows.of(inspect_rows.open_features(None, None, cache, None, 50)))
     assert red.Z.shape == (150, 64) and red.fitted_on == 60  # 64 wide: standardised, not projected
     assert np.allclose(red.mean, f.X.mean(axis=0), atol=1e-5) and np.allclose(red.scale, f.X.std(axis=0), atol=1e-4)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatxError
-from .metrics import _pyplot
+from ..errors import FeatxError
+from ..metrics import _pyplot
 
 THUMB = 128
 _SPLIT_MARKERS = {"train": "o", "val": "s", "test": "^", "": "x"}
@@ -22,7 +22,7 @@ def thumbnail(path: str, size: int = THUMB) -> np.ndarray | None:
     """The image at ``path`` fitted in ``size`` x ``size`` (aspect kept), or None if it cannot be read."""
     from PIL import Image
 
-    from .decode import read_image
+    from ..decode import read_image
 
     try:
         with Image.open(path) as im:
@@ -187,7 +187,7 @@ def budget_plot(budget: dict, path: Path) -> Path:
 
 def reliability_plot(proba: np.ndarray, after: np.ndarray, y: np.ndarray, section: dict, path: Path) -> Path:
     """Accuracy per confidence bin against the diagonal, before and after temperature scaling."""
-    from .calibration import reliability_bins
+    from ..calibration import reliability_bins
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
