@@ -553,3 +553,19 @@ def test_random_resized_crop_keeps_a_part_of_the_image_at_its_size():
     assert gray.shape == (16, 16, 1)
     a = random_resized_crop(image, np.random.default_rng(5), (0.3, 0.8))
     np.testing.assert_array_equal(a, random_resized_crop(image, np.random.default_rng(5), (0.3, 0.8)))  # seeded
+
+
+def test_a_head_on_a_flip_tta_extraction_fine_tunes_its_backbone(tmp_path):
+    """--tta flip wraps the backbone in the feature model: the rebuilt model still reproduces the head, and
+    unfreezing reaches the backbone's last block inside the wrapper (it used to freeze it all and refuse)."""
+    data = make_dataset(tmp_path / "d", per_class=4, splits=["train", "val"])
+    featx.extract(data, "vgg16", weights="none", image_size=32, tta="flip", cache_dir=tmp_path / "c", progress=False)
+    head = api.fit_head("logreg", cache_dir=tmp_path / "c", out=tmp_path / "h", C=1.0).directory
+    model, base, man = ft.build_end_to_end(head)
+    assert base.name.startswith("vgg16") and any(l.name == "block5_conv3" for l in base.layers)
+    n = ft.set_trainable(model, base, "vgg16", unfreeze_blocks=1)
+    trainable = {w.path.split("/")[0] for w in model.trainable_weights}
+    assert n == 3 and {"block5_conv1", "block5_conv2", "block5_conv3"} <= trainable
+    assert not trainable & {"block4_conv3", "block1_conv1"}
+    sp = ft_rows._split_rows(json.loads((head / "manifest.json").read_text()), tmp_path / "c")[1]
+    assert ft.parity_check(model, base, head, sp, 32, "float32") < 1e-4

@@ -142,7 +142,15 @@ def build_end_to_end(head_dir: str | os.PathLike, augment: dict[str, float] | No
     out = head(feats)
     model = keras.Model(inp, out, name=f"featx_{specs[0].backbone}_finetuned")
     _FEATURES[model] = keras.Model(inp, feats, name="featx_features")  # what the parity check compares
-    return model, bases[0], man
+    return model, _backbone_of(bases[0]), man
+
+
+def _backbone_of(base):
+    """The backbone inside a feature model: ``--tta flip`` wraps it (backbones.flip_tta), and what
+    unfreezes is the backbone's own blocks."""
+    if any(layer.name == "featx_tta_batch" for layer in base.layers):
+        return next(layer for layer in base.layers if hasattr(layer, "layers"))
+    return base
 
 
 # The pooled-features model beside each rebuilt model (kept out of the model

@@ -59,8 +59,8 @@ def set_trainable(model, base, backbone: str, unfreeze: int | str | None = None,
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not _is_bn(layer)
     for layer in model.layers:
-        if layer is base:
-            continue
+        if layer is base or any(sub is base for sub in getattr(layer, "layers", ())):
+            continue  # the backbone, or the --tta flip wrapper around it
         if layer.name.startswith("featx_preprocess") or layer.name in ("featx_head_order", "featx_gray_to_rgb"):
             layer.trainable = False  # fixed maps, not weights to learn
         elif layer.name != "head" and hasattr(layer, "layers"):
