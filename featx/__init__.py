@@ -11,7 +11,7 @@ phase two fine-tunes the end-to-end model when it pays.
 Heavy modules (Keras, LightGBM) load on first use, so ``import featx`` is cheap.
 """
 
-from importlib import import_module
+from .lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -51,13 +51,4 @@ from .extraction import extract  # noqa: E402,F401
 __all__ = sorted([*_LAZY, "extract"])
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'featx' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)

@@ -15,7 +15,7 @@ Everything else loads on first use, so ``from featx.heads import KINDS``
 imports neither scikit-learn nor Keras.
 """
 
-from importlib import import_module
+from ..lazy import lazy_names
 
 # The head kinds, in the registry's order (featx.heads.registry.HEADS; tested).
 KINDS = ("dense", "logreg", "lightgbm")
@@ -34,15 +34,4 @@ _MODULES = ("base", "storage", "dense", "logreg", "lightgbm", "registry")
 __all__ = sorted(["KINDS", *(n for n in _LAZY if not n.startswith("_"))])
 
 
-def __getattr__(name):
-    if name in _MODULES:
-        return import_module(f".{name}", __name__)
-    if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'featx.heads' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | set(_MODULES))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY, _MODULES)

@@ -17,7 +17,7 @@ The modules, in the order a run uses them:
 The package is not called ``finetune`` so that ``featx.finetune`` stays the function.
 """
 
-from importlib import import_module
+from ..lazy import lazy_names
 
 # Loaded on first use, so that the CLI can read FinetuneOptions' choices
 # (``featx --help``) without importing scikit-learn or Keras.
@@ -36,13 +36,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)
