@@ -142,6 +142,8 @@ def keras_normalise(x, kind: str, stats: dict[str, np.ndarray] | None = None):
         layer = keras.layers.Normalization(mean=stats["mean"], variance=np.square(stats["scale"]), name="head_standard")
         return layer(x)
     if kind == "sqrt-l2":
-        x = ops.sign(x) * ops.sqrt(ops.abs(x))
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+        # The same values as sign(x) * sqrt(|x|), with a finite gradient at 0: a channel that pools to
+        # exactly 0 (dead after a ReLU) gave 0 * inf = NaN on JAX and wiped the weights while fine-tuning.
+        x = ops.sign(x) * ops.sqrt(ops.maximum(ops.abs(x), _EPS))
+    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), _EPS * _EPS))
     return x / ops.maximum(norm, _EPS)

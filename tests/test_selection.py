@@ -1,6 +1,9 @@
 """Normalisation, the selection protocols, fusion and `--head auto`."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -54,6 +57,37 @@ def test_keras_normalise_matches_numpy_and_loads_in_safe_mode(kind, tmp_path):
     keras.Model(inp, keras_normalise(inp, kind, stats)).save(tmp_path / "m.keras")
     model = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     np.testing.assert_allclose(model.predict(X, verbose=0), normalise(X, kind, stats), rtol=1e-5, atol=1e-6)
+
+
+def test_keras_normalise_has_finite_gradients_at_zero_features():
+    """A pooled channel of exactly 0 (dead after a ReLU) must not give NaN gradients when fine-tuning.
+
+    TensorFlow's gradient was already finite there; JAX's was 0 * inf = NaN,
+    which wiped the unfrozen weights of a sqrt-l2 head on the GPU backend.
+    """
+    import tensorflow as tf
+
+    x = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]], dtype="float32")
+    w = np.array([[1.0, 2.0, 3.0]], dtype="float32")
+    for kind in ("sqrt-l2", "l2"):
+        v = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(keras_normalise(v, kind) * w)
+        g = tape.gradient(loss, v).numpy()
+        assert np.isfinite(g).all() and abs(g[0, 1]) > 0, (kind, g)
+    pytest.importorskip("jax")
+    code = (
+        "import numpy as np, jax\n"
+        "from featx.normalise import keras_normalise\n"
+        "x = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]], dtype='float32')\n"
+        "w = np.array([[1.0, 2.0, 3.0]], dtype='float32')\n"
+        "g = [np.asarray(jax.grad(lambda v: (keras_normalise(v, k) * w).sum())(x)) for k in ('sqrt-l2', 'l2')]\n"
+        "print(all(np.isfinite(a).all() for a in g), float(abs(g[0][0, 1])) > 0)\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["True", "True"], out.stdout
 
 
 @pytest.mark.parametrize("kind", ["standard", "sqrt-l2"])
