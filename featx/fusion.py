@@ -18,10 +18,15 @@ from .features import Features
 
 
 def feature_label(f: Features) -> str:
-    """A short name for an extraction in reports: ``vgg16-150px``, ``vgg16-150px-cut1``."""
+    """A short name for an extraction in reports: ``vgg16-150px``, ``vgg16-150px-cut1``, ``vgg16-150px-gem-flip``.
+
+    Every option that changes what a row holds, beyond the default average
+    pooling and no TTA, is in the name, so two feature sets never read the same.
+    """
     s = f.settings
-    return f"{s.backbone}-{s.input_size}px" + ("-max" if s.pooling == "max" else "") + (
-        f"-cut{s.cut_blocks}" if s.cut_blocks else "")
+    pooling = "" if s.pooling == "avg" else "-" + s.pooling.replace(",", "")
+    flip = "-flip" if getattr(s, "tta", "none") == "flip" else ""
+    return f"{s.backbone}-{s.input_size}px{pooling}" + (f"-cut{s.cut_blocks}" if s.cut_blocks else "") + flip
 
 
 def labels(parts: Sequence[Features]) -> list[str]:

@@ -401,3 +401,21 @@ def test_val_scores_show_no_spread_and_skipped_rows_no_fit_time(monkeypatch):
     assert row["fit_s"] == "" and row["note"] == "time budget 20s: not fitted, 14s used and the last fit took 7s"
     assert trials[0].row("val")["fit_s"] == 7.0
     assert S.Trial("logreg", {}, scores=[0.5, 0.7]).score_text == "0.6000 +- 0.1000"
+
+
+def test_feature_labels_name_pooling_and_tta_so_fused_sets_never_read_the_same():
+    from types import SimpleNamespace
+
+    from featx.fusion import feature_label
+
+    def f(**kw):
+        s = {"backbone": "vgg16", "input_size": 150, "pooling": "avg", "cut_blocks": 0, "tta": "none", **kw}
+        return SimpleNamespace(settings=SimpleNamespace(**s))
+
+    assert feature_label(f()) == "vgg16-150px"
+    assert feature_label(f(cut_blocks=1)) == "vgg16-150px-cut1"
+    assert feature_label(f(pooling="max")) == "vgg16-150px-max"
+    assert feature_label(f(pooling="gem", cut_blocks=2)) == "vgg16-150px-gem-cut2"
+    assert feature_label(f(pooling="avg,max", tta="flip")) == "vgg16-150px-avgmax-flip"
+    names = [feature_label(f(**kw)) for kw in ({}, {"pooling": "gem"}, {"tta": "flip"}, {"pooling": "avg,max"})]
+    assert len(set(names)) == 4
