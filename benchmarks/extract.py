@@ -55,7 +55,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import framework_env, parser  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import framework_env, make_jpegs, parser  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def _model_and_preprocess(backbone, weights, size, precision):
@@ -211,38 +211,6 @@ def copy_tree(src: Path, dst: Path, keep: float, seed: int = 0) -> list[Path]:
     return held
 
 
-def synthetic(root: Path, n: int, size: int = 64) -> Path:
-    """N random JPEGs of size x size px in 10 class folders."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        cls = root / f"class{i % 10}"
-        cls.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(cls / f"{i:06d}.jpg", quality=85)
-    return root
-
-
-def photo_like(root: Path, n: int) -> Path:
-    """N distinct 500x375 JPEGs (quality 90) like ../shared/bench/host_scaling.py makes: smooth
-    pictures with noise, each saved with its own comment so no two files hash alike."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    pictures = 20
-    for k in range(pictures):
-        folder = root / f"c{k % 3}"
-        folder.mkdir(parents=True, exist_ok=True)
-        im = Image.fromarray(np.roll(base, 3 * k, axis=1)).resize((500, 375), Image.BICUBIC)
-        im = Image.fromarray(np.asarray(im) ^ rng.integers(0, 24, (375, 500, 3), dtype=np.uint8))
-        for j in range(k, n, pictures):
-            im.save(folder / f"{k}_{j}.jpg", quality=90, comment=f"{k}/{j}".encode())
-    return root
-
-
 def single_thread_rate(files: list[str], size: int = 32) -> float:
     """Images/s of one thread doing featx's per-image host work (host_scaling.py's loop), best of 3."""
     import numpy as np
@@ -269,7 +237,7 @@ def host_scaling(work: Path, n: int, batch: int) -> tuple[float, float]:
     featx's rate is that of an N-image run minus an N/10-image run (start-up
     and model build cancel out), best of 3.
     """
-    data = photo_like(work / "host-data", n)
+    data = make_jpegs(work / "host-data", n, "rolled")
     files = sorted(glob.glob(str(data / "*" / "*.jpg")))
     small = work / "host-small" / "s"
     small.mkdir(parents=True)
@@ -399,7 +367,7 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="featx-bench-"))
     try:
         if args.synthetic:
-            args.data = synthetic(work / "synthetic-data", args.synthetic, args.synthetic_px)
+            args.data = make_jpegs(work / "synthetic-data", args.synthetic, "noise", px=args.synthetic_px)
         if not args.skip_compare:
             common = (args.backbone, args.weights, args.image_size, batch, args.precision)
             for f in _image_files(args.data):  # the page cache, warm for every run
@@ -471,7 +439,7 @@ def main(argv=None):
                   f"{args.memory_image_size} px, synthetic 64 px JPEGs):\n")
             print("| images | peak RSS (MB) | seconds |\n|---|---|---|")
             for k in sizes:
-                data = synthetic(work / f"syn{k}", k)
+                data = make_jpegs(work / f"syn{k}", k, "noise")
                 cmd = [sys.executable, "-m", "featx.cli", "--cache-dir", str(work / f"mem{k}"), "extract", "-q",
                        "-b", args.memory_backbone, "--weights", "none", "--image-size", str(args.memory_image_size),
                        "--precision", "float32", str(data)]

@@ -45,58 +45,13 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import make_jpegs  # benchmarks/ is on sys.path when run as a script
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROOT = Path("/work/scratch/scale-pipeline")
 
 
 # --------------------------------------------------------------------------- data
-
-
-def make_small(root: Path, n: int, seed: int = 0) -> Path:
-    """``n`` distinct JPEGs of 32 to 48 px in 10 class folders (made once; reused if complete)."""
-    from PIL import Image
-
-    done = root / f"small-{n}.done"
-    data = root / f"small-{n}"
-    if done.exists():
-        return data
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (10, 1, 1, 3))
-    for c in range(10):
-        (data / f"c{c}").mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    for i in range(n):
-        c = i % 10
-        h, w = rng.integers(32, 49, 2)
-        x = np.clip(base[c] + rng.integers(-60, 60, (h, w, 3)), 0, 255).astype(np.uint8)
-        path = data / f"c{c}" / f"{i}.jpg"
-        if not path.exists():  # a smaller set renamed to this one is extended, not made again
-            Image.fromarray(x).save(path, quality=85)
-        if i and i % 20000 == 0:
-            print(f"  made {i} of {n} JPEGs ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
-    done.touch()
-    return data
-
-
-def make_photos(root: Path, n: int, seed: int = 0) -> Path:
-    """``n`` photo-like JPEGs of 400 to 800 px (smooth shapes and grain, quality 90) in 6 class folders."""
-    from PIL import Image
-
-    done = root / f"photos-{n}.done"
-    data = root / f"photos-{n}"
-    if done.exists():
-        return data
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        folder = data / f"c{i % 6}"
-        folder.mkdir(parents=True, exist_ok=True)
-        w, h = int(rng.integers(400, 801)), int(rng.integers(400, 801))
-        coarse = rng.integers(0, 256, (int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
-        img = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
-        img = np.clip(img + rng.integers(-12, 13, (h, w, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"{i}.jpg", quality=90)
-    done.touch()
-    return data
 
 
 def make_arrays(n: int, seed: int = 0):
@@ -286,7 +241,7 @@ def main(argv=None) -> None:
     cache = args.root / f"cache-{args.what}"
     shutil.rmtree(cache, ignore_errors=True)
     if args.what == "small":
-        data = make_small(args.root, args.n)
+        data = make_jpegs(args.root / f"small-{args.n}", args.n, "small")
         rep = measure(data, cache, "mobilenetv3small", 32)
         print(f"\n{args.n} JPEGs of 32-48 px, mobilenetv3small (random weights) at 32 px:\n")
         over_the_run(rep)
@@ -294,7 +249,7 @@ def main(argv=None) -> None:
             shutil.rmtree(data)
             (args.root / f"small-{args.n}.done").unlink()
     elif args.what == "photos":
-        data = make_photos(args.root, args.n)
+        data = make_jpegs(args.root / f"photos-{args.n}", args.n, "photo")
         variants = {
             "default": {},
             "batch16": {"batch_size": 16},

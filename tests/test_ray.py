@@ -1,11 +1,15 @@
 """`featx extract --engine ray`: the same cache as a local run, resumable, retry-safe.
 
-One Ray instance (2 CPUs) serves the whole session; each Ray run starts its
-embedding actors afresh, which costs a framework import, so the runs here
-are few and each test checks several things.
+One Ray instance serves the whole session: 3 CPUs and 2 GPUs that Ray is
+told of but this machine need not have (Ray sets each GPU actor's
+CUDA_VISIBLE_DEVICES as on a real box; the actor finds no such GPU and
+computes on the CPU). Each Ray run starts its embedding actors afresh,
+which costs a framework import, so the runs here are few and each test
+checks several things.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,8 +45,16 @@ def ray_cluster(tmp_path_factory):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-                 _temp_dir=str(short))
+        # 3 CPUs: two GPU actors hold one each and the decoding tasks need one. Ray refuses to declare
+        # GPUs that conftest's CUDA_VISIBLE_DEVICES=-1 hides, so its workers start without that variable
+        # (an actor that asked for no GPU, or was given one this machine lacks, hides them itself).
+        hidden = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        try:
+            ray.init(num_cpus=3, num_gpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+                     _temp_dir=str(short))
+        finally:
+            if hidden is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = hidden
     yield ray
     if started:
         ray.shutdown()
@@ -120,6 +132,119 @@ def test_a_lost_actor_is_retried_without_duplicate_rows(ray_cluster, tmp_path, m
         rtol=1e-5, atol=1e-5,
     )
     assert local.computed == 20
+
+
+
+def placement(lines: list[str]) -> tuple[dict[str, tuple[str, int]], set[str]]:
+    """What the --verbose line of a Ray run says: {actor pid: (its CUDA_VISIBLE_DEVICES, rows it embedded)}
+    and the GPUs the decoding tasks held."""
+    (line,) = [x for x in lines if x.startswith("featx: Ray decoded in")]
+    held = set(re.search(r"GPUs held: ([^)]*)\)", line).group(1).split(", "))
+    actors = {pid: (devices, int(n)) for pid, devices, n in
+              re.findall(r"pid=(\d+) CUDA_VISIBLE_DEVICES=(\S+)(?: \(no such GPU here: CPU\))? \((\d+) images\)", line)}
+    assert len(actors) == int(re.search(r"(\d+) actors embedded", line).group(1)), line
+    return actors, held
+
+
+@pytest.mark.slow
+def test_one_actor_per_gpu_writes_the_rows_of_one_actor_and_of_a_local_run(ray_cluster, tmp_path, monkeypatch):
+    from featx.extraction.engines import ray as ray_engine
+
+    if ray_engine.visible_gpus({}):
+        pytest.skip("Ray's GPUs here are declared, not real: a machine with GPUs would compute on them")
+    data = make_dataset(tmp_path / "data", per_class=6, splits=["train", "val"])
+    add_bad_files(data / "train")
+    # GPUs asked for but fewer than one actor's: a one-line error, before any actor starts.
+    out = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path / "none"), *CLI_TINY, "--engine", "ray",
+                                   "--num-gpus-per-worker", "3", str(data)])
+    assert out.exit_code == 1 and out.output.strip().count("\n") == 0, out.output
+    assert "The Ray cluster has 2 GPUs, fewer than one worker's num_gpus_per_worker=3." in out.output
+
+    monkeypatch.setenv("FEATX_RAY_SHARD_ROWS", "4")
+    monkeypatch.setattr(ray_engine, "DECODE_ROWS", 4)  # several decoding blocks, so that each actor may get some
+    monkeypatch.setenv("FEATX_VERBOSE", "1")  # the driver reports which actor embedded what
+    kw = dict(TINY, precision="float32")  # precision "auto" is mixed float16 for actors that ask for GPUs
+    local = featx.extract(data, cache_dir=tmp_path / "local", **kw)
+    want = featx.load_features(data, cache_dir=tmp_path / "local")
+    seen = {}
+    for name, workers in (("one", 1), ("two", None)):  # None: one actor per GPU Ray has
+        log = []
+        # Ray Data gives a block to an idle actor: one fast actor could take them all. Each actor's
+        # first call waits here until every actor has had one.
+        (tmp_path / f"meet-{name}").mkdir()
+        monkeypatch.setenv("FEATX_RAY_MEET", f"{workers or 2}:{tmp_path / f'meet-{name}'}")
+        res = featx.extract(data, cache_dir=tmp_path / name, engine="ray", num_gpus_per_worker=1, workers=workers,
+                            log=log.append, **kw)
+        assert (res.computed, res.reused, sorted(res.skipped)) == (local.computed, local.reused, sorted(local.skipped))
+        assert res.extraction.name == local.extraction.name
+        rows = shard_rows(res.extraction)
+        assert len(rows) == len(set(rows)) == local.computed and set(rows) == set(shard_rows(local.extraction))
+        got = featx.load_features(data, cache_dir=tmp_path / name)
+        for col in ("paths", "sha256", "y", "split"):
+            assert list(getattr(got, col)) == list(getattr(want, col)), col
+        np.testing.assert_allclose(got.X, want.X, rtol=1e-5, atol=1e-5)
+        actors, held = placement(log)
+        assert held == {"none"}  # the decoding tasks asked for no GPU
+        assert sum(n for _, n in actors.values()) == res.total - len(res.skipped)  # a copy in another call: twice
+        # Ray's GPUs are declared, not real: the actors computed on the CPU and the driver says so
+        assert any("were given a GPU this machine does not have and computed on the CPU" in x for x in log)
+        seen[name] = actors
+    assert len(seen["one"]) == 1
+    assert len(seen["two"]) == 2 and all(n > 0 for _, n in seen["two"].values()), seen
+    assert sorted(devices for devices, _ in seen["two"].values()) == ["0", "1"]  # one GPU each, from Ray
+
+
+@pytest.mark.parametrize("gpus, per_worker, actors", [(2, 1, 2), (2, 0.5, 4), (1, 0.1, 10), (0.6, 0.2, 3), (1, 1 / 3, 3),
+                                                      (8, 2, 4), (0, 0, 1)])
+def test_default_actors_are_one_per_gpus_per_worker(gpus, per_worker, actors):
+    from featx.extraction.engines.ray import _default_actors
+
+    class Cluster:
+        def cluster_resources(self):
+            return {"CPU": 4.0, "GPU": float(gpus)}
+
+    assert _default_actors(Cluster(), per_worker) == actors
+
+
+@pytest.mark.parametrize("gpus, per_worker", [(0, 1), (1, 2), (0.5, 1)])
+def test_more_gpus_per_worker_than_the_cluster_has_is_an_error(gpus, per_worker):
+    from featx.errors import DataError
+    from featx.extraction.engines.ray import _default_actors
+
+    class Cluster:
+        def cluster_resources(self):
+            return {"CPU": 4.0, "GPU": float(gpus)} if gpus else {"CPU": 4.0}
+
+    with pytest.raises(DataError, match=rf"has {gpus:g} GPUs, fewer than one worker's num_gpus_per_worker={per_worker:g}"):
+        _default_actors(Cluster(), per_worker)
+
+
+@pytest.mark.parametrize("value, present, visible", [
+    (None, 2, ["0", "1"]), ("", 2, []), ("-1", 2, []), ("1", 2, ["1"]), ("1", 1, []), ("0,3,1", 2, ["0"]),
+    ("GPU-5e1b", 1, ["GPU-5e1b"]), ("GPU-5e1b", 0, []), ("0", 0, []),
+])
+def test_visible_gpus_reads_cuda_visible_devices_as_cuda_does(value, present, visible):
+    from featx.extraction.engines.ray import visible_gpus
+
+    assert visible_gpus({} if value is None else {"CUDA_VISIBLE_DEVICES": value}, present) == visible
+
+
+def test_an_actor_keeps_a_gpu_that_exists_and_hides_one_that_does_not():
+    from featx.extraction.engines.ray import claim_devices
+
+    env = {"CUDA_VISIBLE_DEVICES": "1"}
+    assert claim_devices(1, env, present=2) == (True, f"pid={os.getpid()} CUDA_VISIBLE_DEVICES=1")
+    assert env == {"CUDA_VISIBLE_DEVICES": "1"}  # a whole GPU: the framework may take its memory
+    env = {"CUDA_VISIBLE_DEVICES": "1"}  # Ray's second GPU on a machine with one (or none): the CPU, said so
+    assert claim_devices(1, env, present=1) == (False, f"pid={os.getpid()} CUDA_VISIBLE_DEVICES=1 (no such GPU here: CPU)")
+    assert env == {"CUDA_VISIBLE_DEVICES": ""}
+    env = {}  # a CPU actor on a GPU node takes no GPU
+    assert claim_devices(0, env, present=2) == (False, f"pid={os.getpid()} CUDA_VISIBLE_DEVICES=-")
+    assert env == {"CUDA_VISIBLE_DEVICES": ""}
+    env = {"CUDA_VISIBLE_DEVICES": "0"}  # two actors on one GPU: neither reserves all its memory
+    assert claim_devices(0.5, env, present=1)[0] is True
+    assert env == {"CUDA_VISIBLE_DEVICES": "0", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+                   "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.45"}
 
 
 def _released(ray, limit: float = 120.0) -> None:

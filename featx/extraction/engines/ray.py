@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 import uuid
@@ -51,7 +52,11 @@ DECODE_ROWS = 64  # files per decoding task
 # Test hook: "K:PATH" makes one actor exit hard after writing the shard of
 # its K-th call, once (PATH is created as the marker).
 FAULT_ENV = "FEATX_RAY_FAULT"
+# Test hook: "N:DIR" holds each actor's first call until N actors have had one (each
+# leaves its pid in DIR; a minute at most), so that every actor of a small run gets work.
+MEET_ENV = "FEATX_RAY_MEET"
 _RESULT_COLUMNS = ("path", "sha", "status", "reason", "size", "mtime")
+_NO_GPU = " (no such GPU here: CPU)"
 
 
 def verbose() -> bool:
@@ -123,7 +128,6 @@ class RayEngine:
         shard_dir.mkdir(parents=True, exist_ok=True)
         check_shared_storage(ray, shard_dir)
         actors = self.workers or _default_actors(ray, self.num_gpus_per_worker)
-        spec = run.settings.spec
         known = ray.put((frozenset(cached), dict(bad)))
         rows = [{"path": it.path, "label": it.label or "", "split": it.split} for it in todo]
         blocks = max(1, min(len(rows), 4 * actors, -(-len(rows) // DECODE_ROWS)))
@@ -133,6 +137,7 @@ class RayEngine:
         # (and so an ETA) read from them is noise (4:16:04 for a 40 s job), so the bar shows counts.
         bar.bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]"
         memo_rows, bad_rows = [], []
+        placement = _Placement()
         staged: set[str] = set()  # a call's name may come back in several blocks
         published: dict = {}  # ordered set of shard paths
         last_flush = time.perf_counter()
@@ -150,27 +155,10 @@ class RayEngine:
         t0 = time.perf_counter()
         try:
             with _quiet_data(ray):
-                ds = ray.data.from_items(rows, override_num_blocks=blocks)
-                # The memory of a decoding task (its files' bytes and pixels, with room); asking for
-                # it also keeps the decoding a stage of CPU tasks, which Ray fuses into the actors
-                # when both ask for the same resources.
-                ds = ds.map_batches(_decode, batch_format="numpy", batch_size=DECODE_ROWS,
-                                    memory=DECODE_ROWS * (3 * spec.input_size**2 + 2**20) * 4,
-                                    fn_kwargs={"size": spec.input_size, "known": known})
-                ds = ds.map_batches(
-                    _Embedder, batch_format="numpy", batch_size=int(os.environ.get("FEATX_RAY_SHARD_ROWS", SHARD_ROWS)),
-                    compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=self.num_gpus_per_worker or None,
-                    fn_constructor_kwargs={
-                        # with the extraction's recorded weights hash, which each actor's model must match
-                        "record": {**spec.record(), **{k: v for k, v in getattr(ext, "meta", {}).items()
-                                                      if k == "loaded_weights"}},
-                        "weights": run.settings.weights, "shard_dir": str(shard_dir),
-                        "extraction": ext.name, "batch_size": run.batch_size,
-                        "on_gpu": bool(self.num_gpus_per_worker), "fault": os.environ.get(FAULT_ENV, ""),
-                    },
-                )
+                ds = self._pipeline(ray, run, rows, blocks, known, actors, shard_dir)
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                     staged.update(name for name in batch["shard"].tolist() if name)
+                    placement.add(batch)
                     for path, sha, status, reason, size, mtime in zip(*(batch[c].tolist() for c in _RESULT_COLUMNS)):
                         bar.update(1)
                         if sha and size >= 0:
@@ -192,7 +180,33 @@ class RayEngine:
             flush()
             bar.close()
             run.compute_seconds += time.perf_counter() - t0
+        for line in placement.report(verbose()):
+            run.log(line)
         ext.settle()  # the run's own shards into one, then the size-class rule
+
+    def _pipeline(self, ray, run, rows: list[dict], blocks: int, known, actors: int, shard_dir: Path):
+        """The Ray Data pipeline: CPU decoding tasks, then the pool of embedding actors."""
+        ext, spec = run.extraction, run.settings.spec
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        # The memory of a decoding task (its files' bytes and pixels, with room); asking for
+        # it also keeps the decoding a stage of CPU tasks, which Ray would otherwise fuse
+        # into the actors (and so into their GPUs). The decoding asks for no GPU.
+        ds = ds.map_batches(_decode, batch_format="numpy", batch_size=DECODE_ROWS,
+                            memory=DECODE_ROWS * (3 * spec.input_size**2 + 2**20) * 4,
+                            fn_kwargs={"size": spec.input_size, "known": known})
+        return ds.map_batches(
+            _Embedder, batch_format="numpy", batch_size=int(os.environ.get("FEATX_RAY_SHARD_ROWS", SHARD_ROWS)),
+            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=self.num_gpus_per_worker or None,
+            fn_constructor_kwargs={
+                # with the extraction's recorded weights hash, which each actor's model must match
+                "record": {**spec.record(), **{k: v for k, v in getattr(ext, "meta", {}).items()
+                                              if k == "loaded_weights"}},
+                "weights": run.settings.weights, "shard_dir": str(shard_dir),
+                "extraction": ext.name, "batch_size": run.batch_size,
+                "gpus": self.num_gpus_per_worker, "fault": os.environ.get(FAULT_ENV, ""),
+                "meet": os.environ.get(MEET_ENV, ""),
+            },
+        )
 
 
 def check_shared_storage(ray, folder: Path) -> None:
@@ -239,9 +253,12 @@ def _read_probe(path: str) -> str:
 
 
 def _default_actors(ray, num_gpus: float) -> int:
+    """One actor per ``num_gpus`` GPUs of the cluster (0.5: two per GPU), else one per 4 CPUs."""
     res = ray.cluster_resources()
     if num_gpus:
-        found = int(res.get("GPU", 0) // num_gpus)
+        # A hair of slack: 0.6 / 0.2 is 2.9999999999999996 in floating point, and Ray itself
+        # counts GPU fractions in units of 1/10000.
+        found = math.floor(res.get("GPU", 0) / num_gpus + 1e-6)
         if found < 1:
             raise DataError(
                 f"The Ray cluster has {res.get('GPU', 0):g} GPUs, fewer than one worker's "
@@ -249,6 +266,39 @@ def _default_actors(ray, num_gpus: float) -> int:
             )
         return found
     return max(1, int(res.get("CPU", 1)) // 4)
+
+
+class _Placement:
+    """Where a run's rows were decoded and embedded, as the workers report it with each row.
+
+    ``featx --verbose`` prints it after a Ray run; a GPU actor that found no
+    GPU (Ray's GPUs declared but absent, so it computed on the CPU) is
+    reported whatever the verbosity.
+    """
+
+    def __init__(self):
+        self.decoders: set[str] = set()
+        self.actors: dict[str, int] = {}  # actor -> rows it embedded
+
+    def add(self, batch: dict) -> None:
+        self.decoders.update(batch["decoder"].tolist())
+        for actor, status in zip(batch["actor"].tolist(), batch["status"].tolist()):
+            self.actors[actor] = self.actors.get(actor, 0) + (status == "computed")
+
+    def report(self, verbose: bool) -> list[str]:
+        lines = []
+        if verbose and self.actors:
+            held = sorted({d.split(" ", 1)[1] for d in self.decoders})
+            lines.append(
+                f"featx: Ray decoded in {len(self.decoders)} task processes (GPUs held: {', '.join(held)}); "
+                f"{len(self.actors)} actors embedded: "
+                + ", ".join(f"{actor} ({n} images)" for actor, n in sorted(self.actors.items()))
+            )
+        lost = sorted(a for a in self.actors if a.endswith(_NO_GPU))
+        if lost:
+            lines.append(f"featx: warning: {len(lost)} Ray actors were given a GPU this machine does not have and "
+                         f"computed on the CPU: {', '.join(a.removesuffix(_NO_GPU) for a in lost)}")
+        return lines
 
 
 @contextlib.contextmanager
@@ -269,6 +319,53 @@ def _first_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- on the workers
+
+
+def visible_gpus(environ=os.environ, present: int | None = None) -> list[str]:
+    """The GPUs CUDA would give this process: ``CUDA_VISIBLE_DEVICES`` read as CUDA reads it.
+
+    ``present`` is the number of GPUs the driver lists (``/proc/driver/nvidia/gpus``,
+    as :func:`featx.runtime.gpu_available` reads). CUDA stops at the first
+    entry that names no GPU (an index past the last one, ``-1``), so an
+    index Ray took from GPUs declared but absent hides every GPU after it.
+    """
+    if present is None:
+        try:
+            present = len(list(Path("/proc/driver/nvidia/gpus").iterdir()))
+        except OSError:
+            present = 0
+    value = environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return [str(i) for i in range(present)]
+    seen = []
+    for entry in (e.strip() for e in value.split(",")):
+        named = entry.isdigit() and int(entry) < present or entry.startswith(("GPU-", "MIG-")) and present > 0
+        if not named:
+            break
+        seen.append(entry)
+    return seen
+
+
+def claim_devices(gpus: float, environ=os.environ, present: int | None = None) -> tuple[bool, str]:
+    """Set an actor's devices before its framework starts: (computes on a GPU, how the driver names it).
+
+    An actor asks Ray for ``gpus`` GPUs; Ray sets ``CUDA_VISIBLE_DEVICES`` to
+    the ids it gave. Without a GPU that exists here (an actor that asked for
+    none, which Ray 2.60 leaves every GPU visible to, or Ray's GPUs declared
+    but absent) the actor hides all GPUs, so that neither TensorFlow nor JAX
+    probes a device and both compute on the CPU. Actors that share a GPU
+    (``gpus`` below 1) must not each reserve all of its memory.
+    """
+    given = environ.get("CUDA_VISIBLE_DEVICES", "")
+    seen = visible_gpus(environ, present) if gpus else []
+    where = f"pid={os.getpid()} CUDA_VISIBLE_DEVICES={given or '-'}"
+    if not seen:
+        environ["CUDA_VISIBLE_DEVICES"] = ""
+        return False, where + (_NO_GPU if gpus else "")
+    if gpus < 1:
+        environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+        environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 * gpus:.2f}")
+    return True, where
 
 
 def _decode(batch: dict, size: int, known) -> dict:
@@ -292,18 +389,16 @@ def _decode(batch: dict, size: int, known) -> dict:
         out["size"].append(prep.stat[0] if prep.stat else -1)
         out["mtime"].append(prep.stat[1] if prep.stat else -1)
     cols = {k: np.array(v, dtype=object if k not in ("size", "mtime") else np.int64) for k, v in out.items()}
-    return {**cols, "pixels": pixels}
+    gpus = ",".join(map(str, ray.get_runtime_context().get_accelerator_ids().get("GPU", []))) or "none"
+    return {**cols, "pixels": pixels, "decoder": np.array([f"pid={os.getpid()} {gpus}"] * n, dtype=object)}
 
 
 class _Embedder:
     """Actor: builds the feature model once, embeds a call's images and writes them as one staged shard."""
 
-    def __init__(self, record: dict, weights, shard_dir: str, extraction: str, batch_size: int, on_gpu: bool,
-                 fault: str = ""):
-        if not on_gpu:
-            # Ray leaves the GPUs visible to an actor that asked for none; a CPU actor
-            # on a GPU node must not take one (before the framework is imported).
-            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    def __init__(self, record: dict, weights, shard_dir: str, extraction: str, batch_size: int, gpus: float,
+                 fault: str = "", meet: str = ""):
+        on_gpu, self.where = claim_devices(gpus)  # before the framework is imported
         from ...runtime import backend_name
         from ...spec import ExtractionSpec
 
@@ -316,10 +411,12 @@ class _Embedder:
         self.store = spec.store
         self.shard_dir, self.extraction = shard_dir, extraction
         self.batch_size, self.on_gpu = batch_size, on_gpu
-        self.fault = fault
+        self.fault, self.meet = fault, meet
         self.calls = 0
 
     def __call__(self, batch: dict) -> dict:
+        if self.meet and not self.calls:
+            self._meet()
         status = np.array(batch["status"], dtype=object)
         first: dict[str, int] = {}
         for i in np.flatnonzero(status == "compute"):
@@ -335,7 +432,9 @@ class _Embedder:
         self.calls += 1
         self._maybe_fail()
         out = {k: batch[k] for k in _RESULT_COLUMNS if k != "status"}
-        return {**out, "status": status, "shard": np.array([shard] * len(status), dtype=object)}
+        n = len(status)
+        return {**out, "status": status, "shard": np.array([shard] * n, dtype=object), "decoder": batch["decoder"],
+                "actor": np.array([self.where] * n, dtype=object)}
 
     def _embed(self, x: np.ndarray) -> np.ndarray:
         out = []
@@ -345,6 +444,13 @@ class _Embedder:
             part = pad_batch(part, self.batch_size, self.on_gpu)
             out.append(np.asarray(self.model.predict_on_batch(part))[:n].astype(np.float32))
         return np.concatenate(out)
+
+    def _meet(self) -> None:
+        n, folder = self.meet.split(":", 1)
+        Path(folder, str(os.getpid())).touch()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(folder)) < int(n) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _maybe_fail(self) -> None:
         if not self.fault:
