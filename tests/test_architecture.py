@@ -114,3 +114,24 @@ def test_no_import_circle_between_featx_modules():
 def test_the_circle_check_sees_a_circle():
     graph = {"featx.a": {"featx.b"}, "featx.b": {"featx.c"}, "featx.c": {"featx.a"}, "featx.d": set()}
     assert _cycles(graph) == [["featx.a", "featx.b", "featx.c", "featx.a"]]
+
+
+MAX_TRACKED_BYTES = 1_000_000
+
+
+def test_no_big_file_is_tracked():
+    """Weights, caches and datasets stay out of the repository.
+
+    A 57 MB weights file named ``--help`` (a script run with ``--help`` as its
+    output path) was committed once and pushed the working tree past what
+    travels to the GPU machine.
+    """
+    import subprocess
+
+    root = FEATX.parent
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True)
+    if out.returncode != 0:  # not a git checkout (an sdist): nothing to check
+        return
+    big = [(p, (root / p).stat().st_size) for p in out.stdout.split("\0")
+           if p and (root / p).is_file() and (root / p).stat().st_size > MAX_TRACKED_BYTES]
+    assert not big, f"tracked files over {MAX_TRACKED_BYTES:,} bytes: {big}"
