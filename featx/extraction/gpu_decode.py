@@ -28,6 +28,7 @@ hand-over to the framework is only exercised on a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
@@ -83,7 +84,11 @@ def _backend_missing() -> str | None:
             import_keras()
             import tensorflow as tf
 
-            on_gpu = bool(tf.config.list_physical_devices("GPU"))
+            gpus = tf.config.list_physical_devices("GPU")
+            for gpu in gpus:  # TensorFlow would take nearly all the memory: leave nvImageCodec room
+                with contextlib.suppress(RuntimeError, ValueError):  # the model may have started the GPU already
+                    tf.config.experimental.set_memory_growth(gpu, True)
+            on_gpu = bool(gpus)
         else:
             return f"featx hands decoded batches to the jax and tensorflow backends only, not {backend}"
     except Exception as exc:  # a broken CUDA install is a reason, not a crash
@@ -159,7 +164,12 @@ class GpuDecoder:
         todo = [p for p in preps if p.data is not None]
         if not todo:
             return
-        images = self._decoder().decode([p.data for p in todo], params=self._params)
+        try:
+            images = self._decoder().decode([p.data for p in todo], params=self._params)
+        except RuntimeError as exc:  # the library's, not a file's (a bad file is a None in the list)
+            if self.mode == "gpu":
+                raise DataError(f"--decode gpu: nvImageCodec failed: {' '.join(str(exc).split())}"[:300]) from None
+            images = [None] * len(todo)  # auto: the CPU decodes this chunk
         for prep, image in zip(todo, images):
             data, prep.data = prep.data, None
             if image is None:  # nvImageCodec could not: Pillow decides, with its own reason
