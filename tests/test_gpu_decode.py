@@ -102,6 +102,27 @@ def test_gpu_path_takes_only_what_it_decodes_as_pillow_does(nv_cpu, tmp_path):
     assert not gpu.takes(cmyk.getvalue()) and not gpu.takes(png.getvalue()) and not gpu.takes(b"\xff\xd8junk")
 
 
+@needs_nvimgcodec
+def test_a_failing_nvimgcodec_call_is_an_error_with_gpu_and_the_cpu_with_auto(nv_cpu):
+    data = _jpeg(_photo(40, 32, 2))
+
+    class Broken:
+        def decode(self, *a, **k):
+            raise RuntimeError("CUDA Runtime failure: out of memory")
+
+    for mode in ("gpu", "auto"):
+        gpu = gpu_decode.GpuDecoder(mode, 32)
+        assert gpu.active()
+        gpu._local.decoder = Broken()
+        prep = Prepared(None, None, "sha", None, "compute", data=data)
+        if mode == "gpu":
+            with pytest.raises(DataError, match="--decode gpu: nvImageCodec failed: CUDA Runtime failure: out of mem"):
+                gpu.decode([prep])
+        else:
+            gpu.decode([prep])
+            assert gpu.decoded == 0 and prep.data is None and np.array_equal(prep.pixels, read_image(data, 32))
+
+
 def _mixed_folder(root):
     """PNGs (make_dataset), JPEGs of three sizes, grayscale, CMYK, EXIF-rotated, truncated, GIF, RGBA PNG."""
     from PIL import Image

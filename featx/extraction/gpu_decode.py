@@ -29,6 +29,7 @@ hand-over to the framework is only exercised on a GPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import threading
@@ -203,22 +204,43 @@ class GpuDecoder:
         return tf.experimental.dlpack.from_dlpack(image.to_dlpack())
 
     def _resized(self, x):
-        """``x`` (H, W, 3 uint8) at the input size, uint8, on the device it is on: Keras's antialiased
-        bilinear resize, which is Pillow's ``BILINEAR`` (a triangle filter widened when shrinking)."""
+        """``x`` (H, W, 3 uint8) at the input size, uint8, on the device it is on."""
         from ..runtime import import_keras
 
-        ops = import_keras().ops
-        height, width = int(x.shape[0]), int(x.shape[1])
-        if (height, width) == (self.size, self.size):
-            return ops.convert_to_tensor(x)
-        y = ops.cast(x, "float32")
-        scale = dct_scale(height, width, self.size)
-        if scale > 1:
-            y = _block_mean(ops, y, scale)
-            if tuple(y.shape[:2]) == (self.size, self.size):
-                return ops.cast(ops.clip(ops.round(y), 0, 255), "uint8")
-        y = ops.image.resize(y[None], (self.size, self.size), interpolation="bilinear", antialias=True)[0]
-        return ops.cast(ops.clip(ops.round(y), 0, 255), "uint8")
+        if tuple(x.shape[:2]) == (self.size, self.size):
+            return import_keras().ops.convert_to_tensor(x)
+        return _resizer(self.size, backend_name())(x)
+
+
+@functools.cache
+def _resizer(size: int, backend: str):
+    """:func:`resize_uint8` at ``size``; on JAX compiled once per image shape for the process, where
+    op-by-op it would compile every op for every new shape."""
+    resize = functools.partial(resize_uint8, size=size)
+    if backend == "jax":
+        import jax
+
+        resize = jax.jit(resize)
+    return resize
+
+
+def resize_uint8(x, size: int):
+    """``x`` (H, W, C uint8) resized to ``size`` x ``size`` as featx does on the CPU, in Keras ops.
+
+    Keras's antialiased bilinear resize is Pillow's ``BILINEAR`` (a triangle filter widened when
+    shrinking). Where Pillow would decode the JPEG at a reduced DCT scale first, blocks of that
+    size are averaged first.
+    """
+    from ..runtime import import_keras
+
+    ops = import_keras().ops
+    y = ops.cast(x, "float32")
+    scale = dct_scale(int(x.shape[0]), int(x.shape[1]), size)
+    if scale > 1:
+        y = _block_mean(ops, y, scale)
+    if tuple(y.shape[:2]) != (size, size):
+        y = ops.image.resize(y[None], (size, size), interpolation="bilinear", antialias=True)[0]
+    return ops.cast(ops.clip(ops.round(y), 0, 255), "uint8")
 
 
 def dct_scale(height: int, width: int, size: int) -> int:
