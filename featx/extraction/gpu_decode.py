@@ -171,13 +171,16 @@ class GpuDecoder:
             if self.mode == "gpu":
                 raise DataError(f"--decode gpu: nvImageCodec failed: {' '.join(str(exc).split())}"[:300]) from None
             images = [None] * len(todo)  # auto: the CPU decodes this chunk
+        done = 0
         for prep, image in zip(todo, images):
             data, prep.data = prep.data, None
             if image is None:  # nvImageCodec could not: Pillow decides, with its own reason
                 decode_into(prep, data, self.size)
                 continue
             prep.pixels = self._resized(self._tensor(image))
-            self.decoded += 1
+            done += 1
+        with self._lock:  # decoding threads count together
+            self.decoded += done
 
     def _decoder(self):
         decoder = getattr(self._local, "decoder", None)
