@@ -10,7 +10,13 @@ Runs, in one process (so the framework starts once), on synthetic 400 px JPEGs:
   device (no decoding, no host transfer);
 * the host-alone ceiling: featx's real pipeline with the model replaced by a
   stub (read, hash, decode, resize, stack, write);
-* the per-stage profile of the best cold run.
+* the per-stage profile of the best cold run;
+* when nvImageCodec imports there (``GPU_DECODE=1 bash benchmarks/gpu_wheels.sh``
+  carries it), the best batch size once more with ``decode="gpu"``: JPEGs
+  decoded by nvJPEG and resized on the device. The other runs decode on the
+  CPU (``decode="cpu"``), so that they stay comparable with earlier checks.
+  ``--dry`` runs that row on nvImageCodec's CPU backend where the library
+  is installed, to prove the code path.
 
 Writes ``gpu.json`` (a list of run records, the schema of
 ``benchmarks/results/gpu.json``) and ``gpu.md`` (the tables) to ``--out``,
@@ -28,7 +34,9 @@ the device lacks and picks the backend)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import functools
 import importlib
 import json
 import os
@@ -45,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extract import featx_extract, host_ceiling, model_ceiling  # noqa: E402  (benchmarks/extract.py)
 
-FIELDS = ("device", "date", "backend", "backbone", "image_size", "precision", "batch_size", "workers",
+FIELDS = ("device", "date", "backend", "backbone", "image_size", "precision", "batch_size", "workers", "decode",
           "images_per_s", "pipeline_images_per_s", "model_ceiling", "host_ceiling", "warm_fraction",
           "plus10_fraction", "images", "cold_s", "stages")
 
@@ -97,15 +105,45 @@ def device_name() -> str:
     return f"cpu:{platform.processor() or platform.machine()}"
 
 
-def one_config(data: Path, extra: Path, work: Path, a, batch: int, workers: int | None) -> dict:
+@contextlib.contextmanager
+def decoding(mode: str):
+    """``featx.extract`` (as benchmarks/extract.py calls it) with ``decode=mode``."""
+    import featx
+
+    plain = featx.extract
+    featx.extract = functools.partial(plain, decode=mode)
+    try:
+        yield
+    finally:
+        featx.extract = plain
+
+
+def gpu_decode_missing(dry: bool) -> str | None:
+    """Why the ``decode="gpu"`` row cannot run here (None: it runs); ``dry`` uses nvImageCodec's CPU backend."""
+    from featx.extraction import gpu_decode
+
+    if dry:
+        os.environ[gpu_decode.CPU_BACKEND_ENV] = "1"  # the code path without a GPU
+    why = gpu_decode.missing()
+    if why is None:
+        try:
+            gpu_decode._nvimgcodec()
+        except Exception as exc:  # a wheel for another CUDA or Python: a report, not a crash
+            why = f"nvImageCodec does not import: {type(exc).__name__}: {exc}"[:200]
+    return why
+
+
+def one_config(data: Path, extra: Path, work: Path, a, batch: int, workers: int | None, decode: str = "cpu") -> dict:
     """Cold into an empty cache, warm, then +10% images; rates and fractions."""
-    cache = work / f"cache-b{batch}-w{workers or 'default'}"
+    cache = work / f"cache-b{batch}-w{workers or 'default'}-{decode}"
     shutil.rmtree(cache, ignore_errors=True)
-    res, cold = featx_extract(data, cache, a.backbone, a.weights, a.image_size, batch, a.precision, workers)
-    _, warm = featx_extract(data, cache, a.backbone, a.weights, a.image_size, batch, a.precision, workers)
-    plus = _plus10(data, extra, cache, a, batch, workers)
+    with decoding(decode):
+        res, cold = featx_extract(data, cache, a.backbone, a.weights, a.image_size, batch, a.precision, workers)
+        _, warm = featx_extract(data, cache, a.backbone, a.weights, a.image_size, batch, a.precision, workers)
+        plus = _plus10(data, extra, cache, a, batch, workers, decode)
     return {
-        "batch_size": batch, "workers": workers or "default", "images": res.computed, "cold_s": round(cold, 3),
+        "batch_size": batch, "workers": workers or "default", "decode": decode, "images": res.computed,
+        "cold_s": round(cold, 3),
         "images_per_s": round(res.computed / cold, 1),
         "pipeline_images_per_s": round(res.images_per_second, 1),
         "warm_fraction": round(warm / cold, 4), "plus10_fraction": round(plus / cold, 4),
@@ -113,9 +151,9 @@ def one_config(data: Path, extra: Path, work: Path, a, batch: int, workers: int 
     }
 
 
-def _plus10(data: Path, extra: Path, cache: Path, a, batch: int, workers) -> float:
+def _plus10(data: Path, extra: Path, cache: Path, a, batch: int, workers, decode: str) -> float:
     """Seconds of a re-run over the data with 10% more images added (hard links, no copies)."""
-    grown = data.parent / f"{data.name}-plus10-b{batch}-w{workers or 'd'}"
+    grown = data.parent / f"{data.name}-plus10-b{batch}-w{workers or 'd'}-{decode}"
     if not grown.exists():
         shutil.copytree(data, grown, copy_function=os.link)
         shutil.copytree(extra, grown, copy_function=os.link, dirs_exist_ok=True)
@@ -129,11 +167,15 @@ def markdown(records: list[dict], header: dict) -> str:
              f"{header['image_size']} px, {header['precision']}; {header['images']} JPEGs of {header['px']} px; "
              f"{header['cores']} cores", "",
              f"model-alone ceiling: {header['model_ceiling']} img/s; host-alone ceiling: {header['host_ceiling']} img/s",
-             "", "| batch | workers | cold img/s (incl. build) | pipeline img/s | cold s | warm / cold | +10% / cold |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| batch | workers | decode | cold img/s (incl. build) | pipeline img/s | cold s | warm / cold "
+                 "| +10% / cold |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['batch_size']} | {r['workers']} | {r['images_per_s']} | {r['pipeline_images_per_s']} | "
-                     f"{r['cold_s']} | {r['warm_fraction']:.2%} | {r['plus10_fraction']:.2%} |")
+        lines.append(f"| {r['batch_size']} | {r['workers']} | {r['decode']} | {r['images_per_s']} | "
+                     f"{r['pipeline_images_per_s']} | {r['cold_s']} | {r['warm_fraction']:.2%} | "
+                     f"{r['plus10_fraction']:.2%} |")
+    if header.get("gpu_decode"):
+        lines += ["", f"decode gpu: {header['gpu_decode']}"]
     best = max(records, key=lambda r: r["pipeline_images_per_s"])
     n = max(best["images"], 1)
     lines += ["", f"Per-stage thread-seconds, best run (batch {best['batch_size']}, workers {best['workers']}):", "",
@@ -143,6 +185,14 @@ def markdown(records: list[dict], header: dict) -> str:
     lines += ["", f"Bound by the {bound} ceiling; featx's best pipeline rate is "
               f"{best['pipeline_images_per_s'] / min(header['host_ceiling'], header['model_ceiling']):.0%} of it."]
     return "\n".join(lines) + "\n"
+
+
+def ceilings(a, data: Path, work: Path, best_batch: int, header: dict) -> None:
+    """The model-alone and host-alone ceilings (host: decoding on the CPU), into ``header``."""
+    header["model_ceiling"] = round(model_ceiling(a.backbone, a.weights, a.image_size, best_batch, a.precision,
+                                                  seconds=a.ceiling_seconds), 1)
+    host, _ = host_ceiling(data, work / "cache-host", a.backbone, a.weights, a.image_size, best_batch, a.precision)
+    header["host_ceiling"] = round(host, 1)
 
 
 def main(argv=None) -> int:
@@ -195,19 +245,36 @@ def _run(a, work: Path) -> int:
             print(json.dumps({k: v for k, v in r.items() if k != "stages"}), flush=True)
             records.append(r)
     best_batch = max(records, key=lambda r: r["pipeline_images_per_s"])["batch_size"]
-    header["model_ceiling"] = round(model_ceiling(a.backbone, a.weights, a.image_size, best_batch, a.precision,
-                                                  seconds=a.ceiling_seconds), 1)
-    host, _ = host_ceiling(data, work / "cache-host", a.backbone, a.weights, a.image_size, best_batch, a.precision)
-    header["host_ceiling"] = round(host, 1)
+    with decoding("cpu"):
+        ceilings(a, data, work, best_batch, header)
+    write(a, records, header)  # before the GPU-decode row: a crash there keeps the rest
+    why = gpu_decode_missing(a.dry)
+    header["gpu_decode"] = f"not run: {why}" if why else (
+        "run on nvImageCodec's CPU backend (--dry)" if a.dry else "nvJPEG, resized on the device")
+    print(f"decode gpu: {header['gpu_decode']}", flush=True)
+    if why is None:
+        try:
+            r = one_config(data, extra, work, a, best_batch, None, decode="gpu")
+        except Exception as exc:  # the CPU rows and the ceilings are written all the same
+            header["gpu_decode"] = f"failed: {type(exc).__name__}: {exc}"[:300]
+            print(f"decode gpu: {header['gpu_decode']}", flush=True)
+        else:
+            print(json.dumps({k: v for k, v in r.items() if k != "stages"}), flush=True)
+            records.append(r)
+    print(write(a, records, header))
+    print(f"gpu check done in {time.perf_counter() - t0:.0f} s; wrote {a.out / 'gpu.json'} and {a.out / 'gpu.md'}")
+    return 0
+
+
+def write(a, records: list[dict], header: dict) -> str:
+    """``gpu.json`` and ``gpu.md`` in ``--out``; returns the table."""
     runs = [{**{k: header.get(k) for k in FIELDS if k in header}, **r,
              "model_ceiling": header["model_ceiling"], "host_ceiling": header["host_ceiling"]} for r in records]
     runs = [{k: r.get(k) for k in FIELDS} for r in runs]
     (a.out / "gpu.json").write_text(json.dumps(runs, indent=2) + "\n")
     table = markdown(records, header)
     (a.out / "gpu.md").write_text(table)
-    print(table)
-    print(f"gpu check done in {time.perf_counter() - t0:.0f} s; wrote {a.out / 'gpu.json'} and {a.out / 'gpu.md'}")
-    return 0
+    return table
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 #   device run:  bash benchmarks/gpu_check.sh            (carry: .whl, made here by benchmarks/gpu_wheels.sh)
 #   anywhere:    bash benchmarks/gpu_check.sh --dry      (tiny sizes; what the test runs)
 # Installs what the device lacks from .whl/ (keras, namex, optree, simplejpeg: its image has JAX but no
-# TensorFlow or Keras), picks Keras's backend (TensorFlow if importable, else JAX), then runs
+# TensorFlow or Keras; with GPU_DECODE=1 at fetch time also nvImageCodec and nvJPEG, for the decode="gpu"
+# row), picks Keras's backend (TensorFlow if importable, else JAX), then runs
 # benchmarks/gpu_check.py, which writes $OUT/gpu.json and $OUT/gpu.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,9 @@ OUT="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/featx-site .whl/*.whl
+    # nvImageCodec's wheel makes `nvidia` a regular package, which would hide the device's own nvidia.*
+    # CUDA libraries (JAX finds them there); without its __init__.py it is one more namespace portion.
+    rm -f /tmp/featx-site/nvidia/__init__.py
     export PYTHONPATH="/tmp/featx-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -19,4 +23,6 @@ if [ -z "${KERAS_BACKEND:-}" ]; then
 fi
 { command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } \
     > "$OUT/device.txt" 2>&1 || true
+python3 -c "from featx.extraction import gpu_decode as g; print('gpu decode:', g.missing() or 'available')" \
+    >> "$OUT/device.txt" 2>&1 || true
 python3 benchmarks/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu.log"

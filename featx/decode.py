@@ -285,14 +285,10 @@ def _read_jpeg_turbo(turbo, data: bytes, target: tuple[int, int] | None, resampl
         return None
     if colorspace not in ("YCbCr", "Gray") or width * height > MAX_PIXELS:
         return None  # Pillow raises the decompression-bomb error with its usual wording
-    orientation = None
-    if _jpeg_may_be_oriented(data):
-        # Pillow parses the Exif and XMP (header only, no pixels) of the files that have them.
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                orientation = _orientation(img)
-        except Exception:
-            return None
+    try:
+        orientation = jpeg_orientation(data)
+    except BadImage:
+        return None
     scale = 1
     if target is not None:
         w, h = _stored_size(target, orientation)
@@ -314,6 +310,24 @@ def _read_jpeg_turbo(turbo, data: bytes, target: tuple[int, int] | None, resampl
     if target is not None and img.size != target:
         img = img.resize(target, Image.Resampling[resample.upper()])
     return np.array(img, dtype=np.uint8)
+
+
+def jpeg_orientation(data: bytes) -> int | None:
+    """The EXIF (or XMP) orientation Pillow reads from a JPEG, without decoding its pixels.
+
+    None when the file has none. Only files with an APP1 segment are opened
+    with Pillow (header only); raises :class:`BadImage` when Pillow cannot
+    parse that header, so that the caller lets Pillow decide about the file.
+    """
+    from PIL import Image
+
+    if not _jpeg_may_be_oriented(data):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _orientation(img)
+    except Exception:
+        raise BadImage("cannot read the JPEG header") from None
 
 
 def _jpeg_may_be_oriented(data: bytes) -> bool:

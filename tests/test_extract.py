@@ -631,7 +631,7 @@ def test_extract_options_hold_the_choices_and_ranges_a_cli_offers():
     for size in (lo - 1, hi + 1):
         with pytest.raises(ValueError, match="image_size must be an integer"):
             ExtractOptions(backbone="vgg16", image_size=size)
-    assert set(ExtractOptions.CHOICES) == {"pooling", "precision", "store", "tta", "engine"}
+    assert set(ExtractOptions.CHOICES) == {"pooling", "precision", "store", "tta", "engine", "decode"}
     for option, choices in ExtractOptions.CHOICES.items():
         for value in choices:
             assert getattr(ExtractOptions(**{option: value}), option) == value

@@ -43,6 +43,11 @@ from .types import (COUNT, IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT, RAY_WORKERS_DE
 @click.option("--tta", type=click.Choice(ExtractOptions.CHOICES["tta"]), default=ExtractOptions.tta, show_default=True,
               help="flip: each feature is the mean over the image and its mirror (one pass of a doubled batch); "
                    "another extraction.")
+@click.option("--decode", type=click.Choice(ExtractOptions.CHOICES["decode"]), default=ExtractOptions.decode,
+              show_default=True,
+              help="Where JPEGs are decoded: gpu with nvImageCodec (pip install \"featx[gpu-decode]\"; the batch "
+                   "stays on the device), cpu with Pillow, auto: the GPU where it can; the rows are the same "
+                   "extraction either way (docs/gpu.md).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad image instead of skipping it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--engine", type=click.Choice(ExtractOptions.CHOICES["engine"]), default=ExtractOptions.engine,
@@ -54,7 +59,7 @@ from .types import (COUNT, IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT, RAY_WORKERS_DE
 @cache_dir_option
 @click.pass_obj
 def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps, batch_size, workers, precision, seed,
-            store, tta, strict, quiet, **engine):
+            store, tta, decode, strict, quiet, **engine):
     """Run a headless backbone over DATA once and cache pooled features.
 
     DATA is a folder of class folders, a folder with train/ val/ test/ split
@@ -80,7 +85,7 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
     result = run(
         source, backbone, weights=weights, image_size=image_size, pooling=pooling, cut_blocks=cut_blocks,
         taps=taps, batch_size=batch_size, cache_dir=obj["cache_dir"], strict=strict, workers=workers,
-        precision=precision, seed=seed, progress=not quiet, store=store, tta=tta, **engine,
+        precision=precision, seed=seed, progress=not quiet, store=store, tta=tta, decode=decode, **engine,
     )
     for path, reason in result.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)

@@ -117,6 +117,7 @@ def extract(
     scale: str | float = "auto",
     store: str = "float32",
     tta: str = "none",
+    decode: str = "auto",
 ) -> ExtractResult:
     """Extract pooled backbone features for every image of ``data`` into the cache.
 
@@ -197,6 +198,12 @@ def extract(
     tta : {"none", "flip"}
         ``flip``: every feature is the mean over the image and its mirror,
         both in one forward pass (a doubled batch); part of the key.
+    decode : {"auto", "cpu", "gpu"}
+        Where JPEGs are decoded and resized: ``gpu`` with nvImageCodec
+        (``pip install "featx[gpu-decode]"``), straight into the model's
+        batch on the device; ``cpu`` with Pillow/simplejpeg; ``auto`` on
+        the GPU where the library, a GPU and the backend allow, else on the
+        CPU. Not part of the key: the rows are interchangeable (docs/gpu.md).
 
     Returns
     -------
@@ -208,7 +215,7 @@ def extract(
         batch_size=batch_size, cache_dir=cache_dir, strict=strict, workers=workers, precision=precision, seed=seed,
         progress=progress, record=record, spec=spec, engine=engine, address=address,
         num_gpus_per_worker=num_gpus_per_worker, name=name, class_names=class_names, scale=scale, store=store,
-        tta=tta,
+        tta=tta, decode=decode,
     )
     return extract_with(data, opts, log=log, started=t0)
 
@@ -244,7 +251,7 @@ def extract_with(data, options: ExtractOptions, *, log: Callable[[str], None] | 
 def _engine(opts: ExtractOptions):
     """The engine that computes the missing images (Ray's needs the ``ray`` extra, checked now)."""
     if not opts.remote:
-        return LocalEngine()
+        return LocalEngine(opts.decode)
     from .engines.ray import RayEngine, require
 
     require()

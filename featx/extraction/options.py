@@ -20,6 +20,8 @@ from ..runtime import PRECISIONS, check_precision, resolve_precision
 from ..spec import POOLINGS, STORES, TTAS, ExtractionSpec, check_settings, check_store, one_pass_groups
 
 ENGINES = ("local", "ray")
+# Where JPEGs are decoded (featx.extraction.gpu_decode); how pixels are made, not part of the key.
+DECODES = ("auto", "cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class ExtractOptions:
         "store": STORES,
         "tta": TTAS,
         "engine": ENGINES,
+        "decode": DECODES,
     }
     IMAGE_SIZES: ClassVar[tuple[int, int]] = B.IMAGE_SIZE_RANGE  # px, inclusive
 
@@ -71,6 +74,7 @@ class ExtractOptions:
     scale: str | float = "auto"
     store: str = "float32"
     tta: str = "none"
+    decode: str = "auto"
 
     def __post_init__(self):
         if self.taps is not None:
@@ -110,6 +114,11 @@ class ExtractOptions:
                 raise DataError("address and num_gpus_per_worker apply to engine='ray' only (--engine ray).")
         elif isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0:
             raise DataError(f"num_gpus_per_worker must be a number >= 0. Received: num_gpus_per_worker={gpus!r}")
+        if self.decode not in DECODES:
+            raise FeatxValueError(f"decode must be 'auto', 'cpu' or 'gpu'. Received: decode={self.decode!r}")
+        if self.remote and self.decode == "gpu":
+            raise DataError("--decode gpu applies to the local engine: --engine ray decodes on the CPU only "
+                            "(--decode cpu or auto).")
 
     def _check_taps(self) -> None:
         if self.taps is None:

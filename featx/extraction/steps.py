@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -39,13 +40,19 @@ class Prepared:
     pixels: np.ndarray | None
     status: str  # "compute" | "cached" | "bad"
     reason: str = ""
+    data: bytes | None = None  # the file, kept (pixels None) when its decoding was deferred
 
 
-def prepare_image(item: ImageItem, size: int, cached, bad: dict, clock: list[float] | None = None) -> Prepared:
+def prepare_image(item: ImageItem, size: int, cached, bad: dict, clock: list[float] | None = None,
+                  defer: Callable[[bytes], bool] | None = None) -> Prepared:
     """Read, hash and (unless the hash is in ``cached`` or ``bad``) decode one image to ``size`` px.
 
     ``clock``, when given, receives the seconds spent reading, hashing and
-    decoding (added to its items 0, 1 and 2).
+    decoding (added to its items 0, 1 and 2). ``defer``, when given, picks
+    the files not to decode here: they are returned with their bytes in
+    ``data`` and no pixels, for a batch decoder
+    (:mod:`featx.extraction.gpu_decode`), which hands the ones it cannot
+    decode back to :func:`decode_into`.
     """
     if isinstance(item, ArrayItem):  # keyed by its pixels: no file to read
         sha, pixels = item.load(size, skip=cached)
@@ -71,15 +78,26 @@ def prepare_image(item: ImageItem, size: int, cached, bad: dict, clock: list[flo
         return Prepared(item, stat, sha, None, "cached")
     if sha in bad:
         return Prepared(item, stat, sha, None, "bad", bad[sha])
+    prep = Prepared(item, stat, sha, None, "compute")
     try:
-        pixels = read_image(data, size)
-    except DecoderUnavailable as exc:  # this process's fault, not the file's: no sha, so not remembered
-        return Prepared(item, stat, None, None, "bad", str(exc))
-    except BadImage as exc:
-        return Prepared(item, stat, sha, None, "bad", str(exc))
+        if defer is not None and defer(data):
+            prep.data = data
+        else:
+            decode_into(prep, data, size)
     finally:
         clock[2] += time.perf_counter() - t2
-    return Prepared(item, stat, sha, pixels, "compute")
+    return prep
+
+
+def decode_into(prep: Prepared, data: bytes, size: int) -> Prepared:
+    """``prep`` with its pixels decoded from ``data`` on the CPU, or marked bad with the reason."""
+    try:
+        prep.pixels = read_image(data, size)
+    except DecoderUnavailable as exc:  # this process's fault, not the file's: no sha, so not remembered
+        prep.sha, prep.status, prep.reason = None, "bad", str(exc)
+    except BadImage as exc:
+        prep.status, prep.reason = "bad", str(exc)
+    return prep
 
 
 def padded_rows(n: int, batch_size: int, on_gpu: bool) -> int:

@@ -24,9 +24,10 @@ import numpy as np
 from ... import backbones as B
 from ...errors import FeatxError
 from ...spec import note_loaded
+from .. import gpu_decode
 from ..forward import SHELF, Forward, persist_jax_compilations
-from ..steps import (FLUSH_ROWS, FLUSH_SECONDS, STAGES, Prepared, pad_batch, prepare_image, progress_bar,
-                     stopped_message)
+from ..steps import (FLUSH_ROWS, FLUSH_SECONDS, STAGES, Prepared, pad_batch, padded_rows, prepare_image,
+                     progress_bar, stopped_message)
 from ..taps import TapSet
 from ..writer import Writer
 
@@ -45,11 +46,23 @@ AHEAD_IMAGES = 4096
 
 
 class LocalEngine:
-    """Computes a run's missing images here: decoding threads, the model, a writer thread."""
+    """Computes a run's missing images here: decoding threads, the model, a writer thread.
+
+    ``decode``: where JPEGs are decoded, ``cpu`` (Pillow/simplejpeg), ``gpu``
+    or ``auto`` (nvImageCodec where it can run: :mod:`featx.extraction.gpu_decode`);
+    ``gpu`` raises its one-line error here, before any work, where it cannot.
+    """
+
+    def __init__(self, decode: str = "cpu"):
+        self.decode = decode
+        if decode == "gpu":
+            gpu_decode.require()
+        self.gpu: gpu_decode.GpuDecoder | None = None  # the current run's
 
     def compute(self, run, todo, memo, bad: dict[str, str], cached) -> None:
         """Compute ``todo`` (a list, or a stream of array rows) into ``run.extraction`` (whose lock the caller holds)."""
         total = len(todo) if isinstance(todo, list) else None
+        self.gpu = gpu_decode.GpuDecoder(self.decode, run.settings.size) if self.decode != "cpu" else None
         _Pipeline(self, run, memo, bad, cached, total).execute(todo)
         run.extraction.settle()  # the run's own shards into one, then the size-class rule
 
@@ -78,7 +91,13 @@ class LocalEngine:
 
     def _prepare_chunk(self, run, items, cached, bad: dict) -> tuple[list[Prepared], list[float]]:
         clock = [0.0, 0.0, 0.0]
-        return [prepare_image(it, run.settings.size, cached, bad, clock) for it in items], clock
+        gpu = self.gpu if self.gpu is not None and self.gpu.active() else None
+        preps = [prepare_image(it, run.settings.size, cached, bad, clock, gpu and gpu.takes) for it in items]
+        if gpu is not None:  # the JPEGs it took, in one call
+            t = time.perf_counter()
+            gpu.decode(preps)
+            clock[2] += time.perf_counter() - t
+        return preps, clock
 
 
 class _Pipeline:
@@ -181,7 +200,7 @@ class _Pipeline:
         there is room; ``None`` runs whatever is kept (the model is waited for)."""
         if full:
             self.waiting.append(full)
-            self.waiting_bytes += sum(p.pixels.nbytes for p in full)
+            self.waiting_bytes += sum(int(np.prod(p.pixels.shape)) for p in full)  # uint8: NumPy or device
             self.waiting_images += len(full)
         full_up = self.waiting_bytes > AHEAD_BYTES or self.waiting_images > AHEAD_IMAGES
         if not self.waiting or not self._ready(block=full is None or full_up):
@@ -192,11 +211,15 @@ class _Pipeline:
 
     def _dispatch(self, batch: list[Prepared]) -> tuple:
         t = time.perf_counter()
-        x = np.stack([p.pixels for p in batch])
+        pixels = [p.pixels for p in batch]
         for p in batch:  # the batch is kept until its rows are fetched; its pixels are not needed
             p.pixels = None
-        n = len(x)
-        x = pad_batch(x, self.run.batch_size, self.run.on_gpu)
+        n = len(pixels)
+        if all(isinstance(px, np.ndarray) for px in pixels):
+            x = pad_batch(np.stack(pixels), self.run.batch_size, self.run.on_gpu)
+        else:  # decoded on the device: stacked there
+            x = gpu_decode.stack(pixels, padded_rows(n, self.run.batch_size, self.run.on_gpu))
+        del pixels
         t1 = time.perf_counter()
         out = self.forward.dispatch(x)  # uint8 in; the model preprocesses
         self.clock["stack"] += t1 - t
