@@ -11,7 +11,7 @@ Runs, in one process (so the framework starts once), on synthetic 400 px JPEGs:
 * the host-alone ceiling: featx's real pipeline with the model replaced by a
   stub (read, hash, decode, resize, stack, write);
 * the per-stage profile of the best cold run;
-* when nvImageCodec imports there (``GPU_DECODE=1 bash benchmarks/gpu_wheels.sh``
+* when nvImageCodec imports there (``bash benchmarks/gpu_wheels.sh``
   carries it), the best batch size once more with ``decode="gpu"``: JPEGs
   decoded by nvJPEG and resized on the device. The other runs decode on the
   CPU (``decode="cpu"``), so that they stay comparable with earlier checks.

@@ -3,7 +3,7 @@
 #   device run:  bash benchmarks/gpu_check.sh            (carry: .whl, made here by benchmarks/gpu_wheels.sh)
 #   anywhere:    bash benchmarks/gpu_check.sh --dry      (tiny sizes; what the test runs)
 # Installs what the device lacks from .whl/ (keras, namex, optree, simplejpeg: its image has JAX but no
-# TensorFlow or Keras; with GPU_DECODE=1 at fetch time also nvImageCodec and nvJPEG, for the decode="gpu"
+# TensorFlow or Keras; and, unless GPU_DECODE=0 at fetch time, nvImageCodec and nvJPEG, for the decode="gpu"
 # row), picks Keras's backend (TensorFlow if importable, else JAX), then runs
 # benchmarks/gpu_check.py, which writes $OUT/gpu.json and $OUT/gpu.md.
 set -euo pipefail
