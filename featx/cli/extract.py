@@ -55,7 +55,7 @@ from .types import (COUNT, IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT, RAY_WORKERS_DE
               help="Compute missing images here, or on a Ray cluster (pip install \"featx[ray]\"; shared cache root).")
 @click.option("--address", help="--engine ray: 'auto', ray://HOST:10001 [default: $RAY_ADDRESS, else Ray on this machine].")
 @click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
-              help="--engine ray: GPUs per embedding actor.")
+              help="--engine ray: GPUs per embedding actor (1: one actor per GPU of this machine or cluster; 0.5: two per GPU; 0: CPU actors).")
 @cache_dir_option
 @click.pass_obj
 def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps, batch_size, workers, precision, seed,
@@ -76,6 +76,7 @@ def extract(obj, data, backbone, weights, image_size, pooling, cut_blocks, taps,
       featx extract -b efficientnetb0 --cut-blocks 3 labels.csv
       featx extract -b vgg16 --taps 0,1,2 data/ && featx fit-head --head auto
       featx extract --engine ray data/
+      featx extract --engine ray --num-gpus-per-worker 1 data/   (every GPU of this machine, one actor each)
       featx extract --engine ray --address auto --num-gpus-per-worker 1 /mnt/shared/data/   (a GPU cluster)
       featx extract -b mobilenetv2 --image-size 96 data.npz
     """
