@@ -9,8 +9,8 @@ in blocks; the n x 2,048 matrix is never held), then L2-normalised. The
 projection is kept in ``--scratch`` as .npy, so that later runs at the same n
 skip it.
 
-Then, for each ``--index`` and ``--threads``, it runs
-``featx.inspection.index.knn`` (10 neighbours per row) and prints CPU
+Then, for each ``--workers``, it runs ``featx.inspection.index.knn``
+(10 neighbours per row, BLAS on one thread) and prints CPU
 seconds (user + system of this process, all threads), wall seconds, and:
 
 - **nn1**: how often the true nearest neighbour (exact search on the same
@@ -20,8 +20,8 @@ seconds (user + system of this process, all threads), wall seconds, and:
 
 Usage::
 
-    python benchmarks/inspect_index.py --rows 100000 --index faiss numpy --threads 1 2
-    python benchmarks/inspect_index.py --rows 1000000 --index numpy --threads 2 --dims 128
+    python benchmarks/inspect_index.py --rows 100000 --workers 1 2
+    python benchmarks/inspect_index.py --rows 1000000 --workers 2 --dims 128 --set INDEX_PROBES=6
 """
 
 from __future__ import annotations
@@ -93,37 +93,32 @@ def exact_neighbours(Z: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def measure(Z, planted, truth, queries, index: str, threads: int, k: int = 10) -> dict:
+def measure(Z, planted, truth, queries, workers: int, k: int = 10) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from featx.inspection import index as knn_index
+    from featx.inspection.index import knn
 
-    if index == "numpy":
-        sys.modules["faiss"] = None  # the fallback, as without faiss-cpu
     Z = np.ascontiguousarray(Z, dtype=np.float32)
     t, c = time.perf_counter(), time.process_time()
-    with threadpool_limits(threads):
-        (nbrs, _), how = knn_index.knn(Z, k, seed=0)
+    with threadpool_limits(1):  # as featx inspect runs it
+        (nbrs, _), how = knn(Z, k, seed=0, workers=workers)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
-    if index == "numpy":
-        del sys.modules["faiss"]
     got = nbrs[queries]
     nn1 = float(np.mean([truth[i, 0] in got[i] for i in range(len(queries))]))
     rec = float(np.mean([len(set(truth[i]) & set(got[i])) / k for i in range(len(queries))]))
     found = sum((b in nbrs[a]) or (a in nbrs[b]) for a, b in planted)
-    return {"index": how, "threads": threads, "wall": wall, "cpu": cpu, "nn1": nn1, "recall": rec,
+    return {"index": how, "wall": wall, "cpu": cpu, "nn1": nn1, "recall": rec,
             "planted": f"{found}/{len(planted)}"}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--index", nargs="+", default=["faiss", "numpy"], choices=["faiss", "numpy"])
-    ap.add_argument("--threads", type=int, nargs="+", default=[1])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--dims", type=int, default=0, help="Search only the first DIMS components (0: all 256).")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                    help="Override featx.inspection.limits, e.g. NUMPY_PROBES=6.")
+                    help="Override featx.inspection.limits, e.g. INDEX_PROBES=6.")
     ap.add_argument("--scratch", type=Path, default=Path("/work/scratch/inspect-index"))
     args = ap.parse_args()
     from featx.inspection import limits
@@ -139,12 +134,11 @@ def main():
     truth = exact_neighbours(Z, queries, 10)
     print(f"{len(Z)} rows x {Z.shape[1]} dims, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"limits {' '.join(args.set) or 'as shipped'}\n")
-    print("| index | threads | CPU s | wall s | nn1 | recall@10 | planted found |\n|---|---|---|---|---|---|---|")
-    for index in args.index:
-        for threads in args.threads:
-            r = measure(Z, planted, truth, queries, index, threads)
-            print(f"| {r['index']} | {r['threads']} | {r['cpu']:.1f} | {r['wall']:.1f} | {r['nn1']:.3f} | "
-                  f"{r['recall']:.3f} | {r['planted']} |", flush=True)
+    print("| index | CPU s | wall s | nn1 | recall@10 | planted found |\n|---|---|---|---|---|---|")
+    for workers in args.workers:
+        r = measure(Z, planted, truth, queries, workers)
+        print(f"| {r['index']} | {r['cpu']:.1f} | {r['wall']:.1f} | {r['nn1']:.3f} | {r['recall']:.3f} | "
+              f"{r['planted']} |", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
