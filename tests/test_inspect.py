@@ -292,6 +292,17 @@ def test_budget_holds_out_a_quarter_without_val_or_test(tmp_path):
     assert b["points"][-1]["per_class"] == 30
 
 
+def test_budget_note_when_only_the_curve_is_cut(tmp_path):
+    """A capped curve scored on every held-out image: the note is one clause, without a dangling separator."""
+    X, y, splits = blobs(per_class=(40, 0, 10), k=2, d=16, seed=6)
+    f = write_features(tmp_path / "cache", X, y, splits, ["a", "b"])
+    notes = []
+    b = inspection.label_budget(f, inspect_rows.reduce(f.X, 0), seeds=1, notes=notes, max_fit=20, max_eval=1000)
+    assert b["points"][-1]["per_class"] == 10 and b["n_eval"] == 20
+    assert notes == ["label budget: curve stops at 10 images per class (at most 20 training rows; the largest class "
+                     "has 40), so its last point is not all of train"]
+
+
 # --------------------------------------------------------------------------- calibration
 
 
