@@ -66,8 +66,9 @@ def _search_cell(Z, members, probed, q, kk, nbrs, sims, block_bytes: int = 1 << 
     cand = np.concatenate([members[o] for o in probed])
     kk = min(kk, len(cand))
     Zc = Z[cand]
-    for start in range(0, len(q), max(1, block_bytes // (4 * len(cand)))):
-        qq = q[start:start + max(1, block_bytes // (4 * len(cand)))]
+    step = max(1, block_bytes // (4 * len(cand)))  # a big cell's similarities in slices of about 32 MB
+    for start in range(0, len(q), step):
+        qq = q[start:start + step]
         blk = Z[qq] @ Zc.T
         top = top_columns(blk, kk)
         nbrs[qq, :kk] = cand[top]
