@@ -81,6 +81,18 @@ def projection(n: int, scratch: Path, seed: int = 0) -> tuple[np.ndarray, np.nda
     return Z, rows.planted()
 
 
+def add_copies(Z: np.ndarray, planted: np.ndarray, count: int, seed: int = 2):
+    """``Z`` with ``count`` near copies of random rows appended (cosine about 0.998), and the pairs planted."""
+    rng = np.random.default_rng(seed)
+    of = rng.choice(len(Z), count, replace=False)
+    noise = rng.normal(size=(count, Z.shape[1])).astype(np.float32)
+    noise *= 0.063 / np.linalg.norm(noise, axis=1, keepdims=True)  # 1 / sqrt(1 + 0.063^2) = 0.998
+    C = Z[of] + noise
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    pairs = np.stack([of, len(Z) + np.arange(count)], axis=1)
+    return np.concatenate([Z, C]), np.concatenate([planted, pairs])
+
+
 def exact_neighbours(Z: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """The true k nearest others of each query by inner product, most similar first."""
     out = np.empty((len(queries), k), np.int64)
@@ -107,8 +119,9 @@ def measure(Z, planted, truth, queries, workers: int, k: int = 10) -> dict:
     nn1 = float(np.mean([truth[i, 0] in got[i] for i in range(len(queries))]))
     rec = float(np.mean([len(set(truth[i]) & set(got[i])) / k for i in range(len(queries))]))
     found = sum((b in nbrs[a]) or (a in nbrs[b]) for a, b in planted)
+    one_side = sum(max(a, b) in nbrs[min(a, b)] for a, b in planted)
     return {"index": how, "wall": wall, "cpu": cpu, "nn1": nn1, "recall": rec,
-            "planted": f"{found}/{len(planted)}"}
+            "planted": f"{found}/{len(planted)} ({one_side} from the first row's side)"}
 
 
 def main():
@@ -117,6 +130,8 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--dims", type=int, default=0, help="Search only the first DIMS components (0: all 256).")
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--copies", type=int, default=0,
+                    help="Add this many near copies (cosine about 0.998 on the projection, as the planted ones).")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="Override featx.inspection.limits, e.g. INDEX_PROBES=6.")
     ap.add_argument("--scratch", type=Path, default=Path("/work/scratch/inspect-index"))
@@ -130,6 +145,8 @@ def main():
     if args.dims:
         Z = np.array(Z[:, :args.dims])
         Z /= np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    if args.copies:
+        Z, planted = add_copies(np.asarray(Z), planted, args.copies)
     queries = np.sort(np.random.default_rng(1).choice(len(Z), args.queries, replace=False))
     truth = exact_neighbours(Z, queries, 10)
     print(f"{len(Z)} rows x {Z.shape[1]} dims, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "

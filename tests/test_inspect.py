@@ -203,6 +203,46 @@ def test_approximate_index_past_the_brute_force_limit(planted, monkeypatch, work
                for p in exact["near_pairs"])  # cosines as the exact search (mean and scale of all rows, not distinct ones)
 
 
+def test_approximate_pair_seen_from_one_side_only(planted, monkeypatch):
+    """An approximate index may list j among i's neighbours but not i among j's: the pair still counts."""
+    from featx.inspection import duplicates
+
+    real = duplicates.knn
+
+    def one_sided(U, k, seed=0, workers=1):
+        (nbrs, sims), how = real(U, k, seed, workers)
+        return (nbrs, np.where(nbrs > np.arange(len(nbrs))[:, None], -1.0, sims)), how  # seen from the later row
+
+    monkeypatch.setattr(duplicates, "knn", one_sided)
+    f, rows = planted
+    dups = inspection.find_duplicates(f, FIXED, brute_force_limit=10)
+    assert _pairs(dups, "near") == {frozenset(rows["near"])}
+
+
+def test_index_probes_the_cells_nearest_each_row(monkeypatch):
+    """A copy across a cell boundary: each row searches its own nearest cells, not those nearest its cell's centre.
+
+    Cells X (the copy's original) and Y (the copy) have orthogonal centres;
+    X's nearest other cell is W. Probing 2 cells per cell (X, W and Y, V)
+    missed the pair; probing the 2 cells nearest each row (X, Y) finds it.
+    """
+    from featx.inspection import index
+
+    e = np.eye(6, dtype=np.float32)
+    centers = np.stack([e[0], e[1], e[0] + e[2], e[0] - e[2], e[0] + e[3], e[1] + e[4]])  # X, Y, W..., V
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([np.repeat(centers, 20, axis=0) + rng.normal(0, 0.01, (120, 6)),
+                        [e[0] + 0.98 * e[1], 0.98 * e[0] + e[1]]]).astype(np.float32)  # the pair: cosine 0.9998
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    monkeypatch.setattr(index, "_spherical_kmeans", lambda *args: centers.copy())
+    monkeypatch.setattr(limits, "INDEX_CELL_ROWS", 20)
+    monkeypatch.setattr(limits, "INDEX_PROBES", 2)
+    (nbrs, sims), how = index.knn(Z, 3)
+    assert "6 cells of about 20 rows, 2 probed" in how
+    assert nbrs[120, 0] == 121 and nbrs[121, 0] == 120 and sims[120, 0] > 0.999
+
+
 def test_index_recall_and_workers(monkeypatch):
     """The index finds most true nearest neighbours, and a pool of workers returns what one worker does."""
     from featx.inspection.index import knn

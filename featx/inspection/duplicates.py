@@ -191,9 +191,12 @@ def _near_approximate(f: Features, firsts: np.ndarray, rule: NearRule, max_pairs
               f"{reduced.Z.shape[1]} principal components ({how}), pairs scored again on all dimensions")
     # Candidates for rule 1: principal components drop the small directions
     # that tell photos apart, so their cosines run higher; keep a margin.
-    rows = np.repeat(np.arange(n), nbrs.shape[1])
-    cand = (nbrs.ravel() > rows) & (sims.ravel() >= rule.threshold - RESCORE_MARGIN)
-    ci, cj, _ = _top_pairs(rows[cand], nbrs.ravel()[cand], sims.ravel()[cand], 2 * max_pairs)
+    # A pair may be listed from one side only (the index is approximate): take both, once.
+    rows, cols = np.repeat(np.arange(n), nbrs.shape[1]), nbrs.ravel()
+    cand = (cols != rows) & (sims.ravel() >= rule.threshold - RESCORE_MARGIN)
+    lo, hi, s = np.minimum(rows, cols)[cand], np.maximum(rows, cols)[cand], sims.ravel()[cand]
+    _, once = np.unique(lo * n + hi, return_index=True)
+    ci, cj, _ = _top_pairs(lo[once], hi[once], s[once], 2 * max_pairs)
     pairs = {(int(i), int(j)): ("cosine", None) for i, j in zip(ci, cj)}
     if k:
         adaptive, stats = neighbourhood_pairs(nbrs, sims, rule)

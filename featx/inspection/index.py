@@ -17,11 +17,19 @@ def knn(Z: np.ndarray, k: int, seed: int = 0, workers: int = 1):
     """Each unit row's ``k`` nearest others by inner product: ``((nbrs, sims), how)``, most similar first.
 
     An inverted file: spherical k-means cells of about ``INDEX_CELL_ROWS``
-    rows whatever n is, each cell's rows compared with the rows of its
-    ``INDEX_PROBES`` nearest cells (itself included) in one matrix product.
-    The search then costs n x probes x cell rows, linear in n; assigning
-    rows to cells costs n x cells, a matrix product too, a small part of it
-    up to several million rows.
+    rows whatever n is; each row is stored in its nearest cell and looks
+    for its neighbours in its own ``INDEX_PROBES`` nearest cells (as faiss's
+    IVF does). The work is done cell by cell: a cell's rows against every
+    row that probes it, in one matrix product, each row keeping its best
+    ``k + 1`` of each probed cell; the best of those are merged at the end.
+    The search costs n x probes x cell rows, linear in n; assigning rows to
+    cells costs n x cells, a matrix product too, a small part of it up to
+    several million rows.
+
+    Probes chosen per row, not per cell: when each cell searched the cells
+    nearest to its own centre, a copy that fell across a cell boundary was
+    missed where the probed cells were few of many (467 of 500 planted
+    copies found at 1M rows, 1,953 cells).
 
     ``workers`` threads take cells from one queue, each running its own
     single-threaded BLAS calls: a descheduled worker holds up only its own
@@ -29,50 +37,63 @@ def knn(Z: np.ndarray, k: int, seed: int = 0, workers: int = 1):
     call (on 2 shared cores two BLAS threads made this search slower than one).
 
     Why not faiss: at 100k rows of 256 principal components, its IVF index
-    (cells of 64 rows found through HNSW, 20 probed) took 4.8 times the CPU
-    of this one and found the true nearest neighbour less often (0.857
-    against 0.946 of 1,000 queries; docs/inspect.md).
+    (cells of 64 rows found through HNSW, 20 probed) took several times the
+    CPU of this one and found the true nearest neighbour less often
+    (docs/inspect.md).
     """
     n, workers = len(Z), max(1, workers)
     Z = np.ascontiguousarray(Z, dtype=np.float32)
     nlist = max(1, n // limits.INDEX_CELL_ROWS)
     rng = np.random.default_rng(seed)
     probes = min(limits.INDEX_PROBES, nlist)
-    nbrs = np.zeros((n, k + 1), np.int64)
-    sims = np.full((n, k + 1), -np.inf, np.float32)
+    kk = min(k + 1, n)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1 if workers > 1 else None), ThreadPoolExecutor(workers) as pool:
         sample = Z[np.sort(rng.choice(n, min(n, 30 * nlist), replace=False))]
         centers = _spherical_kmeans(sample, nlist, rng, pool)
-        cell = _nearest_center(Z, centers, pool)
-        near_cells = _nearest_cells(centers, probes)
-        by_cell = np.argsort(cell, kind="stable")
-        bounds = np.searchsorted(cell[by_cell], np.arange(nlist + 1))
-        members = [by_cell[bounds[c]:bounds[c + 1]] for c in range(nlist)]
+        probed = _nearest_centers(Z, centers, probes, pool)  # (n, probes), nearest first: the row's own cell
+        members = _lists(probed[:, 0], nlist)
+        asking = _lists(probed.ravel(), nlist)  # cell -> positions (row * probes + rank) of the rows probing it
+        ids = np.full((n, probes, kk), -1, np.int32 if n < 2 ** 31 else np.int64)
+        sims = np.full((n, probes, kk), -np.inf, np.float32)
         # Largest cells first, so that no worker is left with a big one at the end.
-        order = sorted(range(nlist), key=lambda c: -len(members[c]))
-        for _ in pool.map(lambda c: _search_cell(Z, members, near_cells[c], members[c], k + 1, nbrs, sims), order):
+        order = sorted(range(nlist), key=lambda c: -len(members[c]) * len(asking[c]))
+        for _ in pool.map(lambda c: _search_cell(Z, members[c], asking[c], probes, ids, sims), order):
             pass
+    nbrs = np.empty((n, kk), np.int64)
+    best = np.empty((n, kk), np.float32)
+    for start in range(0, n, 65_536):  # each row's best of its probed cells' best
+        got_ids, got = ids[start:start + 65_536].reshape(-1, probes * kk), sims[start:start + 65_536].reshape(-1, probes * kk)
+        top = top_columns(got, kk)
+        nbrs[start:start + 65_536] = np.take_along_axis(got_ids, top, 1)
+        best[start:start + 65_536] = np.take_along_axis(got, top, 1)
     how = (f"inverted file, {nlist} cells of about {n // nlist} rows, {probes} probed, "
            f"{workers} worker{'s' if workers > 1 else ''}")
-    return _drop_self(nbrs, sims, k), how
+    return _drop_self(nbrs, best, k), how
 
 
-def _search_cell(Z, members, probed, q, kk, nbrs, sims, block_bytes: int = 1 << 25) -> None:
-    """The ``kk`` nearest of the rows ``q`` among the rows of the cells ``probed``, written into ``nbrs``/``sims``."""
-    if not len(q):
+def _lists(cells: np.ndarray, nlist: int) -> list[np.ndarray]:
+    """For each cell, the positions in ``cells`` that name it."""
+    by_cell = np.argsort(cells, kind="stable")
+    bounds = np.searchsorted(cells[by_cell], np.arange(nlist + 1))
+    return [by_cell[bounds[c]:bounds[c + 1]] for c in range(nlist)]
+
+
+def _search_cell(Z, cand, asking, probes, ids, sims, block_bytes: int = 1 << 25) -> None:
+    """The best of the rows ``cand`` (one cell) for each row probing it, into that row's slot for this cell."""
+    if not len(cand) or not len(asking):
         return
-    cand = np.concatenate([members[o] for o in probed])
-    kk = min(kk, len(cand))
+    q, rank = asking // probes, asking % probes
+    kk = min(ids.shape[2], len(cand))
     Zc = Z[cand]
-    step = max(1, block_bytes // (4 * len(cand)))  # a big cell's similarities in slices of about 32 MB
+    step = max(1, block_bytes // (4 * len(cand)))  # similarities in slices of about 32 MB
     for start in range(0, len(q), step):
-        qq = q[start:start + step]
+        qq, rr = q[start:start + step], rank[start:start + step]
         blk = Z[qq] @ Zc.T
         top = top_columns(blk, kk)
-        nbrs[qq, :kk] = cand[top]
-        sims[qq, :kk] = np.take_along_axis(blk, top, 1)
+        ids[qq, rr, :kk] = cand[top]
+        sims[qq, rr, :kk] = np.take_along_axis(blk, top, 1)
 
 
 def top_columns(S: np.ndarray, k: int) -> np.ndarray:
@@ -108,7 +129,7 @@ def _spherical_kmeans(sample: np.ndarray, nlist: int, rng, pool, rounds: int = 8
     """``nlist`` unit centres of unit rows, by inner product."""
     centers = sample[rng.choice(len(sample), nlist, replace=False)].copy()
     for _ in range(rounds):
-        near = _nearest_center(sample, centers, pool)
+        near = _nearest_centers(sample, centers, 1, pool)[:, 0]
         order = np.argsort(near, kind="stable")
         used, starts = np.unique(near[order], return_index=True)
         centers[used] = np.add.reduceat(sample[order], starts, axis=0)  # empty cells keep their centre
@@ -116,26 +137,16 @@ def _spherical_kmeans(sample: np.ndarray, nlist: int, rng, pool, rounds: int = 8
     return centers
 
 
-def _nearest_center(Z: np.ndarray, centers: np.ndarray, pool, block: int = 8192) -> np.ndarray:
-    """The index of each row's nearest centre, blocks of rows spread over the pool's workers."""
-    return np.concatenate(list(pool.map(lambda s: np.argmax(Z[s:s + block] @ centers.T, axis=1),
+def _nearest_centers(Z: np.ndarray, centers: np.ndarray, probes: int, pool, block: int = 8192) -> np.ndarray:
+    """Each row's ``probes`` nearest centres, nearest first; blocks of rows spread over the pool's workers."""
+    return np.concatenate(list(pool.map(lambda s: top_columns(Z[s:s + block] @ centers.T, probes),
                                         range(0, len(Z), block))))
-
-
-def _nearest_cells(centers: np.ndarray, probes: int) -> np.ndarray:
-    """Each cell's ``probes`` nearest cells (itself first), ``len(centers)`` x ``probes``, a block at a time."""
-    out = np.empty((len(centers), probes), np.int64)
-    for start in range(0, len(centers), 4096):
-        s = centers[start:start + 4096] @ centers.T
-        s[np.arange(len(s)), np.arange(start, start + len(s))] = np.inf
-        out[start:start + len(s)] = top_columns(s, probes)
-    return out
 
 
 def _drop_self(nbrs: np.ndarray, sims: np.ndarray, k: int):
     """The k best of k + 1 neighbours once the row itself is removed."""
     n = len(nbrs)
-    bad = (nbrs == np.arange(n)[:, None]) | ~np.isfinite(sims)
+    bad = (nbrs == np.arange(n)[:, None]) | (nbrs < 0) | ~np.isfinite(sims)
     sims = np.where(bad, -np.inf, sims)
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     nbrs, sims = np.take_along_axis(nbrs, order, 1), np.take_along_axis(sims, order, 1)
