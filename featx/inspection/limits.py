@@ -20,10 +20,10 @@ multiply-adds: 8e11 at 20,000 x 2,048). Past it, an approximate index over princ
 INDEX_CELL_ROWS = 512
 INDEX_PROBES = 8
 """The approximate index (:func:`featx.inspection.index.knn`): cells of about ``INDEX_CELL_ROWS`` rows
-whatever n is, each searched against its ``INDEX_PROBES`` nearest cells (itself included) in one matrix
-product (4,096 rows per query; the search costs the same per image at any n). At 100k rows of 256
-components this finds the true nearest neighbour 94.6% of the time (6 probed: 86.7%; 128 components:
-88.5%), where faiss IVF-HNSW found it 85.7% of the time for 4.8 times the CPU (docs/inspect.md)."""
+whatever n is; each row is compared with the rows of its ``INDEX_PROBES`` nearest cells (4,096 rows;
+the search costs the same per image at any n). At 100k rows of 256 components this finds the true
+nearest neighbour 93.7% of the time, where faiss IVF-HNSW found it 85.7% of the time for 6.5 times the
+CPU; fewer probes or half the components lost 6 to 8 points for little CPU (docs/inspect.md)."""
 RESCORE_MARGIN = 0.05
 BLOCK_ROWS = 16_384
 """Rows read from the cache at a time past ``IN_MEMORY_ROWS`` (128 MB at 2,048 wide)."""
