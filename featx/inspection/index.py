@@ -1,4 +1,4 @@
-"""Each image's nearest neighbours from an approximate index: an inverted file in numpy, searched by a pool of workers."""
+"""Each image's nearest neighbours from an approximate index: an inverted file in numpy, searched by workers."""
 
 from __future__ import annotations
 
@@ -64,10 +64,11 @@ def knn(Z: np.ndarray, k: int, seed: int = 0, workers: int = 1):
     nbrs = np.empty((n, kk), np.int64)
     best = np.empty((n, kk), np.float32)
     for start in range(0, n, 65_536):  # each row's best of its probed cells' best
-        got_ids, got = ids[start:start + 65_536].reshape(-1, probes * kk), sims[start:start + 65_536].reshape(-1, probes * kk)
+        stop = min(n, start + 65_536)
+        got = sims[start:stop].reshape(stop - start, probes * kk)
         top = top_columns(got, kk)
-        nbrs[start:start + 65_536] = np.take_along_axis(got_ids, top, 1)
-        best[start:start + 65_536] = np.take_along_axis(got, top, 1)
+        nbrs[start:stop] = np.take_along_axis(ids[start:stop].reshape(stop - start, probes * kk), top, 1)
+        best[start:stop] = np.take_along_axis(got, top, 1)
     how = (f"inverted file, {nlist} cells of about {n // nlist} rows, {probes} probed, "
            f"{workers} worker{'s' if workers > 1 else ''}")
     return _drop_self(nbrs, best, k), how
