@@ -104,6 +104,30 @@ def cpu_seconds(stderr: str) -> float:
     return sum(map(float, got)) if got else float("nan")
 
 
+class LoadSampler:
+    """The 1-minute load average every 10 s while the block runs (the machine may be shared)."""
+
+    def __enter__(self):
+        import threading
+
+        self.samples, self._stop = [os.getloadavg()[0]], threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(10):
+            self.samples.append(os.getloadavg()[0])
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> str:
+        s = self.samples
+        return f"load average {min(s):.1f} to {max(s):.1f} (mean {sum(s) / len(s):.1f}, {len(s)} samples)"
+
+
 def run(root: Path, n: int, args) -> dict:
     t = time.perf_counter()
     planted = build(root, n, args.width, shard_rows=args.shard_rows, seed=args.seed)
@@ -113,14 +137,15 @@ def run(root: Path, n: int, args) -> dict:
            "inspect", "--out", str(out), "--seeds", str(args.seeds)]
     env = {**os.environ, "FEATX_HOME": str(root), "PYTHONPATH": str(HERE.parent)}
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with LoadSampler() as load:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         sys.exit(f"featx inspect failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     rep = json.loads((out / "report.json").read_text())
     near = {frozenset((p["path_a"], p["path_b"])) for p in rep["duplicates"]["near_pairs"]}
     return {"n": n, "built": built, "wall": wall, "rss": peak_rss_mb(proc.stderr), "cpu": cpu_seconds(proc.stderr),
-            "report": rep,
+            "report": rep, "load": load.summary(),
             "planted": planted, "near_found": near, "stdout": proc.stdout}
 
 
@@ -166,8 +191,8 @@ def main():
         rows.append((n, r, exact_found, len(planted["exact"]), near_found, len(planted["near"]),
                      len(d["near_pairs"]) - near_found, top_k, k))
         print(r["stdout"])
-        print(f"[{n} rows: built in {r['built']:.0f} s; featx inspect {r['wall']:.0f} s, peak RSS {r['rss']:.0f} MB]",
-              flush=True)
+        print(f"[{n} rows: built in {r['built']:.0f} s; featx inspect {r['wall']:.0f} s, {r['cpu']:.0f} CPU s, "
+              f"peak RSS {r['rss']:.0f} MB; {r['load']} during featx inspect]", flush=True)
     print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; width {args.width}\n")
     sections = list(rows[0][1]["report"]["timings"])
     print("wall seconds per section, with the CPU seconds of the process in brackets "
@@ -181,7 +206,8 @@ def main():
               + " | ".join(f"{t.get(s, 0):.0f} ({c.get(s, 0):.0f})" for s in sections)
               + f" | {ef}/{en} | {nf}/{nn} | {other} | {top_k}/{k} |")
     for n, r, *_ in rows:
-        print(f"\nnotes at {n:,} rows:")
+        print(f"\nat {n:,} rows: {r['load']} during featx inspect; near duplicates: {r['report']['duplicates']['method']}")
+        print(f"notes at {n:,} rows:")
         for note in r["report"]["notes"]:
             print(f"  - {note}")
 

@@ -48,13 +48,11 @@ def label_budget(f: Features, Z: np.ndarray, *, seeds: int = 3, seed: int = 0,
     while max_fit and cap > 1 and sum(min(len(r), cap) for r in by_class) > max_fit:
         cap = max([b for b in budgets if b < cap] or [1])
     steps = [b for b in budgets if b < cap] + [cap]
-    if cap < largest or len(held) < n_held:
-        notes.append(
-            "label budget: " + (f"curve stops at {cap} images per class (at most {max_fit} training rows; the "
-                                 f"largest class has {largest}), so its last point is not all of train; "
-                                 if cap < largest else "") +
-            (f"scored on {len(held)} of {n_held} held-out images (a stratified random draw)"
-             if len(held) < n_held else "").rstrip("; "))
+    said = ([f"curve stops at {cap} images per class (at most {max_fit} training rows; the largest class has "
+             f"{largest}), so its last point is not all of train"] if cap < largest else []) + \
+        ([f"scored on {len(held)} of {n_held} held-out images (a stratified random draw)"] if len(held) < n_held else [])
+    if said:
+        notes.append("label budget: " + "; ".join(said))
     points, raw = [], []
     for b in steps:
         is_all = b == largest

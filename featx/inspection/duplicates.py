@@ -109,14 +109,16 @@ def _pair_record(f: Features, i: int, j: int, kind: str, sim: float, rule: str =
 
 def find_duplicates(f: Features, rule: NearRule | float = NEAR_THRESHOLD, *,
                     brute_force_limit: int = BRUTE_FORCE_LIMIT, max_pairs: int = MAX_NEAR_PAIRS,
-                    notes: list | None = None, reduced: Reduced | None = None, seed: int = 0) -> dict:
+                    notes: list | None = None, reduced: Reduced | None = None, seed: int = 0,
+                    workers: int = 1) -> dict:
     """Exact (same sha256) and near (see :class:`NearRule`) duplicate pairs, with cross-split counts.
 
     Up to ``brute_force_limit`` distinct images the search is exact, on all
     feature dimensions. Past it, each image's nearest neighbours come from an
     approximate index (:func:`featx.inspection.index.knn`) over the images'
     first principal components (``reduced``, computed here if not given), and
-    the pairs found are scored again on all dimensions.
+    the pairs found are scored again on all dimensions; ``workers`` threads
+    search it.
     """
     rule = rule if isinstance(rule, NearRule) else NearRule(threshold=float(rule))
     notes = notes if notes is not None else []
@@ -126,7 +128,7 @@ def find_duplicates(f: Features, rule: NearRule | float = NEAR_THRESHOLD, *,
         found, stats, method = _near_exact(f, firsts, rule, max_pairs)
     else:
         reduced = reduced if reduced is not None else Reduced.fit(Rows.of(f), seed)
-        found, stats, method = _near_approximate(f, firsts, rule, max_pairs, reduced, seed, notes)
+        found, stats, method = _near_approximate(f, firsts, rule, max_pairs, reduced, seed, workers)
     found.sort(key=lambda t: -t[2])
     if len(found) > max_pairs:
         found = found[:max_pairs]
@@ -176,22 +178,25 @@ def _near_exact(f: Features, firsts: np.ndarray, rule: NearRule, max_pairs: int)
 
 
 def _near_approximate(f: Features, firsts: np.ndarray, rule: NearRule, max_pairs: int, reduced: Reduced,
-                      seed: int, notes: list):
+                      seed: int, workers: int):
     """Near pairs from each image's nearest neighbours on principal components, scored again on all dimensions."""
     n = len(firsts)
     k = NEIGHBOURS if rule.adaptive else 0
     stats: dict = {}
     U = reduced.Z[firsts]
     U /= np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-12)
-    (nbrs, sims), how = knn(U, max(k, NEIGHBOURS), seed, notes)
+    (nbrs, sims), how = knn(U, max(k, NEIGHBOURS), seed, workers)
     del U
     method = (f"approximate: {NEIGHBOURS} nearest neighbours of each of {n} distinct images on "
               f"{reduced.Z.shape[1]} principal components ({how}), pairs scored again on all dimensions")
     # Candidates for rule 1: principal components drop the small directions
     # that tell photos apart, so their cosines run higher; keep a margin.
-    rows = np.repeat(np.arange(n), nbrs.shape[1])
-    cand = (nbrs.ravel() > rows) & (sims.ravel() >= rule.threshold - RESCORE_MARGIN)
-    ci, cj, _ = _top_pairs(rows[cand], nbrs.ravel()[cand], sims.ravel()[cand], 2 * max_pairs)
+    # A pair may be listed from one side only (the index is approximate): take both, once.
+    rows, cols = np.repeat(np.arange(n), nbrs.shape[1]), nbrs.ravel()
+    cand = (cols != rows) & (sims.ravel() >= rule.threshold - RESCORE_MARGIN)
+    lo, hi, s = np.minimum(rows, cols)[cand], np.maximum(rows, cols)[cand], sims.ravel()[cand]
+    _, once = np.unique(lo * n + hi, return_index=True)
+    ci, cj, _ = _top_pairs(lo[once], hi[once], s[once], 2 * max_pairs)
     pairs = {(int(i), int(j)): ("cosine", None) for i, j in zip(ci, cj)}
     if k:
         adaptive, stats = neighbourhood_pairs(nbrs, sims, rule)

@@ -1,142 +1,136 @@
-"""Each image's nearest neighbours from an approximate index (faiss, or an inverted file in numpy)."""
+"""Each image's nearest neighbours from an approximate index: an inverted file in numpy, searched by workers."""
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from . import limits
 
+_GROUP = 8
+"""Columns per group in :func:`top_columns` (8 was the fastest of 8 to 64 for 512 x 4,096)."""
 
-def knn(Z: np.ndarray, k: int, seed: int = 0, notes: list | None = None):
+
+def knn(Z: np.ndarray, k: int, seed: int = 0, workers: int = 1):
     """Each unit row's ``k`` nearest others by inner product: ``((nbrs, sims), how)``, most similar first.
 
-    faiss when installed; otherwise an inverted file in numpy, with a note.
+    An inverted file: spherical k-means cells of about ``INDEX_CELL_ROWS``
+    rows whatever n is; each row is stored in its nearest cell and looks
+    for its neighbours in its own ``INDEX_PROBES`` nearest cells (as faiss's
+    IVF does). The work is done cell by cell: a cell's rows against every
+    row that probes it, in one matrix product, each row keeping its best
+    ``k + 1`` of each probed cell; the best of those are merged at the end.
+    The search costs n x probes x cell rows, linear in n; assigning rows to
+    cells costs n x cells, a matrix product too, a small part of it up to
+    several million rows.
+
+    Probes chosen per row, not per cell: when each cell searched the cells
+    nearest to its own centre, a copy that fell across a cell boundary was
+    missed where the probed cells were few of many (467 of 500 planted
+    copies found at 1M rows, 1,953 cells).
+
+    ``workers`` threads take cells from one queue, each running its own
+    single-threaded BLAS calls: a descheduled worker holds up only its own
+    cell, where the threads of one BLAS call wait for each other at every
+    call (on 2 shared cores two BLAS threads made this search slower than one).
+
+    Why not faiss: at 100k rows of 256 principal components, its IVF index
+    (cells of 64 rows found through HNSW, 20 probed) took several times the
+    CPU of this one and found the true nearest neighbour less often
+    (docs/inspect.md).
     """
-    try:
-        return _knn_faiss(Z, k, seed)
-    except ImportError:
-        if notes is not None:
-            notes.append("near duplicates: faiss is not installed (pip install 'featx[inspect]'); "
-                         "used a slower inverted file in numpy")
-        return _knn_numpy(Z, k, seed)
-
-
-def _knn_faiss(Z: np.ndarray, k: int, seed: int = 0):
-    """Each row's k nearest others by inner product from a faiss index (exact under ``IVF_MIN_ROWS`` rows)."""
-    with _faiss_threads() as faiss:
-        return _faiss_search(faiss, Z, k, seed)
-
-
-def _faiss_search(faiss, Z: np.ndarray, k: int, seed: int):
-    n, d = Z.shape
+    n, workers = len(Z), max(1, workers)
     Z = np.ascontiguousarray(Z, dtype=np.float32)
-    if n < limits.IVF_MIN_ROWS:
-        index = faiss.IndexFlatIP(d)
-        probe = "exact"
+    nlist = max(1, n // limits.INDEX_CELL_ROWS)
+    rng = np.random.default_rng(seed)
+    probes = min(limits.INDEX_PROBES, nlist)
+    kk = min(k + 1, n)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1 if workers > 1 else None), ThreadPoolExecutor(workers) as pool:
+        sample = Z[np.sort(rng.choice(n, min(n, 30 * nlist), replace=False))]
+        centers = _spherical_kmeans(sample, nlist, rng, pool)
+        probed = _nearest_centers(Z, centers, probes, pool)  # (n, probes), nearest first: the row's own cell
+        members = _lists(probed[:, 0], nlist)
+        asking = _lists(probed.ravel(), nlist)  # cell -> positions (row * probes + rank) of the rows probing it
+        ids = np.full((n, probes, kk), -1, np.int32 if n < 2 ** 31 else np.int64)
+        sims = np.full((n, probes, kk), -np.inf, np.float32)
+        # Largest cells first, so that no worker is left with a big one at the end.
+        order = sorted(range(nlist), key=lambda c: -len(members[c]) * len(asking[c]))
+        for _ in pool.map(lambda c: _search_cell(Z, members[c], asking[c], probes, ids, sims), order):
+            pass
+    nbrs = np.empty((n, kk), np.int64)
+    best = np.empty((n, kk), np.float32)
+    for start in range(0, n, 65_536):  # each row's best of its probed cells' best
+        stop = min(n, start + 65_536)
+        got = sims[start:stop].reshape(stop - start, probes * kk)
+        top = top_columns(got, kk)
+        nbrs[start:stop] = np.take_along_axis(ids[start:stop].reshape(stop - start, probes * kk), top, 1)
+        best[start:stop] = np.take_along_axis(got, top, 1)
+    how = (f"inverted file, {nlist} cells of about {n // nlist} rows, {probes} probed, "
+           f"{workers} worker{'s' if workers > 1 else ''}")
+    return _drop_self(nbrs, best, k), how
+
+
+def _lists(cells: np.ndarray, nlist: int) -> list[np.ndarray]:
+    """For each cell, the positions in ``cells`` that name it."""
+    by_cell = np.argsort(cells, kind="stable")
+    bounds = np.searchsorted(cells[by_cell], np.arange(nlist + 1))
+    return [by_cell[bounds[c]:bounds[c + 1]] for c in range(nlist)]
+
+
+def _search_cell(Z, cand, asking, probes, ids, sims, block_bytes: int = 1 << 25) -> None:
+    """The best of the rows ``cand`` (one cell) for each row probing it, into that row's slot for this cell."""
+    if not len(cand) or not len(asking):
+        return
+    q, rank = asking // probes, asking % probes
+    kk = min(ids.shape[2], len(cand))
+    Zc = Z[cand]
+    step = max(1, block_bytes // (4 * len(cand)))  # similarities in slices of about 32 MB
+    for start in range(0, len(q), step):
+        qq, rr = q[start:start + step], rank[start:start + step]
+        blk = Z[qq] @ Zc.T
+        top = top_columns(blk, kk)
+        ids[qq, rr, :kk] = cand[top]
+        sims[qq, rr, :kk] = np.take_along_axis(blk, top, 1)
+
+
+def top_columns(S: np.ndarray, k: int) -> np.ndarray:
+    """Column positions of each row's ``k`` largest values, largest first (ties in any order).
+
+    ``np.argpartition`` over all columns cost as much as the matrix product
+    that made ``S`` (12 ms for 512 x 4,096). This takes half of that: the
+    columns fall in groups of ``_GROUP`` (every ``groups``-th column, so
+    that the maxima are elementwise maxima of contiguous slices), the ``k``
+    groups with the largest maxima are kept, and ``argpartition`` runs over
+    their ``k x _GROUP`` columns only. The ``k`` largest values lie in those
+    groups: the k-th largest value is at least the k-th largest group
+    maximum, and only those ``k`` groups hold values above it.
+    """
+    n, m = S.shape
+    groups = m // _GROUP
+    if groups <= 4 * k:
+        top = np.argpartition(S, m - k, axis=1)[:, m - k:]
     else:
-        index, probe = _faiss_ivf(faiss, Z, seed)
-    index.add(Z)
-    sims, nbrs = [], []
-    for start in range(0, n, 65536):
-        s, i = index.search(Z[start:start + 65536], k + 1)
-        sims.append(s)
-        nbrs.append(i)
-    return _drop_self(np.concatenate(nbrs), np.concatenate(sims), k), f"faiss {probe}"
+        S = np.ascontiguousarray(S)
+        step = S.strides[1]
+        best = as_strided(S, (n, _GROUP, groups), (S.strides[0], groups * step, step), writeable=False).max(axis=1)
+        cols = (np.argpartition(best, groups - k, axis=1)[:, groups - k:, None] + groups * np.arange(_GROUP))
+        cols = cols.reshape(n, k * _GROUP)
+        if groups * _GROUP < m:  # the columns left over from whole groups
+            cols = np.concatenate([cols, np.broadcast_to(np.arange(groups * _GROUP, m), (n, m - groups * _GROUP))], 1)
+        pick = np.argpartition(np.take_along_axis(S, cols, 1), cols.shape[1] - k, axis=1)[:, cols.shape[1] - k:]
+        top = np.take_along_axis(cols, pick, 1)
+    return np.take_along_axis(top, np.argsort(-np.take_along_axis(S, top, 1), axis=1, kind="stable"), 1)
 
 
-def _faiss_ivf(faiss, Z: np.ndarray, seed: int):
-    """A trained IVF-Flat index (rows not added yet) whose cells hold about ``IVF_CELL_ROWS`` rows, found through HNSW.
-
-    Why this shape: a query costs the search for its nearest cells plus a
-    scan of the rows in ``IVF_PROBES`` of them. With a flat list of cells
-    the first part grows with the number of cells, and the best number of
-    cells then grows as sqrt(n), so the whole search grows as n^1.5 (7.4
-    times the time for 3 times the rows, measured at 100k and 300k). Cells
-    of a constant size, found through an HNSW graph over their centres
-    (log cost), make each query cost about the same at any n. Small cells
-    and more of them probed also find the true neighbours more often for
-    the same rows scanned (docs/inspect.md).
-    """
-    n, d = Z.shape
-    nlist = max(16, n // limits.IVF_CELL_ROWS)
-    probes = min(limits.IVF_PROBES, nlist)
-    quantizer = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-    quantizer.hnsw.efSearch = max(64, 2 * probes)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    # k-means on 10 rows per cell for 8 rounds, the assignment through the HNSW graph too.
-    index.cp.niter = 8
-    index.cp.min_points_per_centroid = 5  # (10 per cell is enough here; no warning)
-    rng = np.random.default_rng(seed)
-    index.train(Z[np.sort(rng.choice(n, min(n, 10 * nlist), replace=False))])
-    index.nprobe = probes
-    return index, f"IVF {nlist} cells of about {n // nlist} rows, {probes} probed through HNSW"
-
-
-@contextlib.contextmanager
-def _faiss_threads() -> Iterator:
-    """faiss with as many OpenMP threads as BLAS may use here (``n_jobs``; faiss loads its OpenMP after
-    ``threadpool_limits`` was entered, so that does not reach it), restored after."""
-    import faiss
-    from threadpoolctl import threadpool_info
-
-    threads = min((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(max(1, threads))
-    try:
-        yield faiss
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
-def _knn_numpy(Z: np.ndarray, k: int, seed: int = 0):
-    """The fallback without faiss: an inverted file in numpy (k-means cells, each cell's nearest cells probed).
-
-    Cells hold about ``NUMPY_CELL_ROWS`` rows whatever n is, so the search
-    (each cell's rows against the rows of its ``NUMPY_PROBES`` nearest cells,
-    one matrix product) costs n x probes x cell rows: linear in n. Assigning
-    rows to cells costs n x cells, a matrix product too, a small part of it
-    up to several million rows.
-    """
-    n = len(Z)
-    nlist = max(1, n // limits.NUMPY_CELL_ROWS)
-    rng = np.random.default_rng(seed)
-    centers = _spherical_kmeans(Z[np.sort(rng.choice(n, min(n, 30 * nlist), replace=False))], nlist, rng)
-    cell = np.empty(n, np.int64)
-    for start in range(0, n, 65536):
-        cell[start:start + 65536] = np.argmax(Z[start:start + 65536] @ centers.T, axis=1)
-    probes = min(limits.NUMPY_PROBES, nlist)
-    near_cells = _nearest_cells(centers, probes)
-    by_cell = np.argsort(cell, kind="stable")
-    bounds = np.searchsorted(cell[by_cell], np.arange(nlist + 1))
-    members = [by_cell[bounds[c]:bounds[c + 1]] for c in range(nlist)]
-    nbrs = np.zeros((n, k + 1), np.int64)
-    sims = np.full((n, k + 1), -np.inf, np.float32)
-    for c in range(nlist):
-        q = members[c]
-        if not len(q):
-            continue
-        cand = np.concatenate([members[o] for o in near_cells[c]])
-        Zc = Z[cand]
-        for start in range(0, len(q), 4096):
-            qq = q[start:start + 4096]
-            blk = Z[qq] @ Zc.T
-            kk = min(k + 1, len(cand))
-            top = np.argpartition(-blk, kk - 1, axis=1)[:, :kk]
-            ts = np.take_along_axis(blk, top, 1)
-            order = np.argsort(-ts, axis=1, kind="stable")
-            nbrs[qq, :kk] = cand[np.take_along_axis(top, order, 1)]
-            sims[qq, :kk] = np.take_along_axis(ts, order, 1)
-    return _drop_self(nbrs, sims, k), f"numpy inverted file, {nlist} cells of about {n // nlist} rows, {probes} probed"
-
-
-def _spherical_kmeans(sample: np.ndarray, nlist: int, rng, rounds: int = 8) -> np.ndarray:
+def _spherical_kmeans(sample: np.ndarray, nlist: int, rng, pool, rounds: int = 8) -> np.ndarray:
     """``nlist`` unit centres of unit rows, by inner product."""
     centers = sample[rng.choice(len(sample), nlist, replace=False)].copy()
     for _ in range(rounds):
-        near = np.argmax(sample @ centers.T, axis=1)
+        near = _nearest_centers(sample, centers, 1, pool)[:, 0]
         order = np.argsort(near, kind="stable")
         used, starts = np.unique(near[order], return_index=True)
         centers[used] = np.add.reduceat(sample[order], starts, axis=0)  # empty cells keep their centre
@@ -144,19 +138,14 @@ def _spherical_kmeans(sample: np.ndarray, nlist: int, rng, rounds: int = 8) -> n
     return centers
 
 
-def _nearest_cells(centers: np.ndarray, probes: int) -> np.ndarray:
-    """Each cell's ``probes`` nearest cells (itself first), ``len(centers)`` x ``probes``, a block at a time."""
-    out = np.empty((len(centers), probes), np.int64)
-    for start in range(0, len(centers), 4096):
-        s = centers[start:start + 4096] @ centers.T
-        s[np.arange(len(s)), np.arange(start, start + len(s))] = np.inf
-        top = np.argpartition(-s, probes - 1, axis=1)[:, :probes]
-        out[start:start + len(s)] = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1), 1)
-    return out
+def _nearest_centers(Z: np.ndarray, centers: np.ndarray, probes: int, pool, block: int = 8192) -> np.ndarray:
+    """Each row's ``probes`` nearest centres, nearest first; blocks of rows spread over the pool's workers."""
+    return np.concatenate(list(pool.map(lambda s: top_columns(Z[s:s + block] @ centers.T, probes),
+                                        range(0, len(Z), block))))
 
 
 def _drop_self(nbrs: np.ndarray, sims: np.ndarray, k: int):
-    """The k best of k + 1 neighbours once the row itself (and faiss's -1 fillers) are removed."""
+    """The k best of k + 1 neighbours once the row itself is removed."""
     n = len(nbrs)
     bad = (nbrs == np.arange(n)[:, None]) | (nbrs < 0) | ~np.isfinite(sims)
     sims = np.where(bad, -np.inf, sims)

@@ -17,18 +17,13 @@ neighbourhood rule of :class:`NearRule` instead (docs/inspect.md)."""
 BRUTE_FORCE_LIMIT = 20_000
 """Distinct images up to which near duplicates are searched exactly, on all dimensions (n^2 x width
 multiply-adds: 8e11 at 20,000 x 2,048). Past it, an approximate index over principal components."""
-IVF_MIN_ROWS = 50_000
-"""Distinct images from which faiss searches an IVF index instead of its exact flat one."""
-IVF_CELL_ROWS = 64
-IVF_PROBES = 20
-"""faiss: cells of about ``IVF_CELL_ROWS`` rows whatever n is, ``IVF_PROBES`` of them scanned per query
-(1,280 rows; the search costs the same per image at any n). At 100k clustered rows of 256 dimensions
-this finds the true nearest neighbour 90% of the time, where 8 probed of 2 sqrt(n) cells found it 83%
-of the time for the same CPU (docs/inspect.md)."""
-NUMPY_CELL_ROWS = 512
-NUMPY_PROBES = 8
-"""The numpy fallback: cells of about ``NUMPY_CELL_ROWS`` rows, each searched against its ``NUMPY_PROBES``
-nearest cells (itself included) in one matrix product."""
+INDEX_CELL_ROWS = 512
+INDEX_PROBES = 8
+"""The approximate index (:func:`featx.inspection.index.knn`): cells of about ``INDEX_CELL_ROWS`` rows
+whatever n is; each row is compared with the rows of its ``INDEX_PROBES`` nearest cells (4,096 rows;
+the search costs the same per image at any n). At 100k rows of 256 components this finds the true
+nearest neighbour 93.7% of the time, where faiss IVF-HNSW found it 85.7% of the time for 6.5 times the
+CPU; fewer probes or half the components lost 6 to 8 points for little CPU (docs/inspect.md)."""
 RESCORE_MARGIN = 0.05
 BLOCK_ROWS = 16_384
 """Rows read from the cache at a time past ``IN_MEMORY_ROWS`` (128 MB at 2,048 wide)."""

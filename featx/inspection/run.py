@@ -78,13 +78,16 @@ def inspect(
         The map; UMAP needs ``umap-learn`` (PCA with a note otherwise).
     brute_force_limit : int
         Above this many distinct images, near duplicates come from an
-        approximate index (faiss, or an inverted file in numpy) over
-        principal components instead of the exact search.
+        approximate index (an inverted file) over principal components
+        instead of the exact search.
     n_jobs : int, optional
-        BLAS threads; one by default. Threads of a BLAS call wait for each
-        other, and where other processes share the cores a descheduled one
-        stalls the rest: on 2 shared cores the PCA of 10k x 2,048 features
-        took 5 s on one thread and 44 s on two.
+        Threads. By default the near-duplicate search runs one worker per
+        core this process may use (each takes whole cells of the index, so
+        a descheduled worker stalls no other), and every BLAS call one
+        thread: threads of a BLAS call wait for each other, and where other
+        processes share the cores a descheduled one stalls the rest (on 2
+        shared cores the PCA of 10k x 2,048 features took 5 s on one thread
+        and 44 s on two). An integer sets both.
     home : path, optional
         The featx home (``$FEATX_HOME`` or the current directory): where
         ``inspect/`` goes and the latest head is looked up.
@@ -112,10 +115,18 @@ def inspect(
 
     with threadpool_limits(n_jobs or 1):
         return _inspect(feats, out, head, rule, folds, seeds, embedding, seed, brute_force_limit, home,
-                        log or (lambda msg: None))
+                        log or (lambda msg: None), n_jobs or usable_cores())
 
 
-def _inspect(feats, out, head, rule, folds, seeds, embedding, seed, brute_force_limit, home, log):
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the system tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _inspect(feats, out, head, rule, folds, seeds, embedding, seed, brute_force_limit, home, log, workers):
     labeled = feats.y >= 0
     notes: list[str] = []
     if labeled.any():
@@ -141,7 +152,7 @@ def _inspect(feats, out, head, rule, folds, seeds, embedding, seed, brute_force_
                          f"random; every image projected ({len(feats)} rows read in blocks of {limits.BLOCK_ROWS})")
     with timer("duplicates"):
         report.duplicates = find_duplicates(feats, rule, brute_force_limit=brute_force_limit, notes=notes,
-                                            reduced=reduced, seed=seed)
+                                            reduced=reduced, seed=seed, workers=workers)
     cal_plot = None
     if labeled.any():
         with timer("label issues"):
