@@ -10,7 +10,7 @@ before and after, and the wall and CPU time of each phase.
 Usage::
 
     python benchmarks/finetune.py                              # 150 px, defaults
-    python benchmarks/finetune.py --epochs 5 --augment flip    # any finetune setting
+    python benchmarks/finetune.py --epochs 5 --augment flip --lr 3e-5   # any finetune setting
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main(argv=None):
     ap.add_argument("--unfreeze-blocks", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--augment", default=None)
+    ap.add_argument("--lr", type=float, default=None, help="finetune --lr (default: featx's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -56,7 +57,8 @@ def main(argv=None):
         logs = []
         res = timed("fine-tuning (defaults)", lambda: featx.finetune(
             work / "head", unfreeze_blocks=args.unfreeze_blocks, cache_dir=work / "cache", out=work / "model",
-            epochs=args.epochs, augment=args.augment, seed=args.seed, export=False, log=logs.append))
+            epochs=args.epochs, augment=args.augment, seed=args.seed, export=False, log=logs.append,
+            **({} if args.lr is None else {"lr": args.lr})))
         m = res.metrics
         print(f"\n{args.backbone} {args.image_size}px, weights {Path(args.weights).name}, {args.data.name}; "
               f"head: {head.metrics['head']}; {m['epochs_run']} epochs, best {m['best_epoch']}")
