@@ -206,7 +206,8 @@ def test_opening_reads_the_shard_index_not_each_shards_hdf5_header(cache_dir, mo
     # A damaged index is no index: every shard opens through HDF5, and the index is written afresh.
     index.write_bytes(b'{"version": 1, "shards": {"x')
     headers.clear()
-    np.testing.assert_array_equal(Cache(cache_dir).extractions()[0].read(want[:4])[:, 0], np.arange(4))
+    rewritten = np.isin(want, keys)
+    np.testing.assert_array_equal(Cache(cache_dir).extractions()[0].read(want)[:, 0], np.arange(12) + 100 * rewritten)
     assert len(headers) == 3 and json.loads(index.read_text())["version"] == 1
 
 

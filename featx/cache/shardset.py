@@ -27,8 +27,8 @@ import os
 import warnings
 from pathlib import Path
 
-from .atomic import fsync_dir
-from .layout import QUARANTINE_PREFIX, tmp_name
+from .atomic import atomic_write_bytes, fsync_dir
+from .layout import QUARANTINE_PREFIX
 from .shards import Shard, problem, problem_of
 
 INDEX_NAME = ".index.json"  # the shards' headers (see above); not a *.h5 file, so never taken for a shard
@@ -122,14 +122,10 @@ class ShardSet:
         records = {p.name: r for p, s in opened if s is not None and (r := s.record()) is not None}
         if records == self._index or not records or not self._index_writable:
             return
-        # Renamed into place without fsync: a torn index after a power loss does not parse, and is ignored.
-        tmp = tmp_name(self.folder / INDEX_NAME)
         try:
-            tmp.write_bytes(json.dumps({"version": INDEX_VERSION, "shards": records}).encode())
-            os.replace(tmp, self.folder / INDEX_NAME)
+            atomic_write_bytes(self.folder / INDEX_NAME,
+                               json.dumps({"version": INDEX_VERSION, "shards": records}).encode())
         except OSError:  # a read-only cache, a full disk: the index is only a shortcut
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             self._index_writable = False
             return
         self._index = records
