@@ -247,7 +247,7 @@ def bench(rows: int, root: Path, width: int, keep: bool = False, flat_layout: bo
 HEAD_STEPS = ("load", "load-lazy", "logreg", "lightgbm", "dense", "auto")
 
 
-def chain(rows: int, root: Path, width: int, heads: dict, steps: set, keep: bool = False) -> list[dict]:
+def chain(rows: int, root: Path, width: int, heads: dict, steps: list, keep: bool = False) -> list[dict]:
     """Every step of issue 17 on one cache, each in its own process: write, incremental, read, merge,
     open, read, load_features, the heads (scale_heads.py's steps) and featx inspect."""
     sys.path.insert(0, str(HERE))
@@ -284,9 +284,7 @@ def chain(rows: int, root: Path, width: int, heads: dict, steps: set, keep: bool
             s, cpu, rss, o = storage("read-10k")
             add(f"read 10k random rows ({'merged' if merged else 'tiered'})", o["warm_s"], o["warm_cpu_s"], rss,
                 f"warm; opening {o['shards']} shards first: {o['open_s']:.2f} s ({o['open_cpu_s']:.2f} CPU s)")
-        for name in HEAD_STEPS:
-            if name not in steps:
-                continue
+        for name in [s for s in steps if s in HEAD_STEPS]:  # in the order given
             r = scale_heads.measure(name, cache, root / f"chain-{rows}-{name}", heads)
             note = r.get("error") or "; ".join(str(r[k]) for k in ("test_acc", "note") if r.get(k) not in (None, ""))
             add(name if name.startswith("load") else f"fit-head {name}", r["seconds"], r["cpu_s"],
@@ -339,7 +337,7 @@ def main() -> None:
         print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
               f"load {os.getloadavg()[0]:.1f}; {' '.join(sys.argv)}", flush=True)
         for n in (int(x) for x in args.rows.split(",")):
-            for row in chain(n, root, args.width, heads, set(args.chain_steps.split(",")), args.keep):
+            for row in chain(n, root, args.width, heads, args.chain_steps.split(","), args.keep):
                 if args.json:
                     with open(args.json, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
