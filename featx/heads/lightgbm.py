@@ -34,17 +34,17 @@ class LightGBMHead(_Head):
 
     ``n_jobs=None`` is one thread below ``THREADED_FIT_ROWS`` fit rows, as
     in scikit-learn, and every core (``os.cpu_count()``) from there, for
-    the fit and for the head's predictions. LightGBM's OpenMP threads wait
-    for each other at every split, and when other processes share the cores
-    a descheduled thread stalls the rest: on 2 shared cores a 10k x 256 fit
-    took 5 s on one thread and 37-100 s on two. A big fit (the refit on
-    every train row at scale) has enough work between the waits for the
-    threads to pay. Pass ``n_jobs=N`` to choose.
+    the fit and for the head's predictions: at scale only the refit on every
+    train row is that big. LightGBM's OpenMP threads wait for each other at
+    every split, and when other processes share the cores a descheduled
+    thread stalls the rest (on 2 shared cores a 10k x 256 fit took 5 s on
+    one thread and 37-100 s on two), while the others spin: set
+    ``OMP_WAIT_POLICY=PASSIVE`` there, or pass ``n_jobs=1``.
 
     Each tree sees a random 80% of the rows, and at most ``BAG_ROWS`` rows
-    (LightGBM's bagging): on a million rows the trees chosen on a 20,000-row
-    subsample are grown on bags of 200,000, which costs a quarter of the
-    whole and keeps accuracy (docs/scale.md).
+    (LightGBM's bagging): on 900,000 rows the trees are grown on bags of
+    200,000, a fraction of the cost. Smaller bags cost accuracy (at 100k,
+    bags of 18,000 rows lost 0.55 points against 80%; docs/scale.md).
 
     ``X`` may be :class:`~featx.features.CachedRows`: the projection is then
     learnt on a sample of rows read from disk and applied chunk by chunk,
