@@ -16,8 +16,16 @@ so that its peak RSS is its own:
   compact         `featx cache compact` on the 147 flat shards (the CLI, in a subprocess)
   read all        every row in one array, as load_features does (only up to 3 GB)
 
+With --chain, every step of issue 17 runs on ONE cache instead, each in a
+process of its own, with wall seconds, CPU seconds and peak RSS: class-structured
+rows and a dataset view written in 147 runs with tiered merging
+(benchmarks/scale_heads.py's generator), an incremental run, reading 10k random
+rows, `featx cache compact`, opening, reading 10k again, then scale_heads.py's
+steps (load_features, load_features lazy, each head, auto) and `featx inspect`.
+
 Usage:
   python benchmarks/scale.py --rows 100000,300000 [--cache-dir DIR] [--keep]
+  python benchmarks/scale.py --chain --rows 100000 --cache-dir /work/scratch/scale/chain
 
 The data goes under --cache-dir (default: a temporary folder), one cache per
 layout, and is deleted at the end unless --keep.
@@ -54,10 +62,15 @@ def _rows(lo: int, hi: int, width: int) -> np.ndarray:
     return x
 
 
-def _extraction(cache_dir: Path, width: int, create: bool = False):
+def _extraction(cache_dir: Path, width: int, create: bool = False, layout: str = "storage"):
     from featx.cache import Cache
     from featx.spec import ExtractionSpec
 
+    if layout == "chain":
+        sys.path.insert(0, str(HERE))
+        import scale_heads
+
+        return Cache(cache_dir).ensure().extraction(scale_heads.spec(), width, create=create)
     spec = ExtractionSpec(backbone="resnet50", weights="random:seed=0:tensorflow", input_size=224,
                           preprocessing="caffe", pooling="avg", tap="output", cut_blocks=0, precision="float32",
                           weights_source="none")
@@ -81,7 +94,7 @@ def _run(ext, lo: int, hi: int, width: int, flush: int = FLUSH_ROWS) -> int:
 # --------------------------------------------------------------------------- steps (each in its own process)
 
 
-def step(name: str, cache_dir: Path, rows: int, width: int) -> dict:
+def step(name: str, cache_dir: Path, rows: int, width: int, layout: str = "storage") -> dict:
     import featx.cache.merge as M
     import featx.cache.shards as S
 
@@ -89,7 +102,7 @@ def step(name: str, cache_dir: Path, rows: int, width: int) -> dict:
     if name == "baseline":
         S.h5()
         return out
-    if name in ("write-tiered", "write-flat"):
+    if name in ("write-tiered", "write-flat", "write-chain"):
         rewritten = [0]
         real = M.merge_shards
 
@@ -98,6 +111,14 @@ def step(name: str, cache_dir: Path, rows: int, width: int) -> dict:
             return real(path, extraction, shards, store, replaces)
 
         M.merge_shards = counting
+        if name == "write-chain":
+            sys.path.insert(0, str(HERE))
+            import scale_heads
+
+            scale_heads.generate(cache_dir, rows, width, 10, runs=RUNS, flush_rows=FLUSH_ROWS)
+            out["shards"] = len(_extraction(cache_dir, width, layout=layout).shards())
+            out["rewritten"] = rewritten[0]
+            return out
         ext = _extraction(cache_dir, width, create=True)
         bounds = np.linspace(0, rows, RUNS + 1).astype(int)
         for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -109,27 +130,33 @@ def step(name: str, cache_dir: Path, rows: int, width: int) -> dict:
         out["shards"] = len(ext.shards())
         out["rewritten"] = rewritten[0]
         return out
-    ext = _extraction(cache_dir, width)
+    ext = _extraction(cache_dir, width, layout=layout)
     if name == "open":
         out["shards"] = len(ext.shards())
         out["rows"] = ext.rows()
         return out
     if name == "read-10k":
-        pick = np.random.default_rng(1).choice(rows, 10_000, replace=False)
-        shas = [_sha(int(i)) for i in pick]
-        ext.read(shas)  # warms the page cache
-        t = time.perf_counter()
-        fresh = _extraction(cache_dir, width)
+        pick = np.random.default_rng(1).choice(rows, min(10_000, rows), replace=False)
+        if layout == "chain":  # the view's rows (not the incremental run's)
+            from featx.features import load_features
+
+            shas = load_features(cache_dir=cache_dir, lazy=True).sha256[pick].tolist()
+        else:
+            shas = [_sha(int(i)) for i in pick]
+        first = ext.read(shas)  # warms the page cache
+        t, c = time.perf_counter(), time.process_time()
+        fresh = _extraction(cache_dir, width, layout=layout)
         out["shards"] = len(fresh.shards())  # opens them
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         x = fresh.read(shas)
         out["open_s"], out["warm_s"] = t1 - t, time.perf_counter() - t1
-        assert np.array_equal(x[:, 0], pick), "wrong rows read"
+        out["open_cpu_s"], out["warm_cpu_s"] = c1 - c, time.process_time() - c1
+        assert np.array_equal(x, first) and (layout == "chain" or np.array_equal(x[:, 0], pick)), "wrong rows read"
         return out
     if name == "incremental":
         out["computed"] = _run(ext if ext is not None else _extraction(cache_dir, width, create=True),
                                rows, rows + ADD, width)
-        e = _extraction(cache_dir, width)
+        e = _extraction(cache_dir, width, layout=layout)
         out["shards"] = len(e.shards())
         return out
     if name == "read-all":
@@ -141,9 +168,11 @@ def step(name: str, cache_dir: Path, rows: int, width: int) -> dict:
     raise SystemExit(f"unknown step {name}")
 
 
-def _child(args: list[str]) -> tuple[float, float, str]:
-    """Run a child Python; (seconds, its peak RSS in MB, its stdout). wait4 gives the child's own rusage."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+def _child_usage(args: list[str], env: dict | None = None) -> tuple[float, float, float, str]:
+    """Run a child Python; (seconds, its peak RSS in MB, its CPU seconds, its stdout). wait4 gives the
+    child's own rusage."""
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     out_file = tempfile.TemporaryFile(mode="w+")
     err_file = tempfile.TemporaryFile(mode="w+")
     t = time.perf_counter()
@@ -154,7 +183,12 @@ def _child(args: list[str]) -> tuple[float, float, str]:
     err_file.seek(0)
     if status != 0:
         raise SystemExit(f"{' '.join(map(str, args))} failed:\n{err_file.read()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, out_file.read()
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, out_file.read()
+
+
+def _child(args: list[str]) -> tuple[float, float, str]:
+    seconds, rss, _, out = _child_usage(args)
+    return seconds, rss, out
 
 
 def _step(name: str, cache_dir: Path, rows: int, width: int) -> tuple[float, float, dict]:
@@ -210,6 +244,71 @@ def bench(rows: int, root: Path, width: int, keep: bool = False, flat_layout: bo
     return table
 
 
+HEAD_STEPS = ("load", "load-lazy", "logreg", "lightgbm", "dense", "auto")
+
+
+def chain(rows: int, root: Path, width: int, heads: dict, steps: list, keep: bool = False) -> list[dict]:
+    """Every step of issue 17 on one cache, each in its own process: write, incremental, read, merge,
+    open, read, load_features, the heads (scale_heads.py's steps) and featx inspect."""
+    sys.path.insert(0, str(HERE))
+    import scale_heads
+
+    cache = root / f"chain-{rows}"
+    shutil.rmtree(cache, ignore_errors=True)
+    table = []
+
+    def add(label, seconds, cpu, rss_mb, note=""):
+        table.append({"rows": rows, "step": label, "seconds": round(seconds, 1), "cpu_s": round(cpu, 1),
+                      "peak_rss_mb": round(rss_mb), "note": note})
+        print(f"| {rows:,} | {label} | {seconds:.1f} | {cpu:.1f} | {rss_mb / 1024:.2f} | {note} |", flush=True)
+
+    def storage(name, n=rows):
+        s, rss, cpu, out = _child_usage([sys.executable, __file__, "--step", name, "--cache-dir", str(cache),
+                                         "--rows", str(n), "--width", str(width), "--layout", "chain"])
+        return s, cpu, rss, json.loads(out.strip().splitlines()[-1])
+
+    print("| rows | step | wall s | CPU s | peak RSS GB | notes |\n|---:|---|---:|---:|---:|---|", flush=True)
+    try:
+        s, cpu, rss, o = storage("write-chain")
+        add(f"write {RUNS} runs, tiered merging", s, cpu, rss,
+            f"{o['shards']} shards; {o['rewritten'] / rows:.2f} rewrites/row")
+        s, cpu, rss, o = storage("incremental")
+        add(f"incremental run +{ADD:,}", s, cpu, rss, f"{o['shards']} shards after")
+        for merged in (False, True):
+            if merged:
+                s, rss, cpu, out = _child_usage([sys.executable, "-m", "featx.cli", "--cache-dir", str(cache),
+                                                 "cache", "compact"])
+                add("merge (`featx cache compact`)", s, cpu, rss, out.strip().splitlines()[-1].split(": ")[-1])
+                s, cpu, rss, o = storage("open")
+                add("open (merged)", s, cpu, rss, f"{o['shards']} shard")
+            s, cpu, rss, o = storage("read-10k")
+            add(f"read 10k random rows ({'merged' if merged else 'tiered'})", o["warm_s"], o["warm_cpu_s"], rss,
+                f"warm; opening {o['shards']} shards first: {o['open_s']:.2f} s ({o['open_cpu_s']:.2f} CPU s)")
+        for name in [s for s in steps if s in HEAD_STEPS]:  # in the order given
+            r = scale_heads.measure(name, cache, root / f"chain-{rows}-{name}", heads)
+            note = r.get("error") or "; ".join(str(r[k]) for k in ("test_acc", "note") if r.get(k) not in (None, ""))
+            add(name if name.startswith("load") else f"fit-head {name}", r["seconds"], r["cpu_s"],
+                (r["peak_rss_gb"] or 0) * 1024, ("test acc " if "test_acc" in r else "") + note)
+        if "inspect" in steps:
+            import scale_inspect
+
+            cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "featx.cli", "--cache-dir", str(cache), "inspect",
+                   "--out", str(root / f"chain-{rows}-inspect"), "--seeds", "3"]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  env={**os.environ, "FEATX_HOME": str(root), "PYTHONPATH": str(HERE.parent)})
+            if proc.returncode != 0:
+                raise SystemExit(f"featx inspect failed:\n{proc.stderr[-3000:]}")
+            add("featx inspect", time.perf_counter() - t, scale_inspect.cpu_seconds(proc.stderr),
+                scale_inspect.peak_rss_mb(proc.stderr))
+    finally:
+        for name in (*HEAD_STEPS, "inspect"):
+            shutil.rmtree(root / f"chain-{rows}-{name}", ignore_errors=True)
+        if not keep:
+            shutil.rmtree(cache, ignore_errors=True)
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="100000,300000", help="comma-separated row counts")
@@ -217,10 +316,32 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, help="where the caches go [default: a temporary folder]")
     ap.add_argument("--keep", action="store_true", help="keep the data (default: deleted at the end)")
     ap.add_argument("--no-flat", action="store_true", help="skip the 147 never-merged shards, their compact and reads")
+    ap.add_argument("--chain", action="store_true", help="every step of issue 17 on one cache (see above)")
+    ap.add_argument("--chain-steps", default=",".join((*HEAD_STEPS, "inspect")),
+                    help="which of the heads and inspect steps --chain runs after the storage steps")
+    ap.add_argument("--dense-epochs", type=int, default=2, help="--chain: scale_heads.py's dense step")
+    ap.add_argument("--time-budget", type=float, default=60.0, help="--chain: scale_heads.py's auto step")
+    ap.add_argument("--folds", type=int, default=3, help="--chain: CV folds of the heads' selection")
+    ap.add_argument("--json", type=Path, help="--chain: append each step's result as a JSON line here")
     ap.add_argument("--step", help=argparse.SUPPRESS)
+    ap.add_argument("--layout", default="storage", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.step:
-        print(json.dumps(step(args.step, args.cache_dir, int(args.rows), args.width)))
+        print(json.dumps(step(args.step, args.cache_dir, int(args.rows), args.width, args.layout)))
+        return
+    if args.chain:
+        root = args.cache_dir or Path(tempfile.mkdtemp(prefix="featx-scale-"))
+        root.mkdir(parents=True, exist_ok=True)
+        heads = {"dense_epochs": args.dense_epochs, "dense_batch": 1024, "time_budget": args.time_budget,
+                 "folds": args.folds}
+        print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
+              f"load {os.getloadavg()[0]:.1f}; {' '.join(sys.argv)}", flush=True)
+        for n in (int(x) for x in args.rows.split(",")):
+            for row in chain(n, root, args.width, heads, args.chain_steps.split(","), args.keep):
+                if args.json:
+                    with open(args.json, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+        print(f"# load {os.getloadavg()[0]:.1f} at the end", flush=True)
         return
     root = args.cache_dir or Path(tempfile.mkdtemp(prefix="featx-scale-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -40,12 +40,24 @@ STEPS = ("load", "load-lazy", "logreg", "lightgbm", "dense", "auto")
 SHARD_ROWS = 10_000
 
 
-def generate(root: Path, n: int, width: int, classes: int, seed: int = 0) -> None:
-    """N rows in shards of SHARD_ROWS through the cache API, and a dataset view (train 90%, test 10%)."""
+def spec():
+    """The extraction the synthetic rows belong to (benchmarks/scale.py opens it too)."""
+    from featx.spec import ExtractionSpec
+
+    return ExtractionSpec(backbone="resnet50", weights="synthetic-scale", input_size=224, preprocessing="caffe",
+                          pooling="avg", tap="output", cut_blocks=0, precision="float32")
+
+
+def generate(root: Path, n: int, width: int, classes: int, seed: int = 0, runs: int | None = None,
+             flush_rows: int = 512) -> None:
+    """N rows through the cache API, and a dataset view (train 90%, test 10%).
+
+    In shards of SHARD_ROWS; or, with ``runs``, the way extraction writes them: that many runs, each
+    holding the lock and writing flushes of ``flush_rows`` rows, then settling (size-tiered merging).
+    """
     import numpy as np
 
     from featx.cache import Cache
-    from featx.spec import ExtractionSpec
 
     rng = np.random.default_rng(seed)
     # Class means 0.05 apart per dimension over 2,048 dimensions: separable, not trivially.
@@ -54,14 +66,24 @@ def generate(root: Path, n: int, width: int, classes: int, seed: int = 0) -> Non
     names = [f"class{c:02d}" for c in range(classes)]
     paths = [f"/synthetic/{names[y[i]]}/{i}.jpg" for i in range(n)]
     shas = [hashlib.sha256(p.encode()).hexdigest() for p in paths]
-    spec = ExtractionSpec(backbone="resnet50", weights="synthetic-scale", input_size=224, preprocessing="caffe",
-                          pooling="avg", tap="output", cut_blocks=0, precision="float32")
     cache = Cache(root)
-    ext = cache.extraction(spec, width, create=True)
-    for start in range(0, n, SHARD_ROWS):
-        rows = np.arange(start, min(n, start + SHARD_ROWS))
+    ext = cache.extraction(spec(), width, create=True)
+
+    def write(lo: int, hi: int) -> None:
+        rows = np.arange(lo, hi)
         X = centers[y[rows]] + rng.normal(0, 1, (len(rows), width)).astype(np.float32)
         ext.write_shard(X, [shas[i] for i in rows], [paths[i] for i in rows], [names[y[i]] for i in rows])
+
+    if runs is None:
+        for start in range(0, n, SHARD_ROWS):
+            write(start, min(n, start + SHARD_ROWS))
+    else:
+        bounds = np.linspace(0, n, runs + 1).astype(int)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            with ext.lock():
+                for a in range(lo, hi, flush_rows):
+                    write(a, min(hi, a + flush_rows))
+                ext.settle()
     split = np.where(rng.random(n) < 0.9, "train", "test")
     cache.write_view(ext, "/synthetic", "splits", names, paths, shas, y, list(split))
 

@@ -178,6 +178,39 @@ def test_read_takes_the_keys_only(cache_dir):
 # ---------------------------------------------------------------- merging
 
 
+def test_opening_reads_the_shard_index_not_each_shards_hdf5_header(cache_dir, monkeypatch):
+    fake_extraction(cache_dir, shards=((0, 4), (4, 8), (8, 12)))
+    want = [sha(i) for i in range(12)]
+    writer = Cache(cache_dir).extractions()[0]
+    np.testing.assert_array_equal(writer.read(want)[:, 0], np.arange(12))  # opens each through HDF5, writes the index
+    index = writer.shard_dir / ".index.json"
+    assert sorted(json.loads(index.read_text())["shards"]) == sorted(p.name for p in writer.shards())
+    headers = []
+    real = shards_mod.Shard._header
+    monkeypatch.setattr(shards_mod.Shard, "_header", lambda self, size: headers.append(self.path) or real(self, size))
+    reader = Cache(cache_dir).extractions()[0]
+    np.testing.assert_array_equal(reader.read(want[::-1])[:, 0], np.arange(12)[::-1])
+    assert headers == [] and reader.rows() == 12
+
+    # A shard rewritten under the same name (another inode): its entry is stale, the file is opened itself.
+    victim = writer.shards()[1]
+    with h5py.File(victim) as f:
+        keys = [k.decode() for k in f["sha256"][...]]
+        feats = f["features"][...]
+    tmp = victim.with_name("rewrite.tmp")
+    shards_mod.write_shard_file(tmp, writer.name, feats + 100, keys, ["p"] * len(keys), ["c"] * len(keys))
+    os.replace(tmp, victim)
+    again = Cache(cache_dir).extractions()[0].read(keys)
+    assert headers == [victim] and (again[:, 0] >= 100).all()
+
+    # A damaged index is no index: every shard opens through HDF5, and the index is written afresh.
+    index.write_bytes(b'{"version": 1, "shards": {"x')
+    headers.clear()
+    rewritten = np.isin(want, keys)
+    np.testing.assert_array_equal(Cache(cache_dir).extractions()[0].read(want)[:, 0], np.arange(12) + 100 * rewritten)
+    assert len(headers) == 3 and json.loads(index.read_text())["version"] == 1
+
+
 def test_a_merge_streams_in_bounded_rounds_and_the_first_copy_wins(cache_dir, monkeypatch):
     ext = fake_extraction(cache_dir, shards=((0, 400), (300, 700), (650, 1000)))
     spans = {}

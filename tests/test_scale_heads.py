@@ -109,6 +109,37 @@ def test_lightgbm_learns_its_projection_on_a_sample_and_projects_in_chunks(monke
     assert (head.predict(X) == y).mean() > 0.9
 
 
+def test_lightgbm_on_rows_on_disk_reads_chunks_and_fits_the_in_memory_model(cached, reads, monkeypatch):
+    """The projection of CachedRows is read a chunk at a time (the float32 rows never all in memory)."""
+    monkeypatch.setattr(H.lightgbm, "PCA_FIT_ROWS", 100)
+    monkeypatch.setattr(F, "CHUNK_ROWS", 64)
+    root, X, y = cached
+    f = load_features(cache_dir=root, lazy=True)
+    kw = dict(n_estimators=20, pca_components=4, normalise="l2")
+    on_disk = H.LightGBMHead(**kw).fit(f.X, y)
+    assert reads and max(reads) <= 100  # the PCA sample, then chunks of 64
+    np.testing.assert_array_equal(np.asarray(f.X), X)  # the same rows, in the same order
+    in_memory = H.LightGBMHead(**kw).fit(X, y)
+    np.testing.assert_allclose(on_disk.pca_components_, in_memory.pca_components_, atol=1e-5)
+    np.testing.assert_allclose(on_disk.predict_proba(X), in_memory.predict_proba(X), atol=1e-5)
+    assert (on_disk.predict(f) == y).mean() > 0.9
+
+
+def test_lightgbm_big_fits_use_every_core_and_bounded_bags(monkeypatch):
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(n_samples=500, n_features=16, centers=3, random_state=0)
+    small = H.LightGBMHead(n_estimators=5, pca_components=None).fit(X, y)
+    assert small.n_threads_ == 1 and small.booster_.params["subsample"] == 0.8
+    monkeypatch.setattr(H.lightgbm, "THREADED_FIT_ROWS", 400)
+    monkeypatch.setattr(H.lightgbm, "BAG_ROWS", 200)
+    monkeypatch.setattr(H.lightgbm.os, "cpu_count", lambda: 3)
+    big = H.LightGBMHead(n_estimators=5, pca_components=None).fit(X, y)
+    assert big.n_threads_ == 3 and big.booster_.params["num_threads"] == 3
+    assert big.booster_.params["subsample"] == 0.4  # 200 of the 500 rows per tree
+    assert H.LightGBMHead(n_estimators=5, n_jobs=1, pca_components=None).fit(X, y).n_threads_ == 1
+
+
 @pytest.mark.parametrize("kind", ["logreg", "auto"])
 def test_fit_head_at_scale_selects_on_a_subsample_and_refits_on_every_row(kind, cached, monkeypatch):
     root, X, y = cached

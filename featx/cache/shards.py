@@ -54,31 +54,52 @@ class Shard:
     memory when opened; merging rewrites it sorted.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, record: dict | None = None):
+        """Open the shard at ``path``; with ``record`` (from :meth:`record`, kept in the shard index) when
+        it describes this very file (same inode, size and mtime), without opening HDF5 at all."""
         self.path = path
-        st = os.stat(path)
-        self.stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        with h5().File(path, "r") as f:
-            feats, keys = f["features"], f["sha256"]
-            if feats.ndim != 2 or keys.shape != (feats.shape[0],) or keys.dtype != np.dtype("S64"):
-                raise OSError(f"not a featx shard (features {feats.shape}, sha256 {keys.shape} {keys.dtype})")
-            self.n, self.width = (int(x) for x in feats.shape)
-            self.dtype = feats.dtype
-            self.sorted = bool(f.attrs.get(SORTED_ATTR, False))
-            self.replaces = tuple(json.loads(f.attrs.get(REPLACES_ATTR, "[]")))
-            feat_at = _offsets(feats, st.st_size)
-            key_at = _offsets(keys, st.st_size)
-            loaded_keys = keys[...] if key_at is None else None
         self._fd = os.open(path, os.O_RDONLY)  # kept: a merge may unlink the file while it is read
-        self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
-        if loaded_keys is None:
-            loaded_keys = np.ndarray((self.n,), "S64", buffer=self._map, offset=key_at[1][0])
+        try:
+            st = os.fstat(self._fd)
+            self.stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if record is None or tuple(record["stamp"]) != self.stamp:
+                record = self._header(st.st_size)
+            self.n, self.width, self.dtype = int(record["n"]), int(record["width"]), np.dtype(record["dtype"])
+            self.sorted, self.replaces = bool(record["sorted"]), tuple(record["replaces"])
+            self._feat_at, key_at = record["feat_at"], record["key_at"]
+            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) if st.st_size else None
+            if key_at is None:
+                with h5().File(path, "r") as f:
+                    loaded_keys = f["sha256"][...]
+            else:
+                loaded_keys = np.ndarray((self.n,), "S64", buffer=self._map, offset=key_at[1][0]) if self.n else \
+                    np.empty(0, "S64")
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1  # closed: __del__ must not close a number the process may reuse
+            raise
         if self.sorted:
             self.keys, self.perm = loaded_keys, None
         else:
             self.perm = np.argsort(loaded_keys, kind="stable")
             self.keys = loaded_keys[self.perm]
-        self._feat_at = feat_at
+        self._record = {"stamp": list(self.stamp), **{k: v for k, v in record.items() if k != "stamp"}}
+
+    def _header(self, file_size: int) -> dict:
+        """What :meth:`__init__` needs from the HDF5 metadata, checked (shapes, types, data inside the file)."""
+        with h5().File(self.path, "r") as f:
+            feats, keys = f["features"], f["sha256"]
+            if feats.ndim != 2 or keys.shape != (feats.shape[0],) or keys.dtype != np.dtype("S64"):
+                raise OSError(f"not a featx shard (features {feats.shape}, sha256 {keys.shape} {keys.dtype})")
+            header = {"n": int(feats.shape[0]), "width": int(feats.shape[1]), "dtype": feats.dtype.str,
+                    "sorted": bool(f.attrs.get(SORTED_ATTR, False)),
+                    "replaces": list(json.loads(f.attrs.get(REPLACES_ATTR, "[]"))),
+                    "feat_at": _offsets(feats, file_size), "key_at": _offsets(keys, file_size)}
+        return json.loads(json.dumps(header))  # as the index holds it (lists, not tuples): comparable
+
+    def record(self) -> dict | None:
+        """This shard's header as plain JSON data (for the shard index), or None where HDF5 must read its keys."""
+        return None if self._record["key_at"] is None else self._record
 
     def find(self, queries: np.ndarray) -> np.ndarray:
         """File rows of the sorted S64 ``queries``; -1 where absent."""

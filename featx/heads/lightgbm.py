@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 
 from .. import features
+from ..features import CachedRows
+from ..normalise import normalise, normalise_in_place
 from ..params import Interval
 from .base import _SHARED_CONSTRAINTS, _Head, one_blas_thread
 
 # The LightGBM head's projection is learnt on at most this many rows.
 PCA_FIT_ROWS = 50_000
+# From this many fit rows (the refit at scale; selection fits a 20,000-row subsample) LightGBM uses every core.
+THREADED_FIT_ROWS = 50_000
+# Each tree is grown on a random bag of at most this many rows (80% of the rows below 250,000).
+BAG_ROWS = 200_000
 
 
 class LightGBMHead(_Head):
@@ -25,12 +32,23 @@ class LightGBMHead(_Head):
     this is both faster and usually no less accurate); each tree then sees a
     random 30% of them, with 63 histogram bins and shallow trees.
 
-    ``n_jobs=None`` is one thread, as in scikit-learn. LightGBM's OpenMP
-    threads wait for each other at every split, and when other processes
-    share the cores a descheduled thread stalls the rest: on 2 shared cores a
-    10k x 256 fit took 5 s on one thread and 37-100 s on two. Pass
-    ``n_jobs=N`` on a machine of your own (``OMP_WAIT_POLICY=PASSIVE`` makes
-    several threads safe, but slower, where cores are shared).
+    ``n_jobs=None`` is one thread below ``THREADED_FIT_ROWS`` fit rows, as
+    in scikit-learn, and every core (``os.cpu_count()``) from there, for
+    the fit and for the head's predictions: at scale only the refit on every
+    train row is that big. LightGBM's OpenMP threads wait for each other at
+    every split, and when other processes share the cores a descheduled
+    thread stalls the rest (on 2 shared cores a 10k x 256 fit took 5 s on
+    one thread and 37-100 s on two), while the others spin: set
+    ``OMP_WAIT_POLICY=PASSIVE`` there, or pass ``n_jobs=1``.
+
+    Each tree sees a random 80% of the rows, and at most ``BAG_ROWS`` rows
+    (LightGBM's bagging): on 900,000 rows the trees are grown on bags of
+    200,000, a fraction of the cost. Smaller bags cost accuracy (at 100k,
+    bags of 18,000 rows lost 0.55 points against 80%; docs/scale.md).
+
+    ``X`` may be :class:`~featx.features.CachedRows`: the projection is then
+    learnt on a sample of rows read from disk and applied chunk by chunk,
+    so the float32 rows are never all in memory, only their projection.
 
     ``n_estimators=None`` is at most 1000 trees with early stopping on an
     eval set, 300 without one; a number given is used as is (a refit with
@@ -81,34 +99,22 @@ class LightGBMHead(_Head):
     def _fit(self, X, y, eval_set):
         import lightgbm as lgb
 
-        X, y_idx = self._encode(X, y)
+        X, y_idx = self._encode(X, y, stream=isinstance(X, CachedRows))
         val = self._eval(eval_set)
-        self.pca_mean_ = self.pca_components_ = None
-        k = self.pca_components
-        if k and X.shape[1] > k and X.shape[0] > k:
-            from sklearn.decomposition import PCA
-
-            # The projection is learnt on at most PCA_FIT_ROWS rows: PCA centres a copy of what it is given,
-            # which at 1M x 2,048 would be a second 8 GB; 50,000 rows pin 256 components down as well.
-            fit_rows = X
-            if len(X) > PCA_FIT_ROWS:
-                rng = np.random.default_rng(self.seed)
-                fit_rows = X[np.sort(rng.choice(len(X), PCA_FIT_ROWS, replace=False))]
-            pca = PCA(k, svd_solver="randomized", random_state=self.seed).fit(fit_rows)
-            del fit_rows
-            self.pca_mean_, self.pca_components_ = pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
-        X = self._project(X)
+        self._fit_projection(X)
+        X = self._project_fit_rows(X)
         if val is not None:
             val = (self._project(val[0]), val[1])
+        self.n_threads_ = self.n_jobs or ((os.cpu_count() or 1) if len(X) >= THREADED_FIT_ROWS else 1)
         clf = lgb.LGBMClassifier(
             n_estimators=self.n_estimators or (1000 if val is not None else 300),
             learning_rate=self.learning_rate, num_leaves=self.num_leaves, colsample_bytree=self.colsample_bytree,
-            subsample=0.8, subsample_freq=1, reg_lambda=self.reg_lambda,
+            subsample=min(0.8, BAG_ROWS / len(X)), subsample_freq=1, reg_lambda=self.reg_lambda,
             # On a few dozen rows the default leaf size forbids every split
             # and the model predicts a constant; scale it down there.
             min_child_samples=max(1, min(self.min_child_samples, len(X) // 4)),
             min_data_in_bin=1 if len(X) < 100 else 3, max_bin=63, force_col_wise=True,
-            class_weight=self.class_weight, random_state=self.seed, n_jobs=self.n_jobs or 1,
+            class_weight=self.class_weight, random_state=self.seed, n_jobs=self.n_threads_,
             verbose=-1,
         )
         callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)] if val is not None else None
@@ -119,6 +125,36 @@ class LightGBMHead(_Head):
         self.booster_ = clf.booster_
         self.best_iteration_ = int(clf.best_iteration_ or clf.booster_.current_iteration())
         return self
+
+    def _fit_projection(self, X) -> None:
+        """Learn the PCA projection (``pca_mean_``, ``pca_components_``), or None where the rows are narrow."""
+        self.pca_mean_ = self.pca_components_ = None
+        k = self.pca_components
+        if not (k and X.shape[1] > k and X.shape[0] > k):
+            return
+        from sklearn.decomposition import PCA
+
+        # The projection is learnt on at most PCA_FIT_ROWS rows: PCA centres a copy of what it is given,
+        # which at 1M x 2,048 would be a second 8 GB; 50,000 rows pin 256 components down as well.
+        fit_rows = X
+        if len(X) > PCA_FIT_ROWS:
+            rng = np.random.default_rng(self.seed)
+            fit_rows = X[np.sort(rng.choice(len(X), PCA_FIT_ROWS, replace=False))]
+        if isinstance(X, CachedRows):
+            fit_rows = normalise(np.asarray(fit_rows), self.normalise, self.norm_stats_)
+        pca = PCA(k, svd_solver="randomized", random_state=self.seed).fit(fit_rows)
+        self.pca_mean_, self.pca_components_ = pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+
+    def _project_fit_rows(self, X) -> np.ndarray:
+        """The fit rows, projected; rows on disk are read, normalised and projected a chunk at a time."""
+        if not isinstance(X, CachedRows):
+            return self._project(X)
+        if self.pca_components_ is None:
+            return normalise_in_place(X.read(), self.normalise, self.norm_stats_)
+        out = np.empty((len(X), len(self.pca_components_)), dtype=np.float32)
+        for pos, rows in X.chunks():
+            out[pos] = self._project(normalise(rows, self.normalise, self.norm_stats_))
+        return out
 
     def _project(self, X):
         if getattr(self, "pca_components_", None) is None:
@@ -132,7 +168,9 @@ class LightGBMHead(_Head):
 
     def _proba(self, X):
         X = self._project(X)
-        p = np.asarray(self.booster_.predict(X, num_iteration=self.best_iteration_), dtype=np.float64)
+        threads = getattr(self, "n_threads_", None) or self.n_jobs or 1
+        p = np.asarray(self.booster_.predict(X, num_iteration=self.best_iteration_, num_threads=threads),
+                       dtype=np.float64)
         return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 
     def _save_model(self, d: Path):
