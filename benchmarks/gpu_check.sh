@@ -10,7 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then
+dry=0
+for arg in "$@"; do [ "$arg" = --dry ] && dry=1; done
+# The wheels are the device's (Python 3.12, manylinux): a dry run here uses what this machine has.
+if [ "$dry" = 0 ] && compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/featx-site .whl/*.whl
     # nvImageCodec's wheel makes `nvidia` a regular package, which would hide the device's own nvidia.*
     # CUDA libraries (JAX finds them there); without its __init__.py it is one more namespace portion.
