@@ -45,7 +45,8 @@ def format_report(by_split: dict[str, dict], class_names: Sequence[str], fit_sec
     for split, m in by_split.items():
         topk = next((k for k in m if k.startswith("top")), None)
         top = f"{topk.replace('_', ' ')} {m[topk]:.4f}  " if topk else ""
-        lines.append(f"{split:>5}: accuracy {m['accuracy']:.4f}  {top}macro-F1 {m['macro_f1']:.4f}  (n={m['n']})")
+        n = f"n={m['n']:,} sampled of {m['sampled_from']:,}" if m.get("sampled_from") else f"n={m['n']}"
+        lines.append(f"{split:>5}: accuracy {m['accuracy']:.4f}  {top}macro-F1 {m['macro_f1']:.4f}  ({n})")
     if fit_seconds is not None:
         lines.append(f"fit time: {fit_seconds:.2f}s")
     last_split, last = list(by_split.items())[-1]

@@ -150,6 +150,22 @@ def test_fit_head_at_scale_selects_on_a_subsample_and_refits_on_every_row(kind, 
     note = res.metrics["selection"]["subsample"]
     assert "subsample of 90 of 400 train rows" in note and "refitted on all 400" in note and note in res.report
     assert res.metrics["splits"]["train"]["n"] == 400 and len(res.metrics["cv"]["scores"]) == 3
+    assert "sampled_from" not in res.metrics["splits"]["train"]
     if kind == "logreg":  # the refit is the chosen C on all 400 rows
         ref = H.LogisticHead(C=res.metrics["C"]).fit(X, y)
         np.testing.assert_allclose(res.head.predict_proba(X), ref.predict_proba(X), atol=1e-6)
+
+
+def test_train_metrics_at_scale_are_computed_on_a_sample_and_say_so(cached, monkeypatch):
+    from featx import fitting
+
+    root, X, y = cached
+    monkeypatch.setattr(S, "SCALE_ROWS", 300)
+    monkeypatch.setattr(S, "SELECT_ROWS", 90)
+    monkeypatch.setattr(fitting, "TRAIN_SCORE_ROWS", 150)
+    res = api.fit_head("logreg", cache_dir=root, out=root.parent / "h", folds=3)
+    train = res.metrics["splits"]["train"]
+    assert train["n"] == 150 and train["sampled_from"] == 400
+    assert "n=150 sampled of 400" in res.report
+    ref = H.LogisticHead(C=res.metrics["C"]).fit(X, y)  # the head itself is still fitted on all 400 rows
+    np.testing.assert_allclose(res.head.predict_proba(X), ref.predict_proba(X), atol=1e-6)
