@@ -53,10 +53,10 @@ def main(argv=None):
             args.data, args.backbone, weights=args.weights, image_size=args.image_size, cache_dir=work / "cache",
             progress=False, log=lambda m: None))
         head = timed("head (--head auto) on cached features", lambda: featx.fit_head(
-            "auto", cache_dir=work / "cache", out=work / "head", seed=args.seed, log=lambda m: None))
+            "auto", cache_dir=work / "cache", out=work / "head", home=work, seed=args.seed, log=lambda m: None))
         logs = []
         res = timed("fine-tuning (defaults)", lambda: featx.finetune(
-            work / "head", unfreeze_blocks=args.unfreeze_blocks, cache_dir=work / "cache", out=work / "model",
+            work / "head", unfreeze_blocks=args.unfreeze_blocks, cache_dir=work / "cache", out=work / "model", home=work,
             epochs=args.epochs, augment=args.augment, seed=args.seed, export=False, log=logs.append,
             **({} if args.lr is None else {"lr": args.lr})))
         m = res.metrics

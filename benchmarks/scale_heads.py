@@ -104,7 +104,8 @@ def run_step(step: str, cache_dir: str, out: str, args: dict) -> dict:
     if step == "auto":
         kw = dict(time_budget=args["time_budget"])
     lines = []
-    res = api.fit_head("auto" if step == "auto" else step, cache_dir=cache_dir, out=out, log=lines.append,
+    res = api.fit_head("auto" if step == "auto" else step, cache_dir=cache_dir, out=out, home=Path(out).parent,
+                       log=lines.append,
                        folds=args["folds"], **kw)
     sel = res.metrics["selection"]
     test = res.metrics["splits"].get("test", {})

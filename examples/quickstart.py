@@ -38,12 +38,12 @@ print(features.describe(), "->", features.X.shape)
 
 # Heads on the cached features: seconds each.
 for kind in ("logreg", "lightgbm", "dense"):
-    fit = featx.fit_head(kind, data=args.data, cache_dir=cache, out=work / f"head-{kind}")
+    fit = featx.fit_head(kind, data=args.data, cache_dir=cache, out=work / f"head-{kind}", home=work)
     val = fit.metrics["splits"]["val"]
     print(f"{kind:>8}: val accuracy {val['accuracy']:.3f}, macro-F1 {val['macro_f1']:.3f} ({fit.fit_seconds:.2f}s)")
 
 # Let featx pick head kind x tap (or both fused) x normalisation by the same protocol.
-auto = featx.fit_head("auto", data=args.data, cache_dir=cache, out=work / "head-auto", time_budget=30)
+auto = featx.fit_head("auto", data=args.data, cache_dir=cache, out=work / "head-auto", home=work, time_budget=30)
 print(auto.leaderboard)
 print(f"    auto: {auto.metrics['head']} on {' + '.join(auto.metrics['extractions'])}, "
       f"val accuracy {auto.metrics['splits']['val']['accuracy']:.3f}")

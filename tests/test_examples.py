@@ -46,6 +46,9 @@ def test_quickstart_example_runs(tmp_path, monkeypatch, capsys):
         assert f"{kind}: val accuracy" in out
     last = out.strip().splitlines()[-1]  # a prediction: "cats_0.png: cats (0.97)"
     assert last.split(": ")[1].split(" ")[0] in ("cats", "dogs")
+    # the example's heads live in its own temporary folder: the user's `latest` pointers are left alone
+    for home in (Path(os.environ["FEATX_HOME"]), Path.cwd()):
+        assert not (home / "heads").exists(), sorted(p.name for p in home.iterdir())
 
 
 def workflow_commands(data: Path, size: int) -> list[list[str]]:
