@@ -291,9 +291,7 @@ def _read_jpeg_turbo(turbo, data: bytes, target: tuple[int, int] | None, resampl
         return None
     scale = 1
     if target is not None:
-        w, h = _stored_size(target, orientation)
-        fits = min(width // w, height // h)  # as in PIL.JpegImagePlugin.JpegImageFile.draft
-        scale = next((a for a in (8, 4, 2) if fits >= a), 1)
+        scale = dct_scale((width, height), _stored_size(target, orientation))
     shape = (-(-height // scale), -(-width // scale))
     try:
         arr = turbo.decode_jpeg(data, colorspace="RGB", min_height=shape[0], min_width=shape[1])
@@ -310,6 +308,13 @@ def _read_jpeg_turbo(turbo, data: bytes, target: tuple[int, int] | None, resampl
     if target is not None and img.size != target:
         img = img.resize(target, Image.Resampling[resample.upper()])
     return np.array(img, dtype=np.uint8)
+
+
+def dct_scale(stored: tuple[int, int], draft: tuple[int, int]) -> int:
+    """The DCT scale Pillow's ``draft`` decodes a JPEG of ``stored`` (width, height) pixels at for a
+    ``draft`` size: the largest of 8, 4, 2 that keeps it at least that size, else 1."""
+    fits = min(stored[0] // draft[0], stored[1] // draft[1])  # as in PIL.JpegImagePlugin.JpegImageFile.draft
+    return next((a for a in (8, 4, 2) if fits >= a), 1)
 
 
 def jpeg_orientation(data: bytes) -> int | None:

@@ -36,7 +36,7 @@ import threading
 
 import numpy as np
 
-from ..decode import MAX_PIXELS, jpeg_orientation
+from ..decode import MAX_PIXELS, dct_scale, jpeg_orientation
 from ..errors import BadImage, DataError
 from ..runtime import backend_name, gpu_available, stderr_to_devnull
 
@@ -238,18 +238,12 @@ def resize_uint8(x, size: int):
 
     ops = import_keras().ops
     y = ops.cast(x, "float32")
-    scale = dct_scale(int(x.shape[0]), int(x.shape[1]), size)
+    scale = dct_scale((int(x.shape[1]), int(x.shape[0])), (size, size))
     if scale > 1:
         y = _block_mean(ops, y, scale)
     if tuple(y.shape[:2]) != (size, size):
         y = ops.image.resize(y[None], (size, size), interpolation="bilinear", antialias=True)[0]
     return ops.cast(ops.clip(ops.round(y), 0, 255), "uint8")
-
-
-def dct_scale(height: int, width: int, size: int) -> int:
-    """The DCT scale Pillow's ``draft`` decodes a JPEG at for ``size``: the largest of 8, 4, 2 that keeps it at least ``size``."""
-    fits = min(width // size, height // size)
-    return next((a for a in (8, 4, 2) if fits >= a), 1)
 
 
 def _block_mean(ops, y, scale: int):
