@@ -41,20 +41,35 @@ def keras_cache_dir(subdir: str) -> str:
     return os.path.join(home, subdir)
 
 
-def gpu_available() -> bool:
-    """Whether an NVIDIA GPU is visible to this process.
+def visible_gpus(environ=os.environ, present: int | None = None) -> list[str]:
+    """The GPUs CUDA would give this process: ``CUDA_VISIBLE_DEVICES`` read as CUDA reads it.
 
-    Reads the driver's device list instead of importing a framework; an
-    empty or ``-1`` ``CUDA_VISIBLE_DEVICES`` hides the GPUs as CUDA does.
+    ``present`` is the number of GPUs the driver lists (``/proc/driver/nvidia/gpus``;
+    read there when not given), so no framework is imported. CUDA stops at the
+    first entry that names no GPU (an index past the last one, ``-1``), so an
+    index Ray took from GPUs declared but absent hides every GPU after it, and
+    an empty ``CUDA_VISIBLE_DEVICES`` hides them all.
     """
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return False
-    gpus = Path("/proc/driver/nvidia/gpus")
-    try:
-        return gpus.is_dir() and any(gpus.iterdir())
-    except OSError:
-        return False
+    if present is None:
+        try:
+            present = len(list(Path("/proc/driver/nvidia/gpus").iterdir()))
+        except OSError:
+            present = 0
+    value = environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return [str(i) for i in range(present)]
+    seen = []
+    for entry in (e.strip() for e in value.split(",")):
+        named = entry.isdigit() and int(entry) < present or entry.startswith(("GPU-", "MIG-")) and present > 0
+        if not named:
+            break
+        seen.append(entry)
+    return seen
+
+
+def gpu_available(environ=os.environ, present: int | None = None) -> bool:
+    """Whether CUDA would give this process an NVIDIA GPU (:func:`visible_gpus` is not empty)."""
+    return bool(visible_gpus(environ, present))
 
 
 def check_precision(precision: str) -> None:

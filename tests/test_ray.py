@@ -395,3 +395,18 @@ def test_featx_verbose_reaches_the_frameworks(monkeypatch):
     assert "--verbose" in CliRunner().invoke(cli, ["--help"]).output
     r = CliRunner().invoke(cli, ["--verbose", "backbones", "vgg16"])
     assert r.exit_code == 0 and os.environ["FEATX_VERBOSE"] == "1"
+
+
+@pytest.mark.parametrize("value, present, available", [
+    (None, 1, True), (None, 0, False), ("", 1, False), ("-1", 1, False), ("0", 1, True),
+    ("3", 1, False), ("1,0", 1, False), ("GPU-5e1b", 1, True),
+])
+def test_gpu_available_is_whether_cuda_would_see_a_gpu(value, present, available):
+    """One reading of the driver and CUDA_VISIBLE_DEVICES for the local engine and Ray's actors:
+    an index past the last GPU hides it, as CUDA does (it used to count as a GPU here)."""
+    from featx.extraction.engines.ray import visible_gpus as ray_visible_gpus
+    from featx.runtime import gpu_available, visible_gpus
+
+    assert ray_visible_gpus is visible_gpus
+    env = {} if value is None else {"CUDA_VISIBLE_DEVICES": value}
+    assert gpu_available(env, present) is available

@@ -39,7 +39,7 @@ from ... import backbones as B
 from ...cache import write_staged_shard
 from ...datasets import ImageItem
 from ...errors import CacheError, DataError, FeatxError
-from ...runtime import stderr_to_devnull
+from ...runtime import stderr_to_devnull, visible_gpus
 from ..steps import FLUSH_SECONDS, pad_batch, prepare_image, progress_bar
 
 EXTRA = 'pip install "featx[ray]"'
@@ -319,31 +319,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- on the workers
-
-
-def visible_gpus(environ=os.environ, present: int | None = None) -> list[str]:
-    """The GPUs CUDA would give this process: ``CUDA_VISIBLE_DEVICES`` read as CUDA reads it.
-
-    ``present`` is the number of GPUs the driver lists (``/proc/driver/nvidia/gpus``,
-    as :func:`featx.runtime.gpu_available` reads). CUDA stops at the first
-    entry that names no GPU (an index past the last one, ``-1``), so an
-    index Ray took from GPUs declared but absent hides every GPU after it.
-    """
-    if present is None:
-        try:
-            present = len(list(Path("/proc/driver/nvidia/gpus").iterdir()))
-        except OSError:
-            present = 0
-    value = environ.get("CUDA_VISIBLE_DEVICES")
-    if value is None:
-        return [str(i) for i in range(present)]
-    seen = []
-    for entry in (e.strip() for e in value.split(",")):
-        named = entry.isdigit() and int(entry) < present or entry.startswith(("GPU-", "MIG-")) and present > 0
-        if not named:
-            break
-        seen.append(entry)
-    return seen
 
 
 def claim_devices(gpus: float, environ=os.environ, present: int | None = None) -> tuple[bool, str]:
