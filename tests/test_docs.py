@@ -115,3 +115,16 @@ def test_workers_help_and_readme_agree():
     docs = " ".join((REPO / "docs" / "cli.md").read_text().split())
     assert WORKERS_DEFAULT in docs and RAY_WORKERS_DEFAULT in docs
     assert "--workers" not in readme or WORKERS_DEFAULT in readme
+
+
+def test_readme_names_every_extra_and_all_holds_each():
+    """An extra added to pyproject.toml is named in README's install section, and `[all]` (what .ci/run
+    installs) holds every requirement of every other extra."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    install = (REPO / "README.md").read_text().split("## Install", 1)[1].split("\n## ", 1)[0]
+    everything = set(extras.pop("all"))
+    for name, requirements in extras.items():
+        assert f"`{name}`" in install, f"README's install section does not name the extra {name!r}"
+        assert set(requirements) <= everything, f"[all] lacks some of [{name}]: {set(requirements) - everything}"
