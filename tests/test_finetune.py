@@ -181,6 +181,8 @@ def test_cli_finetune_then_predict_with_model(project, tmp_path, monkeypatch):
     from featx.outputs import latest_dir
 
     model_dir = str(latest_dir("model", tmp_path))
+    # `featx predict` alone uses the latest head: the run says how to label images with the model instead
+    assert f"label images with it: featx predict --model {model_dir} DATA" in r.output
     r = CliRunner().invoke(cli, ["predict", "--model", model_dir, "-k", "2", str(data / "test")])
     assert r.exit_code == 0, r.output
     lines = r.stdout.strip().splitlines()

@@ -97,3 +97,5 @@ def finetune(obj, head, unfreeze, unfreeze_blocks, epochs, batch_size, lr, lr_de
     for note in res.notes:
         click.echo(f"note: {note}")
     click.echo(f"train time: {m['train_seconds']:.1f}s; saved to {res.directory}")
+    click.echo(f"label images with it: featx predict --model {res.directory} DATA "
+               "(featx predict without --model uses the latest head)")
