@@ -13,6 +13,10 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # tests are CPU-only and fl
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
+INTEL6 = HYMENOPTERA.parent / "intel6"
+# The real datasets live beside the repository (../shared), not in it: a clone elsewhere skips their tests
+needs_hymenoptera = pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason=f"{HYMENOPTERA} not present")
+needs_intel6 = pytest.mark.skipif(not INTEL6.is_dir(), reason=f"{INTEL6} not present")
 REPO = Path(__file__).resolve().parents[1]
 # Paths git may show as new after a run that are the runner's own, not a test's
 _RUNNER_LEFTOVERS = ("__pycache__", ".pytest_cache", ".egg-info")

@@ -17,7 +17,7 @@ from featx.datasets import IMAGE_EXTENSIONS, SPLIT_ALIASES, Dataset, ImageItem, 
 from featx.decode import read_image
 from featx.errors import BadImage, DataError, FeatxError, FeatxWarning
 
-HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
+from conftest import HYMENOPTERA, needs_hymenoptera
 
 
 def img(path: Path, size=(16, 12), color=(200, 30, 30), mode="RGB", fmt=None, **save) -> Path:
@@ -334,7 +334,7 @@ def test_symlinks_and_special_files(tmp_path):
     assert (str(root / "ants" / "loop"), "symbolic link not followed") in ds.ignored
 
 
-@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="hymenoptera dataset not present")
+@needs_hymenoptera
 def test_real_dataset():
     ds = discover(HYMENOPTERA)
     assert ds.layout == "splits" and ds.class_names == ["ants", "bees"] and ds.splits == ["train", "val"]

@@ -23,7 +23,7 @@ from featx.extraction.engines.local import LocalEngine
 from featx.cli import cli
 from featx.errors import CacheError, DataError
 
-from conftest import HYMENOPTERA, make_dataset, make_image
+from conftest import HYMENOPTERA, make_dataset, make_image, needs_hymenoptera
 
 TINY = dict(backbone="vgg16", weights="none", image_size=32, batch_size=4, progress=False)
 
@@ -463,7 +463,7 @@ ODD_FILES = ["train/ants/imageNotFound.gif", "train/ants/formica.jpeg", "train/a
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HYMENOPTERA.exists(), reason="shared hymenoptera dataset not present")
+@needs_hymenoptera
 def test_hymenoptera_end_to_end(cache_dir, tmp_path):
     """Every file of the real dataset is a row, labelled by its folders; odd files' rows are the model's."""
     import keras

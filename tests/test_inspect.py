@@ -25,9 +25,8 @@ from featx.errors import InspectError
 from featx.features import load_features
 from featx.spec import ExtractionSpec
 
-from conftest import HYMENOPTERA, make_dataset
+from conftest import HYMENOPTERA, INTEL6, make_dataset, needs_hymenoptera, needs_intel6
 
-INTEL6 = HYMENOPTERA.parent / "intel6"
 EXTRACT = ["extract", "-q", "-b", "mobilenetv3small", "--weights", "none", "--image-size", "32"]
 
 
@@ -539,6 +538,7 @@ def test_fit_head_calibrate_stores_temperature_and_predict_applies_it(tiny_extra
 
 
 @pytest.mark.slow
+@needs_hymenoptera
 def test_real_copies_are_near_duplicates(tmp_path):
     """Resized and recompressed copies of real photos are found across splits; other photos are not."""
     from PIL import Image, ImageOps
@@ -576,6 +576,7 @@ def test_real_copies_are_near_duplicates(tmp_path):
 
 
 @pytest.mark.slow
+@needs_hymenoptera
 def test_cli_end_to_end_on_hymenoptera(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FEATX_HOME")  # results go under the folder it changed into
@@ -593,7 +594,7 @@ def test_cli_end_to_end_on_hymenoptera(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not INTEL6.is_dir(), reason="../shared/datasets/intel6 not present")
+@needs_intel6
 def test_intel6_known_cross_split_duplicate(tmp_path):
     cache = tmp_path / "cache"
     r = invoke(*EXTRACT, INTEL6, cache_dir=cache)

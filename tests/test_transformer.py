@@ -13,7 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 import featx
 from featx.errors import BadImage, FeatxValueError
 from featx.transformer import FeatureExtractor
-from featx_test_helpers import HYMENOPTERA, make_dataset, make_image
+from featx_test_helpers import HYMENOPTERA, make_dataset, make_image, needs_hymenoptera
 
 featx_extract = importlib.import_module("featx.extraction.engines.local")  # where the model is called
 TINY = dict(backbone="vgg16", weights="none", image_size=32, progress=False)
@@ -149,6 +149,7 @@ def test_taps_are_concatenated_and_named(warm):
 
 
 @pytest.mark.slow
+@needs_hymenoptera
 def test_grid_search_computes_features_once(tmp_path, passes):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV
